@@ -1,0 +1,134 @@
+// bevkd internal: a loss problem over the rows of [R0, R1, N] strided tensors, and its host-side validation.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "../config.hpp"
+#include "../dtype.hpp"
+#include "../error.hpp"
+#include "../reduction.hpp"
+#include "../view.hpp"
+#include "lanes.hpp"
+#include "row_driver.hpp"
+
+namespace bevkd {
+
+/// @brief Optional per-row inputs and outputs of a loss call, over the row grid [R0, R1] (a null view is absent).
+///
+/// For BEV losses the rows are pillars, [B, P]; in the spatial (channel-wise) KL mode
+/// they are channels, [B, C]. Values are in the accumulation type: float for
+/// float/half/bfloat16 tensors, double for double tensors.
+template <class Acc>
+struct row_io {
+  row_view<const Acc> weights{};   ///< Per-row weights w >= 0 (foreground masks, teacher confidence).
+  row_view<const Acc> upstream{};  ///< reduction::none only: per-row upstream gradient u_r.
+  row_view<Acc> row_loss{};        ///< reduction::none only: receives loss_weight * w_r * l_r.
+};
+
+namespace detail {
+
+/// @brief Makes a parameter a non-deduced context (so views of T convert to views of const T).
+template <class T>
+struct identity {
+  using type = T;  ///< T itself.
+};
+/// @brief Non-deduced alias of T.
+template <class T>
+using identity_t = typename identity<T>::type;
+
+/// @brief Rows (i0, i1) of student, teacher and gradient tensors [R0, R1, N]; Unit when every column stride is 1.
+template <class T, bool Unit>
+struct row_problem {
+  using acc_type = accum_t<T>;       ///< Accumulation type.
+  strided_view<const T, 3> student;  ///< Student input.
+  strided_view<const T, 3> teacher;  ///< Teacher input.
+  strided_view<T, 3> grad;           ///< Gradient w.r.t. the student.
+  row_weighting<acc_type> rows;      ///< Per-row weights and outputs.
+
+  /// @brief Number of rows R0 * R1.
+  BEVKD_HOST_DEVICE index_t row_count() const { return student.extent[0] * student.extent[1]; }
+  /// @brief Columns per row.
+  BEVKD_HOST_DEVICE index_t columns() const { return student.extent[2]; }
+
+  /// @brief The three row references of row r.
+  BEVKD_HOST_DEVICE loss_row<T, Unit> row(index_t r) const {
+    const index_t i0 = r / student.extent[1], i1 = r % student.extent[1];
+    return loss_row<T, Unit>{{student.data + student.offset(i0, i1, 0), student.stride[2]},
+                             {teacher.data + teacher.offset(i0, i1, 0), teacher.stride[2]},
+                             {grad.data + grad.offset(i0, i1, 0), grad.stride[2]},
+                             student.extent[2]};
+  }
+
+  /// @brief Writes zeros over row r's gradient.
+  template <class Team>
+  BEVKD_HOST_DEVICE void zero_grad(const Team& team, index_t r) const {
+    const loss_row<T, Unit> x = row(r);
+    const int lanes = team.size(), chunk = team.chunk();
+    team.for_each_lane([&](int lane) {
+      for_lane_columns(lane, lanes, chunk, x.n, [&](index_t c) { x.grad[c] = store_from_accum<T>(acc_type(0)); });
+    });
+  }
+};
+
+/// @brief True when every column (dimension 2) stride is 1, so the unit-stride kernels apply.
+template <class T>
+bool unit_columns(const strided_view<const T, 3>& s, const strided_view<const T, 3>& t, const strided_view<T, 3>& g) {
+  return s.stride[2] == 1 && t.stride[2] == 1 && g.stride[2] == 1;
+}
+
+/// @brief Checks a scalar option is finite (and positive when asked); throws naming it.
+inline void require_finite(double value, const std::string& name, bool positive = false) {
+  require(std::isfinite(value), name, "must be finite, got ", value);
+  if (positive) require(value > 0, name, "must be > 0, got ", value);
+}
+
+/// @brief Checks one optional per-row view: absent, or a valid [R0, R1] view; throws naming it.
+template <class V>
+void validate_row_view(const V& v, const char* name, index_t r0, index_t r1, const char* const dim_names[3]) {
+  if (!v.data && v.size() == 0) return;
+  validate_view(v, name);
+  require(v.data != nullptr, std::string(name) + ".data", "is null");
+  require_extent(v, 0, r0, std::string(name) + " (" + dim_names[0] + ")");
+  require_extent(v, 1, r1, std::string(name) + " (" + dim_names[1] + ")");
+}
+
+/// @brief Validates student/teacher/grad [R0, R1, N] views and the row inputs of one loss call; throws on the first problem.
+template <class T, class Acc>
+void validate_rows_call(const strided_view<const T, 3>& student, const strided_view<const T, 3>& teacher,
+                        const strided_view<T, 3>& grad, const row_io<Acc>& io, reduction red,
+                        const char* const dim_names[3]) {
+  validate_view(student, "student");
+  validate_view(teacher, "teacher");
+  validate_view(grad, "grad");
+  for (int d = 0; d < 3; ++d) {
+    require_extent(teacher, d, student.extent[d], std::string("teacher (") + dim_names[d] + ")");
+    require_extent(grad, d, student.extent[d], std::string("grad (") + dim_names[d] + ")");
+  }
+  require(student.extent[2] >= 1, std::string("student.extent[2] (") + dim_names[2] + ")", "must be >= 1, got ",
+          student.extent[2]);
+  require_no_self_overlap(grad, "grad");
+  require(!ranges_overlap(grad, student), "grad", "aliases student: the gradient buffer must not overlap an input");
+  require(!ranges_overlap(grad, teacher), "grad", "aliases teacher: the gradient buffer must not overlap an input");
+  validate_row_view(io.weights, "weights", student.extent[0], student.extent[1], dim_names);
+  validate_row_view(io.upstream, "upstream", student.extent[0], student.extent[1], dim_names);
+  validate_row_view(io.row_loss, "row_loss", student.extent[0], student.extent[1], dim_names);
+  require(red == reduction::none || !io.upstream.data, "upstream", "is only valid with reduction::none");
+  require(red == reduction::none || !io.row_loss.data, "row_loss", "is only valid with reduction::none");
+  if (io.row_loss.data) {
+    require_no_self_overlap(io.row_loss, "row_loss");
+    require(!ranges_overlap(io.row_loss, grad) && !ranges_overlap(io.row_loss, student) &&
+                !ranges_overlap(io.row_loss, teacher),
+            "row_loss", "overlaps another tensor of the call");
+  }
+}
+
+/// @brief Copies row inputs into the device-copyable weighting the kernels read.
+template <class Acc>
+row_weighting<Acc> make_row_weighting(const row_io<Acc>& io, index_t inner) {
+  return row_weighting<Acc>{io.weights, io.upstream, io.row_loss, inner};
+}
+
+}  // namespace detail
+}  // namespace bevkd

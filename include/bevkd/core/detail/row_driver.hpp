@@ -1,0 +1,63 @@
+// bevkd internal: the per-row driver shared by every loss (weights, upstream gradients, per-row outputs).
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include "../config.hpp"
+#include "../dtype.hpp"
+#include "../reduction.hpp"
+#include "../view.hpp"
+
+namespace bevkd {
+namespace detail {
+
+/// @brief Per-row weights, per-row loss outputs and per-row upstream gradients over a 2-D row grid [R0, R1].
+///
+/// Row r is (r / R1, r % R1). A view with a null pointer is absent: weight 1, upstream 1,
+/// nothing written.
+template <class Acc>
+struct row_weighting {
+  strided_view<const Acc, 2> weights;   ///< w[r0, r1] >= 0, or absent.
+  strided_view<const Acc, 2> upstream;  ///< u[r0, r1] (reduction none only), or absent.
+  strided_view<Acc, 2> row_loss;        ///< Output loss_weight * w_r * l_r (reduction none only), or absent.
+  index_t inner = 1;                    ///< R1.
+
+  /// @brief Weight of row r (1 without weights).
+  BEVKD_HOST_DEVICE Acc weight(index_t r) const { return weights.data ? weights(r / inner, r % inner) : Acc(1); }
+  /// @brief Upstream gradient of row r (1 without one).
+  BEVKD_HOST_DEVICE Acc upstream_grad(index_t r) const {
+    return upstream.data ? upstream(r / inner, r % inner) : Acc(1);
+  }
+  /// @brief Writes row r's output loss when per-row outputs were requested.
+  BEVKD_HOST_DEVICE void store(index_t r, Acc value) const {
+    if (row_loss.data) row_loss(r / inner, r % inner) = value;
+  }
+};
+
+/// @brief Runs one row of a loss problem with the whole team and returns w_r * l_r (every lane gets it).
+///
+/// A row of weight 0 is excluded outright: loss 0 and gradient exactly 0 (not 0 * NaN), so
+/// masked-out pillars can hold anything.
+template <class Problem, class Team, class Acc>
+BEVKD_HOST_DEVICE Acc run_row(const Problem& problem, const Team& team, index_t r,
+                              const row_scaling<Acc>& scaling) {
+  const Acc w = problem.rows.weight(r);
+  if (w == Acc(0)) {
+    if (!scaling.accumulate) problem.zero_grad(team, r);
+    if (team.leader()) problem.rows.store(r, Acc(0));
+    return Acc(0);
+  }
+  const Acc coeff = scaling.grad_coeff * w * problem.rows.upstream_grad(r);
+  const Acc loss = problem.loss_and_grad(team, r, coeff, scaling.accumulate);
+  const Acc weighted = w * loss;
+  if (team.leader()) problem.rows.store(r, scaling.loss_weight * weighted);
+  return weighted;
+}
+
+/// @brief Writes (or adds) one gradient element: accumulate adds into what is there.
+template <class T, class Acc>
+BEVKD_HOST_DEVICE void write_grad(T& slot, Acc value, bool accumulate) {
+  slot = accumulate ? store_from_accum<T>(load_as_accum(slot) + value) : store_from_accum<T>(value);
+}
+
+}  // namespace detail
+}  // namespace bevkd

@@ -1,0 +1,52 @@
+// bevkd error types and the argument checks that raise them.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace bevkd {
+
+/// @brief Thrown on the host, before any kernel runs, when an argument is invalid; the message names it.
+class invalid_argument : public std::invalid_argument {
+ public:
+  /// @brief Builds the message "bevkd: <argument>: <what was wrong>".
+  invalid_argument(const std::string& argument, const std::string& problem)
+      : std::invalid_argument("bevkd: " + argument + ": " + problem), argument_(argument) {}
+
+  /// @brief Name of the offending argument (e.g. "teacher.C").
+  const std::string& argument() const noexcept { return argument_; }
+
+ private:
+  std::string argument_;
+};
+
+/// @brief Thrown when a CUDA runtime call fails; carries the call, file and line.
+class cuda_error : public std::runtime_error {
+ public:
+  /// @brief Builds the message from the failing call, its error string and location.
+  cuda_error(const std::string& call, const std::string& error, const char* file, int line)
+      : std::runtime_error("bevkd: CUDA call " + call + " failed: " + error + " (" + file + ":" +
+                           std::to_string(line) + ")") {}
+};
+
+namespace detail {
+
+/// @brief Formats values into one string (used for error messages).
+template <class... Parts>
+std::string cat(const Parts&... parts) {
+  std::ostringstream out;
+  (out << ... << parts);
+  return out.str();
+}
+
+/// @brief Throws bevkd::invalid_argument(argument, problem) when `ok` is false.
+template <class... Parts>
+void require(bool ok, const std::string& argument, const Parts&... problem) {
+  if (!ok) throw invalid_argument(argument, cat(problem...));
+}
+
+}  // namespace detail
+}  // namespace bevkd

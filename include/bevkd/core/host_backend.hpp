@@ -1,0 +1,156 @@
+// bevkd host backend: runs team-collective row kernels on the CPU (OpenMP over row chunks when available).
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "config.hpp"
+#include "detail/row_driver.hpp"
+#include "error.hpp"
+#include "reduction.hpp"
+#include "team.hpp"
+
+namespace bevkd {
+namespace detail {
+
+/// @brief What a loss call asks of a backend beyond the problem itself.
+struct loss_call {
+  reduction red = reduction::mean;  ///< Reduction over rows.
+  double loss_weight = 1;           ///< Multiplies loss and gradient.
+  double grad_scale = 1;            ///< Upstream scale, multiplies the gradient only.
+  bool accumulate = false;          ///< Add into the gradient buffer.
+  index_t batch = 1;                ///< B, the batchmean divisor.
+};
+
+/// @brief Rows per deterministic partial sum: fixed, so results do not depend on the thread count.
+constexpr index_t host_rows_per_chunk = 256;
+
+}  // namespace detail
+
+/// @brief Executes bevkd calls on the CPU; owns the reusable scratch, so keep one per training loop.
+///
+/// Rows are split into fixed chunks of 256; each chunk's weighted loss is summed in row
+/// order and the chunk sums in chunk order, so results are bit-identical for any thread
+/// count. The production team is one lane; tests set wider simulated teams.
+class host_exec {
+ public:
+  /// @brief The value a loss call returns on this backend.
+  using result_type = loss_result;
+
+  /// @brief A host executor using `threads` OpenMP threads (0: OpenMP's default; ignored without OpenMP).
+  explicit host_exec(int threads = 0) : threads_(threads) {
+    detail::require(threads >= 0, "threads", "must be >= 0, got ", threads);
+  }
+
+  /// @brief Simulates a team of `lanes` lanes owning chunks of `chunk` columns, with or without row scratch (testing).
+  host_exec& simulate_team(int lanes, int chunk = 1, bool scratch = true) {
+    detail::require(lanes >= 1 && lanes <= host_team::max_lanes, "lanes", "must be in [1, ", host_team::max_lanes,
+                    "], got ", lanes);
+    detail::require(chunk >= 1, "chunk", "must be >= 1, got ", chunk);
+    lanes_ = lanes;
+    chunk_ = chunk;
+    scratch_enabled_ = scratch;
+    return *this;
+  }
+
+  /// @brief Number of threads a parallel region will use.
+  int threads() const {
+#if defined(_OPENMP)
+    return threads_ > 0 ? threads_ : omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+
+  /// @brief Runs a validated loss problem over all its rows and reduces the result (library internal).
+  template <class Problem>
+  loss_result run_loss(const Problem& problem, const detail::loss_call& call) {
+    using acc = typename Problem::acc_type;
+    const index_t rows = problem.row_count();
+    const double weight_sum = problem.rows.weights.data ? sum_weights(problem) : static_cast<double>(rows);
+    const double normaliser = detail::reduction_normaliser(call.red, weight_sum, static_cast<double>(call.batch));
+    const auto scaling = detail::make_row_scaling<acc>(call.loss_weight, call.grad_scale, normaliser, call.accumulate);
+    const index_t scratch_bytes = scratch_enabled_ ? problem.scratch_bytes() : 0;
+    const double total = sum_over_chunks(rows, scratch_bytes, [&](index_t r, const host_team& team) {
+      return static_cast<double>(detail::run_row(problem, team, r, scaling));
+    });
+    return loss_result{detail::finish_loss(total, call.loss_weight, normaliser), call.loss_weight * total, weight_sum};
+  }
+
+  /// @brief Runs f(i) for i in [0, count) in parallel (deterministic elementwise work; library internal).
+  template <class F>
+  void parallel_for(index_t count, F&& f) {
+    const int nthreads = threads();
+    (void)nthreads;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+#endif
+    for (index_t i = 0; i < count; ++i) f(i);
+  }
+
+ private:
+  // Sum of row_value(r, team) over rows, chunk by chunk, independent of the thread count.
+  template <class RowValue>
+  double sum_over_chunks(index_t rows, index_t scratch_bytes, RowValue&& row_value) {
+    const index_t chunks = (rows + detail::host_rows_per_chunk - 1) / detail::host_rows_per_chunk;
+    const int nthreads = threads();
+    partials_.assign(static_cast<std::size_t>(chunks), 0.0);
+    scratch_.resize(static_cast<std::size_t>(scratch_bytes * nthreads) / sizeof(double) + 1);
+    double* partials = partials_.data();
+    double* scratch = scratch_.data();
+    const index_t scratch_doubles = scratch_bytes / static_cast<index_t>(sizeof(double));
+    const int lanes = lanes_, chunk = chunk_;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+#if defined(_OPENMP)
+      const int thread = omp_get_thread_num();
+#else
+      const int thread = 0;
+#endif
+      const host_team team(lanes, chunk, scratch + thread * scratch_doubles, scratch_bytes);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+      for (index_t k = 0; k < chunks; ++k) {
+        const index_t first = k * detail::host_rows_per_chunk;
+        const index_t last = first + detail::host_rows_per_chunk < rows ? first + detail::host_rows_per_chunk : rows;
+        double partial = 0;
+        for (index_t r = first; r < last; ++r) partial += row_value(r, team);
+        partials[k] = partial;
+      }
+    }
+    double total = 0;
+    for (index_t k = 0; k < chunks; ++k) total += partials[k];
+    return total;
+  }
+
+  template <class Problem>
+  double sum_weights(const Problem& problem) {
+    const index_t rows = problem.row_count();
+    std::atomic<bool> negative{false};
+    const double total = sum_over_chunks(rows, 0, [&](index_t r, const host_team&) {
+      const double w = static_cast<double>(problem.rows.weight(r));
+      if (w < 0) negative.store(true, std::memory_order_relaxed);
+      return w;
+    });
+    detail::require(!negative.load(), "weights", "must be >= 0 everywhere (a negative weight was found)");
+    return total;
+  }
+
+  int threads_;
+  int lanes_ = 1;
+  int chunk_ = 1;
+  bool scratch_enabled_ = true;
+  std::vector<double> partials_;
+  std::vector<double> scratch_;
+};
+
+}  // namespace bevkd

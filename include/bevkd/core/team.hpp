@@ -1,0 +1,121 @@
+// bevkd team abstraction on the host: a team of N lanes run one after the other, reducing in CUB's tree order.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include "config.hpp"
+
+namespace bevkd {
+
+/// @brief A fixed-size array of accumulators reduced together in one team reduction.
+template <class Acc, int N>
+struct acc_array {
+  Acc v[N];  ///< Components.
+
+  /// @brief Component access.
+  BEVKD_HOST_DEVICE Acc& operator[](int i) { return v[i]; }
+  /// @brief Component access.
+  BEVKD_HOST_DEVICE const Acc& operator[](int i) const { return v[i]; }
+};
+
+/// @brief Component-wise sum (the reduction operator of team sums).
+struct sum_op {
+  /// @brief a + b.
+  template <class Acc>
+  BEVKD_HOST_DEVICE Acc operator()(const Acc& a, const Acc& b) const {
+    return a + b;
+  }
+  /// @brief Component-wise a + b.
+  template <class Acc, int N>
+  BEVKD_HOST_DEVICE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
+    acc_array<Acc, N> out;
+    for (int i = 0; i < N; ++i) out[i] = a[i] + b[i];
+    return out;
+  }
+};
+
+/// @brief Component-wise maximum that propagates NaN (a NaN lane makes the result NaN, as PyTorch's max does).
+struct max_op {
+  /// @brief max(a, b), NaN if either is NaN.
+  template <class Acc>
+  BEVKD_HOST_DEVICE Acc operator()(const Acc& a, const Acc& b) const {
+    return (a != a || a > b) ? a : b;
+  }
+  /// @brief Component-wise max.
+  template <class Acc, int N>
+  BEVKD_HOST_DEVICE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
+    acc_array<Acc, N> out;
+    for (int i = 0; i < N; ++i) out[i] = (*this)(a[i], b[i]);
+    return out;
+  }
+};
+
+/// @brief Lanes of a hardware warp; the host team reduces in groups of this many, like a CUDA block does.
+constexpr int warp_lanes = 32;
+
+/// @brief A host team of `size()` lanes executed one after the other (Kokkos-style serial team).
+///
+/// Team-collective kernels call `reduce(op, f)`, where `f(lane)` returns that lane's
+/// partial over its strided share, and `for_each_lane(f)`. With one lane this is the
+/// production CPU path; with 7, 32 or 256 lanes the tests execute the exact partitioning,
+/// tails and reduction tree that the CUDA warp and block teams execute.
+class host_team {
+ public:
+  /// @brief Largest simulated team (a CUDA block's limit).
+  static constexpr int max_lanes = 1024;
+
+  /// @brief A team of `lanes` lanes (1 <= lanes <= max_lanes) owning chunks of `chunk` columns, with optional scratch.
+  explicit host_team(int lanes = 1, int chunk = 1, void* scratch = nullptr, index_t scratch_bytes = 0)
+      : lanes_(lanes), chunk_(chunk), scratch_(scratch), scratch_bytes_(scratch_bytes) {}
+
+  /// @brief Number of lanes.
+  BEVKD_HOST_DEVICE int size() const { return lanes_; }
+
+  /// @brief Consecutive columns a lane owns before the next lane's share starts (see for_lane_columns).
+  BEVKD_HOST_DEVICE int chunk() const { return chunk_; }
+
+  /// @brief True for the lane that performs the row's single writes (the host runs them once).
+  BEVKD_HOST_DEVICE bool leader() const { return true; }
+
+  /// @brief Per-row scratch of n accumulators, or null when the team has none (kernels then recompute).
+  template <class Acc>
+  BEVKD_HOST_DEVICE Acc* scratch(index_t n) const {
+    return n * static_cast<index_t>(sizeof(Acc)) <= scratch_bytes_ ? static_cast<Acc*>(scratch_) : nullptr;
+  }
+
+  /// @brief Runs f(lane) for every lane in order.
+  template <class F>
+  BEVKD_HOST_DEVICE void for_each_lane(F&& f) const {
+    for (int lane = 0; lane < lanes_; ++lane) f(lane);
+  }
+
+  /// @brief Reduces f(lane) over the lanes with `op`, in the tree order of the CUDA teams; every lane gets the result.
+  ///
+  /// Order: within each group of 32 lanes a pairwise tree (offsets 1, 2, 4, ...: what
+  /// CUB's shuffle-based WarpReduce computes), then the group results left to right
+  /// (what CUB's BlockReduce with warp reductions computes).
+  template <class Op, class F>
+  BEVKD_HOST_DEVICE auto reduce(Op op, F&& f) const -> decltype(f(0)) {
+    using value_type = decltype(f(0));
+    value_type total = f(0);
+    if (lanes_ == 1) return total;
+    for (int first = 0; first < lanes_; first += warp_lanes) {
+      const int count = lanes_ - first < warp_lanes ? lanes_ - first : warp_lanes;
+      value_type partial[warp_lanes] = {};
+      partial[0] = first == 0 ? total : f(first);
+      for (int lane = 1; lane < count; ++lane) partial[lane] = f(first + lane);
+      for (int offset = 1; offset < count; offset *= 2)
+        for (int lane = 0; lane + offset < count; lane += 2 * offset)
+          partial[lane] = op(partial[lane], partial[lane + offset]);
+      total = first == 0 ? partial[0] : op(total, partial[0]);
+    }
+    return total;
+  }
+
+ private:
+  int lanes_;
+  int chunk_;
+  void* scratch_;
+  index_t scratch_bytes_;
+};
+
+}  // namespace bevkd

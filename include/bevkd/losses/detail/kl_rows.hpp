@@ -1,0 +1,115 @@
+// bevkd internal: team-collective per-row KL divergences (softmax over a row, per-element sigmoid).
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include "../../core/config.hpp"
+#include "../../core/detail/lanes.hpp"
+#include "../../core/detail/row_driver.hpp"
+#include "../../core/dtype.hpp"
+#include "../../core/math.hpp"
+#include "../../core/team.hpp"
+
+namespace bevkd {
+namespace detail {
+
+/// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over one row; writes coeff * tau * (q_S - q_T).
+///
+/// Three passes over the row (maxima; exponential sums; gradient), two exponentials per
+/// element: teams with scratch keep them for the gradient pass, others recompute them.
+template <class Team, class T, bool Unit, class Acc = accum_t<T>>
+BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
+                                     Acc coeff, bool accumulate) {
+  const int lanes = team.size(), chunk = team.chunk();
+  const index_t n = row.n;
+  const acc_array<Acc, 2> maxima = team.reduce(max_op{}, [&](int lane) {
+    acc_array<Acc, 2> m{{-math::infinity<Acc>(), -math::infinity<Acc>()}};
+    for_lane_columns(lane, lanes, chunk, n, [&](index_t c) {
+      m[0] = max_op{}(m[0], load_as_accum(row.teacher[c]) * inv_tau);
+      m[1] = max_op{}(m[1], load_as_accum(row.student[c]) * inv_tau);
+    });
+    return m;
+  });
+  const Acc max_t = maxima[0], max_s = maxima[1];
+  Acc* cache = team.template scratch<Acc>(2 * n);
+  // z_T = sum e^(a - max_t), z_S = sum e^(b - max_s), cross = sum e^(a - max_t) (a' - b').
+  const acc_array<Acc, 3> sums = team.reduce(sum_op{}, [&](int lane) {
+    acc_array<Acc, 3> z{{Acc(0), Acc(0), Acc(0)}};
+    for_lane_columns(lane, lanes, chunk, n, [&](index_t c) {
+      const Acc a = load_as_accum(row.teacher[c]) * inv_tau - max_t;
+      const Acc b = load_as_accum(row.student[c]) * inv_tau - max_s;
+      const Acc e_t = math::exp(a), e_s = math::exp(b);
+      z[0] += e_t;
+      z[1] += e_s;
+      z[2] += e_t == Acc(0) ? Acc(0) : e_t * (a - b);  // a zero teacher probability contributes 0
+      if (cache) {
+        cache[c] = e_t;
+        cache[n + c] = e_s;
+      }
+    });
+    return z;
+  });
+  const Acc inv_zt = Acc(1) / sums[0], inv_zs = Acc(1) / sums[1];
+  const Acc scale = coeff * tau;
+  team.for_each_lane([&](int lane) {
+    for_lane_columns(lane, lanes, chunk, n, [&](index_t c) {
+      Acc e_t, e_s;
+      if (cache) {
+        e_t = cache[c];
+        e_s = cache[n + c];
+      } else {
+        e_t = math::exp(load_as_accum(row.teacher[c]) * inv_tau - max_t);
+        e_s = math::exp(load_as_accum(row.student[c]) * inv_tau - max_s);
+      }
+      write_grad(row.grad[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
+    });
+  });
+  const Acc kl = sums[2] * inv_zt - math::log(sums[0]) + math::log(sums[1]);
+  return tau * tau * kl;
+}
+
+/// @brief The pieces of one logit x that a Bernoulli KL needs, from one exponential and one log1p.
+template <class Acc>
+struct logistic {
+  Acc sp;      ///< softplus(x) = -log(1 - sigmoid(x)).
+  Acc sp_neg;  ///< softplus(-x) = -log(sigmoid(x)).
+  Acc prob;    ///< sigmoid(x).
+
+  /// @brief Evaluates the three stably for any x, including +-inf.
+  BEVKD_HOST_DEVICE explicit logistic(Acc x) {
+    const Acc abs_x = x < Acc(0) ? -x : x;
+    const Acc e = math::exp(-abs_x);
+    const Acc tail = math::log1p_nonneg(e);
+    sp = (x > Acc(0) ? x : Acc(0)) + tail;
+    sp_neg = (x < Acc(0) ? -x : Acc(0)) + tail;
+    const Acc inv = Acc(1) / (Acc(1) + e);
+    prob = x >= Acc(0) ? inv : e * inv;
+    if (math::is_nan(x)) prob = x;
+  }
+};
+
+/// @brief tau^2 sum_c KL(Bernoulli(sigmoid(t_c/tau)) || Bernoulli(sigmoid(s_c/tau))); writes coeff * tau * (s_S - s_T).
+///
+/// One pass: the gradient needs no row-wide normaliser.
+template <class Team, class T, bool Unit, class Acc = accum_t<T>>
+BEVKD_HOST_DEVICE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
+                                     Acc coeff, bool accumulate) {
+  const int lanes = team.size(), chunk = team.chunk();
+  const Acc scale = coeff * tau;
+  const Acc total = team.reduce(sum_op{}, [&](int lane) {
+    Acc sum = Acc(0);
+    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
+      const logistic<Acc> t(load_as_accum(row.teacher[c]) * inv_tau);
+      const logistic<Acc> s(load_as_accum(row.student[c]) * inv_tau);
+      // s_T log(s_T/s_S) + (1-s_T) log((1-s_T)/(1-s_S)); each side is 0 where its weight is 0.
+      const Acc positive = t.prob == Acc(0) ? Acc(0) : t.prob * (s.sp_neg - t.sp_neg);
+      const Acc negative = t.prob == Acc(1) ? Acc(0) : (Acc(1) - t.prob) * (s.sp - t.sp);
+      sum += positive + negative;
+      write_grad(row.grad[c], scale * (s.prob - t.prob), accumulate);
+    });
+    return sum;
+  });
+  return tau * tau * total;
+}
+
+}  // namespace detail
+}  // namespace bevkd

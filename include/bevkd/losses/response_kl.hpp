@@ -1,0 +1,127 @@
+// bevkd per-pillar response KL divergence (softmax, sigmoid and channel-wise spatial modes) with its fused gradient.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <type_traits>
+
+#include "../core/config.hpp"
+#include "../core/detail/bev_rows.hpp"
+#include "../core/dtype.hpp"
+#include "../core/reduction.hpp"
+#include "../core/view.hpp"
+#include "detail/kl_rows.hpp"
+
+namespace bevkd {
+
+/// @brief Which distribution the response KL compares.
+enum class kl_mode {
+  softmax,  ///< Class distribution per pillar: softmax over C for each row (b, p).
+  sigmoid,  ///< Independent Bernoulli per class (CenterPoint-style heatmaps), summed over C.
+  spatial   ///< Channel-wise distillation (CWD): softmax over the P pillars for each row (b, c).
+};
+
+/// @brief Options of response_kl.
+struct response_kl_options {
+  kl_mode mode = kl_mode::softmax;   ///< Distribution compared.
+  double temperature = 1.0;          ///< tau > 0; the loss is scaled by tau^2.
+  reduction reduce = reduction::mean;  ///< How per-row losses are combined.
+  double loss_weight = 1.0;          ///< Multiplies the loss, per-row losses and the gradient.
+  double grad_scale = 1.0;           ///< Upstream scale; multiplies the gradient only.
+  bool accumulate = false;           ///< Add the gradient into `grad` instead of overwriting it.
+};
+
+namespace detail {
+
+/// @brief The response KL over the rows of [R0, R1, N] views (spatial mode arrives here already transposed).
+template <class T, bool Unit, bool Sigmoid>
+struct response_kl_problem : row_problem<T, Unit> {
+  using acc_type = accum_t<T>;  ///< Accumulation type.
+  acc_type inv_tau;             ///< 1 / tau.
+  acc_type tau;                 ///< Temperature.
+
+  /// @brief Host scratch a row may use: the softmax pass keeps two exponentials per column.
+  index_t scratch_bytes() const {
+    return Sigmoid ? 0 : 2 * this->columns() * static_cast<index_t>(sizeof(acc_type));
+  }
+
+  /// @brief Team-collective loss of row r; writes coeff * dl_r/dS.
+  template <class Team>
+  BEVKD_HOST_DEVICE acc_type loss_and_grad(const Team& team, index_t r, acc_type coeff, bool accumulate) const {
+    if (Sigmoid) return sigmoid_kl_row(team, this->row(r), inv_tau, tau, coeff, accumulate);
+    return softmax_kl_row(team, this->row(r), inv_tau, tau, coeff, accumulate);
+  }
+};
+
+/// @brief Calls f(std::integral_constant<bool, b>{}) so a runtime flag picks a compile-time variant.
+template <class F>
+decltype(auto) dispatch_bool(bool b, F&& f) {
+  if (b) return f(std::true_type{});
+  return f(std::false_type{});
+}
+
+}  // namespace detail
+
+/// @brief Fused per-pillar KL distillation: l_r = tau^2 KL(p_T,r || p_S,r), gradient tau (p_S - p_T) w.r.t. student logits.
+///
+/// Rows r = (b, p) over a logical [B, P, C] tensor of logits (softmax: p = softmax over C of
+/// logits / tau; sigmoid: per-class Bernoulli of sigmoid(logit / tau), summed over C), or
+/// r = (b, c) with the softmax over P (spatial). Returns the reduced loss; writes (or adds)
+/// loss_weight * grad_scale * d(reduced loss)/d(student) into `grad`. With tau = 1,
+/// reduction sum and no weights, softmax mode equals
+/// `F.kl_div(F.log_softmax(S, -1), F.softmax(T, -1), reduction='sum')`.
+/// Kernels: detail/kl_rows.hpp (softmax_kl_row, sigmoid_kl_row).
+class response_kl {
+ public:
+  /// @brief The options every call uses; public so a trainer can adjust them between steps.
+  response_kl_options options;
+
+  /// @brief A response KL functor with the given options (validated at each call).
+  explicit response_kl(const response_kl_options& opts = {}) : options(opts) {}
+
+  /// @brief Computes the loss and writes the student's gradient.
+  /// @tparam Exec host_exec or cuda_exec.
+  /// @tparam T float, double, bevkd::half or bevkd::bfloat16.
+  /// @param exec Backend (and its reusable workspace).
+  /// @param student Student logits, logical [B, P, C], any strides.
+  /// @param teacher Teacher logits, same extents as `student`; never receives a gradient.
+  /// @param grad Gradient buffer with the student's extents; must not overlap the inputs.
+  /// @param io Optional per-row weights ([B, P]; [B, C] in spatial mode), and for reduction::none the
+  ///           per-row loss output and upstream gradient, in accum_t<T>.
+  /// @return Exec::result_type: the loss, loss_weight * sum_r w_r l_r and sum_r w_r.
+  /// @throw bevkd::invalid_argument naming the argument, before anything is written.
+  template <class Exec, class T>
+  typename Exec::result_type operator()(Exec& exec, detail::identity_t<bev_view<const T>> student,
+                                        detail::identity_t<bev_view<const T>> teacher, bev_view<T> grad,
+                                        const row_io<accum_t<T>>& io = {}) const {
+    static constexpr const char* pillar_dims[3] = {"B", "P", "C"};
+    static constexpr const char* channel_dims[3] = {"B", "C", "P"};
+    const bool spatial = options.mode == kl_mode::spatial;
+    if (spatial) {
+      student = student.transposed(1, 2);
+      teacher = teacher.transposed(1, 2);
+      grad = grad.transposed(1, 2);
+    }
+    detail::require_finite(options.temperature, "temperature", true);
+    detail::require_finite(options.loss_weight, "loss_weight");
+    detail::require_finite(options.grad_scale, "grad_scale");
+    detail::validate_rows_call(student, teacher, grad, io, options.reduce, spatial ? channel_dims : pillar_dims);
+    const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate,
+                                 student.extent[0]};
+    using acc = accum_t<T>;
+    const bool sigmoid = options.mode == kl_mode::sigmoid;
+    return detail::dispatch_bool(detail::unit_columns(student, teacher, grad), [&](auto unit) {
+      return detail::dispatch_bool(sigmoid, [&](auto sig) {
+        detail::response_kl_problem<T, decltype(unit)::value, decltype(sig)::value> problem;
+        problem.student = student;
+        problem.teacher = teacher;
+        problem.grad = grad;
+        problem.rows = detail::make_row_weighting(io, student.extent[1]);
+        problem.tau = static_cast<acc>(options.temperature);
+        problem.inv_tau = static_cast<acc>(1.0 / options.temperature);
+        return exec.run_loss(problem, call);
+      });
+    });
+  }
+};
+
+}  // namespace bevkd
