@@ -125,6 +125,24 @@ BEVKD_HOST_DEVICE float log(float x) {
 /// @brief Natural logarithm for double (libm).
 BEVKD_HOST_DEVICE double log(double x) { return ::log(x); }
 
+/// @brief Square root of a float (correctly rounded on host and device).
+BEVKD_HOST_DEVICE float sqrt(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrtf(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
+/// @brief Square root of a double.
+BEVKD_HOST_DEVICE double sqrt(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 /// @brief log(1 + x) for x >= 0, accurate for small x (a correction term restores what 1 + x rounds away).
 template <class T>
 BEVKD_HOST_DEVICE T log1p_nonneg(T x) {

@@ -32,7 +32,7 @@ struct row_scaling {
 };
 
 /// @brief The normaliser a reduction divides the weighted sum by (0 means "loss and gradient are exactly 0").
-inline double reduction_normaliser(reduction red, double weight_sum, double batch) {
+BEVKD_HOST_DEVICE double reduction_normaliser(reduction red, double weight_sum, double batch) {
   switch (red) {
     case reduction::mean:
       return weight_sum;

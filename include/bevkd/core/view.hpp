@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <string>
+#include <type_traits>
 
 #include "config.hpp"
 #include "error.hpp"
@@ -56,8 +57,9 @@ struct strided_view {
   }
 
   /// @brief The same view of const elements.
-  operator strided_view<const T, Rank>() const {
-    strided_view<const T, Rank> out;
+  template <class U = T, std::enable_if_t<!std::is_const<U>::value, int> = 0>
+  operator strided_view<const U, Rank>() const {
+    strided_view<const U, Rank> out;
     out.data = data;
     for (int d = 0; d < Rank; ++d) {
       out.extent[d] = extent[d];

@@ -2,8 +2,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <type_traits>
-
 #include "../core/config.hpp"
 #include "../core/detail/bev_rows.hpp"
 #include "../core/dtype.hpp"
@@ -51,13 +49,6 @@ struct response_kl_problem : row_problem<T, Unit> {
     return softmax_kl_row(team, this->row(r), inv_tau, tau, coeff, accumulate);
   }
 };
-
-/// @brief Calls f(std::integral_constant<bool, b>{}) so a runtime flag picks a compile-time variant.
-template <class F>
-decltype(auto) dispatch_bool(bool b, F&& f) {
-  if (b) return f(std::true_type{});
-  return f(std::false_type{});
-}
 
 }  // namespace detail
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "../config.hpp"
 #include "../dtype.hpp"
@@ -42,6 +43,7 @@ using identity_t = typename identity<T>::type;
 template <class T, bool Unit>
 struct row_problem {
   using acc_type = accum_t<T>;       ///< Accumulation type.
+  static constexpr bool unit_stride = Unit;  ///< Every column stride is 1.
   strided_view<const T, 3> student;  ///< Student input.
   strided_view<const T, 3> teacher;  ///< Teacher input.
   strided_view<T, 3> grad;           ///< Gradient w.r.t. the student.
@@ -71,6 +73,13 @@ struct row_problem {
     });
   }
 };
+
+/// @brief Calls f(std::integral_constant<bool, b>{}) so a runtime flag picks a compile-time variant.
+template <class F>
+decltype(auto) dispatch_bool(bool b, F&& f) {
+  if (b) return f(std::true_type{});
+  return f(std::false_type{});
+}
 
 /// @brief True when every column (dimension 2) stride is 1, so the unit-stride kernels apply.
 template <class T>

@@ -1,0 +1,128 @@
+// bevkd CUDA teams: a thread, a warp or a block runs one row, reducing with CUB's warp and block primitives.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/util_ptx.cuh>
+#include <cub/warp/warp_reduce.cuh>
+
+#include "config.hpp"
+#include "team.hpp"
+
+namespace bevkd {
+namespace detail {
+
+/// @brief Blocks of every bevkd row kernel have this many threads.
+constexpr int cuda_block_threads = 256;
+
+/// @brief One thread per row (rows whose columns are strided: consecutive threads read consecutive pillars).
+struct thread_team {
+  /// @brief Rows processed side by side in one block.
+  static constexpr int teams_per_block = cuda_block_threads;
+  /// @brief Rows per block (fixed, so partial sums do not depend on the device).
+  static constexpr index_t rows_per_block = teams_per_block;
+  /// @brief Built from the thread's index (its lane is always 0).
+  BEVKD_DEVICE explicit thread_team(int) {}
+  /// @brief One lane.
+  BEVKD_DEVICE int size() const { return 1; }
+  /// @brief Lane-strided columns.
+  BEVKD_DEVICE int chunk() const { return 1; }
+  /// @brief The thread is its own leader.
+  BEVKD_DEVICE bool leader() const { return true; }
+  /// @brief No scratch on the device: kernels recompute.
+  template <class Acc>
+  BEVKD_DEVICE Acc* scratch(index_t) const {
+    return nullptr;
+  }
+  /// @brief f(0).
+  template <class F>
+  BEVKD_DEVICE void for_each_lane(F&& f) const {
+    f(0);
+  }
+  /// @brief f(0): nothing to reduce.
+  template <class Op, class F>
+  BEVKD_DEVICE auto reduce(Op, F&& f) const -> decltype(f(0)) {
+    return f(0);
+  }
+};
+
+/// @brief A warp of 32 lanes per row; reductions with cub::WarpReduce, the result broadcast from lane 0.
+struct warp_team {
+  /// @brief Rows processed side by side in one block.
+  static constexpr int teams_per_block = cuda_block_threads / warp_lanes;
+  /// @brief Rows per block: four per warp.
+  static constexpr index_t rows_per_block = 4 * teams_per_block;
+  int lane_;  ///< Lane within the warp.
+  /// @brief Built from the thread's index in the block.
+  BEVKD_DEVICE explicit warp_team(int thread) : lane_(thread % warp_lanes) {}
+  /// @brief 32 lanes.
+  BEVKD_DEVICE int size() const { return warp_lanes; }
+  /// @brief Lane-strided columns (coalesced loads).
+  BEVKD_DEVICE int chunk() const { return 1; }
+  /// @brief Lane 0 performs single writes.
+  BEVKD_DEVICE bool leader() const { return lane_ == 0; }
+  /// @brief No scratch on the device: kernels recompute.
+  template <class Acc>
+  BEVKD_DEVICE Acc* scratch(index_t) const {
+    return nullptr;
+  }
+  /// @brief f(this lane).
+  template <class F>
+  BEVKD_DEVICE void for_each_lane(F&& f) const {
+    f(lane_);
+  }
+  /// @brief Warp-wide reduction of f(lane); every lane returns the result.
+  template <class Op, class F>
+  BEVKD_DEVICE auto reduce(Op op, F&& f) const -> decltype(f(0)) {
+    using value_type = decltype(f(0));
+    using warp_reduce = cub::WarpReduce<value_type>;
+    __shared__ typename warp_reduce::TempStorage storage[teams_per_block];
+    const value_type partial = f(lane_);
+    const value_type total = warp_reduce(storage[threadIdx.x / warp_lanes]).Reduce(partial, op);
+    return cub::ShuffleIndex<warp_lanes>(total, 0, 0xffffffffu);
+  }
+};
+
+/// @brief A whole block per row (long rows: the spatial KL over P pillars); reductions with cub::BlockReduce.
+struct block_team {
+  /// @brief One row at a time per block.
+  static constexpr int teams_per_block = 1;
+  /// @brief Rows per block.
+  static constexpr index_t rows_per_block = 1;
+  int lane_;  ///< Thread index in the block.
+  /// @brief Built from the thread's index in the block.
+  BEVKD_DEVICE explicit block_team(int thread) : lane_(thread) {}
+  /// @brief 256 lanes.
+  BEVKD_DEVICE int size() const { return cuda_block_threads; }
+  /// @brief Lane-strided columns.
+  BEVKD_DEVICE int chunk() const { return 1; }
+  /// @brief Thread 0 performs single writes.
+  BEVKD_DEVICE bool leader() const { return lane_ == 0; }
+  /// @brief No scratch on the device: kernels recompute.
+  template <class Acc>
+  BEVKD_DEVICE Acc* scratch(index_t) const {
+    return nullptr;
+  }
+  /// @brief f(this thread).
+  template <class F>
+  BEVKD_DEVICE void for_each_lane(F&& f) const {
+    f(lane_);
+  }
+  /// @brief Block-wide reduction of f(lane); every thread returns the result.
+  template <class Op, class F>
+  BEVKD_DEVICE auto reduce(Op op, F&& f) const -> decltype(f(0)) {
+    using value_type = decltype(f(0));
+    using block_reduce = cub::BlockReduce<value_type, cuda_block_threads>;
+    __shared__ typename block_reduce::TempStorage storage;
+    __shared__ value_type result;
+    const value_type total = block_reduce(storage).Reduce(f(lane_), op);
+    if (lane_ == 0) result = total;
+    __syncthreads();
+    const value_type out = result;
+    __syncthreads();  // storage and result are reused by the next reduction
+    return out;
+  }
+};
+
+}  // namespace detail
+}  // namespace bevkd

@@ -1,0 +1,73 @@
+// bevkd internal: team-collective per-row feature MSE, plain and per-pillar L2-normalised.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include "../../core/config.hpp"
+#include "../../core/detail/lanes.hpp"
+#include "../../core/detail/row_driver.hpp"
+#include "../../core/dtype.hpp"
+#include "../../core/math.hpp"
+#include "../../core/team.hpp"
+
+namespace bevkd {
+namespace detail {
+
+/// @brief (1/n) sum_c (s_c - t_c)^2 over one row; writes coeff * (2/n) (s_c - t_c). One pass.
+template <class Team, class T, bool Unit, class Acc = accum_t<T>>
+BEVKD_HOST_DEVICE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Acc coeff, bool accumulate) {
+  const int lanes = team.size(), chunk = team.chunk();
+  const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
+  const Acc scale = coeff * Acc(2) * inv_n;
+  const Acc total = team.reduce(sum_op{}, [&](int lane) {
+    Acc sum = Acc(0);
+    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
+      const Acc d = load_as_accum(row.student[c]) - load_as_accum(row.teacher[c]);
+      sum += d * d;
+      write_grad(row.grad[c], scale * d, accumulate);
+    });
+    return sum;
+  });
+  return total * inv_n;
+}
+
+/// @brief MSE of s / max(||s||, eps) and t / max(||t||, eps) over one row, with the gradient through s's normalisation.
+///
+/// With s_hat = s / n_s and g = (2/n)(s_hat - t_hat): dl/ds = (g - s_hat (s_hat . g)) / n_s
+/// when ||s|| > eps, and g / eps when the norm is clamped (the map is then linear).
+template <class Team, class T, bool Unit, class Acc = accum_t<T>>
+BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Unit>& row, Acc eps, Acc coeff,
+                                         bool accumulate) {
+  const int lanes = team.size(), chunk = team.chunk();
+  const acc_array<Acc, 3> dots = team.reduce(sum_op{}, [&](int lane) {
+    acc_array<Acc, 3> d{{Acc(0), Acc(0), Acc(0)}};
+    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
+      const Acc s = load_as_accum(row.student[c]), t = load_as_accum(row.teacher[c]);
+      d[0] += s * s;
+      d[1] += t * t;
+      d[2] += s * t;
+    });
+    return d;
+  });
+  const Acc norm_s = math::sqrt(dots[0]), norm_t = math::sqrt(dots[1]);
+  const bool clamped = !(norm_s > eps);
+  const Acc inv_s = Acc(1) / (clamped ? eps : norm_s);
+  const Acc inv_t = Acc(1) / (norm_t > eps ? norm_t : eps);
+  const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
+  // s_hat . g = (2/n) (s_hat . s_hat - s_hat . t_hat); zero when clamped (no projection then).
+  const Acc projection = clamped ? Acc(0) : Acc(2) * inv_n * (dots[0] * inv_s * inv_s - dots[2] * inv_s * inv_t);
+  const Acc scale = coeff * inv_s;
+  const Acc total = team.reduce(sum_op{}, [&](int lane) {
+    Acc sum = Acc(0);
+    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
+      const Acc s_hat = load_as_accum(row.student[c]) * inv_s;
+      const Acc d = s_hat - load_as_accum(row.teacher[c]) * inv_t;
+      sum += d * d;
+      write_grad(row.grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
+    });
+    return sum;
+  });
+  return total * inv_n;
+}
+
+}  // namespace detail
+}  // namespace bevkd

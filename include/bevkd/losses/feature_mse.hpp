@@ -1,0 +1,101 @@
+// bevkd BEV feature MSE (plain or per-pillar L2-normalised) with its fused gradient.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include "../core/config.hpp"
+#include "../core/detail/bev_rows.hpp"
+#include "../core/dtype.hpp"
+#include "../core/reduction.hpp"
+#include "../core/view.hpp"
+#include "detail/mse_rows.hpp"
+
+namespace bevkd {
+
+/// @brief Feature normalisation applied before the MSE.
+enum class mse_normalize {
+  none,          ///< Compare features as they are.
+  per_pillar_l2  ///< Divide each pillar's feature vector by max(||.||_2, eps) first (gradient flows through S's).
+};
+
+/// @brief Options of feature_mse.
+struct feature_mse_options {
+  mse_normalize normalize = mse_normalize::none;  ///< Normalisation before the MSE.
+  double eps = 1e-12;                             ///< Norm clamp of per_pillar_l2 (as F.normalize).
+  reduction reduce = reduction::mean;             ///< How per-pillar losses are combined.
+  double loss_weight = 1.0;                       ///< Multiplies the loss, per-row losses and the gradient.
+  double grad_scale = 1.0;                        ///< Upstream scale; multiplies the gradient only.
+  bool accumulate = false;                        ///< Add the gradient into `grad` instead of overwriting it.
+};
+
+namespace detail {
+
+/// @brief The feature MSE over the pillar rows of [B, P, C] views.
+template <class T, bool Unit, bool Normalized>
+struct feature_mse_problem : row_problem<T, Unit> {
+  using acc_type = accum_t<T>;  ///< Accumulation type.
+  acc_type eps;                 ///< Norm clamp.
+
+  /// @brief Host scratch a row may use (none: every pass is one exponential-free sweep).
+  index_t scratch_bytes() const { return 0; }
+
+  /// @brief Team-collective loss of row r; writes coeff * dl_r/dS.
+  template <class Team>
+  BEVKD_HOST_DEVICE acc_type loss_and_grad(const Team& team, index_t r, acc_type coeff, bool accumulate) const {
+    if (Normalized) return normalized_mse_row(team, this->row(r), eps, coeff, accumulate);
+    return mse_row(team, this->row(r), coeff, accumulate);
+  }
+};
+
+}  // namespace detail
+
+/// @brief Fused BEV feature distillation: l_r = (1/C) sum_c (S_r,c - T_r,c)^2, gradient (2/C)(S_r,c - T_r,c).
+///
+/// Rows are pillars (b, p) of a logical [B, P, C] feature map. With per_pillar_l2 both
+/// feature vectors are divided by max(||.||_2, eps) first and the gradient flows through
+/// the student's normalisation. Unweighted reduction mean equals `F.mse_loss(S, T)`.
+/// Kernels: detail/mse_rows.hpp (mse_row, normalized_mse_row).
+class feature_mse {
+ public:
+  /// @brief The options every call uses.
+  feature_mse_options options;
+
+  /// @brief A feature MSE functor with the given options (validated at each call).
+  explicit feature_mse(const feature_mse_options& opts = {}) : options(opts) {}
+
+  /// @brief Computes the loss and writes the student's gradient (same arguments and guarantees as response_kl).
+  /// @tparam Exec host_exec or cuda_exec.
+  /// @tparam T float, double, bevkd::half or bevkd::bfloat16.
+  /// @param exec Backend.
+  /// @param student Student features, logical [B, P, C], any strides.
+  /// @param teacher Teacher features, same extents.
+  /// @param grad Gradient buffer with the student's extents; must not overlap the inputs.
+  /// @param io Optional per-pillar weights [B, P], per-row outputs and upstream gradient (reduction::none).
+  /// @return Exec::result_type: the loss, loss_weight * sum_r w_r l_r and sum_r w_r.
+  /// @throw bevkd::invalid_argument naming the argument, before anything is written.
+  template <class Exec, class T>
+  typename Exec::result_type operator()(Exec& exec, detail::identity_t<bev_view<const T>> student,
+                                        detail::identity_t<bev_view<const T>> teacher, bev_view<T> grad,
+                                        const row_io<accum_t<T>>& io = {}) const {
+    static constexpr const char* pillar_dims[3] = {"B", "P", "C"};
+    detail::require_finite(options.eps, "eps", true);
+    detail::require_finite(options.loss_weight, "loss_weight");
+    detail::require_finite(options.grad_scale, "grad_scale");
+    detail::validate_rows_call(student, teacher, grad, io, options.reduce, pillar_dims);
+    const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate,
+                                 student.extent[0]};
+    const bool normalized = options.normalize == mse_normalize::per_pillar_l2;
+    return detail::dispatch_bool(detail::unit_columns(student, teacher, grad), [&](auto unit) {
+      return detail::dispatch_bool(normalized, [&](auto norm) {
+        detail::feature_mse_problem<T, decltype(unit)::value, decltype(norm)::value> problem;
+        problem.student = student;
+        problem.teacher = teacher;
+        problem.grad = grad;
+        problem.rows = detail::make_row_weighting(io, student.extent[1]);
+        problem.eps = static_cast<accum_t<T>>(options.eps);
+        return exec.run_loss(problem, call);
+      });
+    });
+  }
+};
+
+}  // namespace bevkd
