@@ -137,6 +137,13 @@ __global__ void __launch_bounds__(cuda_block_threads) loss_total_kernel(device_c
   }
 }
 
+/// @brief Calls f(i) for every i in [0, count): one thread per index (elementwise ops such as resampling).
+template <class F>
+__global__ void __launch_bounds__(cuda_block_threads) for_each_index_kernel(F f, index_t count) {
+  const index_t i = static_cast<index_t>(blockIdx.x) * cuda_block_threads + threadIdx.x;
+  if (i < count) f(i);
+}
+
 /// @brief Blocks needed to cover `rows` rows at `rows_per_block` each.
 inline index_t blocks_for(index_t rows, index_t rows_per_block) { return (rows + rows_per_block - 1) / rows_per_block; }
 
@@ -203,6 +210,15 @@ class cuda_exec {
 
   /// @brief The stream every launch goes to.
   cudaStream_t stream() const { return stream_; }
+
+  /// @brief Runs f(i) for i in [0, count) on the stream; f is a device-callable functor (library internal).
+  template <class F>
+  void parallel_for(index_t count, const F& f) {
+    if (count <= 0) return;
+    const index_t blocks = detail::blocks_for(count, detail::cuda_block_threads);
+    detail::for_each_index_kernel<<<static_cast<unsigned>(blocks), detail::cuda_block_threads, 0, stream_>>>(f, count);
+    BEVKD_CUDA_CHECK(cudaGetLastError());
+  }
 
   /// @brief Runs a validated loss problem (library internal): weight pre-pass, row kernel, final reduction.
   template <class Problem>

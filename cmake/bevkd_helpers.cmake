@@ -1,0 +1,26 @@
+# Helpers for bevkd's own tests, benchmarks and examples (not installed).
+
+# Warnings every bevkd-owned target compiles with: a header-only library's warnings land in
+# every consumer's build, so our own builds treat them as errors.
+function(bevkd_strict_warnings target)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror>
+    $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra -Werror=all-warnings>)
+endfunction()
+
+# bevkd_add_test(<name> SOURCES <files...> [GPU]): a doctest executable linked with the shared
+# doctest main, registered with CTest. GPU tests are labelled `gpu` and skip (exit 77) where
+# no device exists.
+function(bevkd_add_test name)
+  cmake_parse_arguments(ARG "GPU" "" "SOURCES" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE bevkd::bevkd bevkd_doctest_main)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  bevkd_strict_warnings(${name})
+  add_test(NAME ${name} COMMAND ${name})
+  if(ARG_GPU)
+    set_tests_properties(${name} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77)
+  else()
+    set_tests_properties(${name} PROPERTIES LABELS cpu)
+  endif()
+endfunction()

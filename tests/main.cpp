@@ -1,0 +1,4 @@
+// doctest's main, compiled once and linked into every bevkd test binary.
+// SPDX-License-Identifier: Apache-2.0
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
