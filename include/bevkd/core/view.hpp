@@ -19,6 +19,7 @@ struct strided_view {
   T* data = nullptr;                 ///< Element (0, ..., 0); may be null only when the view is empty.
   index_t extent[Rank] = {};         ///< Logical sizes.
   index_t stride[Rank] = {};         ///< Element strides, >= 0.
+  index_t capacity = -1;             ///< Elements the buffer holds from `data` (-1: unknown); calls reject views reaching past it.
 
   /// @brief Number of dimensions.
   static constexpr int rank = Rank;
@@ -61,6 +62,7 @@ struct strided_view {
   operator strided_view<const U, Rank>() const {
     strided_view<const U, Rank> out;
     out.data = data;
+    out.capacity = capacity;
     for (int d = 0; d < Rank; ++d) {
       out.extent[d] = extent[d];
       out.stride[d] = stride[d];
@@ -77,12 +79,13 @@ using bev_view = strided_view<T, 3>;
 template <class T>
 using row_view = strided_view<T, 2>;
 
-/// @brief Builds a view from a pointer, extents and strides given as lists.
+/// @brief Builds a view from a pointer, extents, strides and optionally the buffer's capacity in elements.
 template <class T, int Rank>
 strided_view<T, Rank> make_view(T* data, const std::array<index_t, Rank>& extent,
-                                const std::array<index_t, Rank>& stride) {
+                                const std::array<index_t, Rank>& stride, index_t capacity = -1) {
   strided_view<T, Rank> v;
   v.data = data;
+  v.capacity = capacity;
   for (int d = 0; d < Rank; ++d) {
     v.extent[d] = extent[d];
     v.stride[d] = stride[d];
@@ -99,31 +102,34 @@ strided_view<T, Rank> contiguous_view(T* data, const std::array<index_t, Rank>& 
     stride[d] = step;
     step *= extent[d];
   }
-  return make_view<T, Rank>(data, extent, stride);
+  return make_view<T, Rank>(data, extent, stride, step);
 }
 
 /// @brief [B, P, C] view of a channels-last BEV tensor stored as [B, H, W, C] (or [B, P, C]).
 template <class T>
 bev_view<T> bev_nhwc(T* data, index_t batch, index_t height, index_t width, index_t channels) {
-  return make_view<T, 3>(data, {batch, height * width, channels}, {height * width * channels, channels, 1});
+  return make_view<T, 3>(data, {batch, height * width, channels}, {height * width * channels, channels, 1},
+                         batch * height * width * channels);
 }
 
 /// @brief [B, P, C] view of a channels-first BEV tensor stored as [B, C, H, W] (BEVDet, CenterPoint heads).
 template <class T>
 bev_view<T> bev_nchw(T* data, index_t batch, index_t channels, index_t height, index_t width) {
-  return make_view<T, 3>(data, {batch, height * width, channels}, {channels * height * width, 1, height * width});
+  return make_view<T, 3>(data, {batch, height * width, channels}, {channels * height * width, 1, height * width},
+                         batch * channels * height * width);
 }
 
 /// @brief [B, P, C] view of a sequence-first BEV tensor stored as [P, B, C] (BEVFormer's bev_embed).
 template <class T>
 bev_view<T> bev_sequence_first(T* data, index_t pillars, index_t batch, index_t channels) {
-  return make_view<T, 3>(data, {batch, pillars, channels}, {channels, batch * channels, 1});
+  return make_view<T, 3>(data, {batch, pillars, channels}, {channels, batch * channels, 1},
+                         pillars * batch * channels);
 }
 
 /// @brief Contiguous [B, P] view of per-pillar values (weights, per-row losses).
 template <class T>
 row_view<T> rows_contiguous(T* data, index_t batch, index_t pillars) {
-  return make_view<T, 2>(data, {batch, pillars}, {pillars, 1});
+  return make_view<T, 2>(data, {batch, pillars}, {pillars, 1}, batch * pillars);
 }
 
 namespace detail {
@@ -156,13 +162,21 @@ void validate_view(const strided_view<T, Rank>& v, const std::string& name) {
     }
   }
   require(empty || v.data != nullptr, name + ".data", "is null for a non-empty view");
+  if (empty || v.capacity < 0 || last < v.capacity) return;
+  int widest = 0;  // name the dimension that reaches furthest
+  for (int d = 1; d < Rank; ++d)
+    if ((v.extent[d] - 1) * v.stride[d] > (v.extent[widest] - 1) * v.stride[widest]) widest = d;
+  throw invalid_argument(name + ".stride[" + std::to_string(widest) + "]",
+                         cat("out of range: the view reaches element ", last, " but the buffer holds ", v.capacity,
+                             " elements"));
 }
 
-/// @brief Checks that a view has the given extent in dimension d; throws naming `name`.
+/// @brief Checks that a view has the given extent in dimension d; throws naming `name`.extent[d] and what was expected.
 template <class T, int Rank>
-void require_extent(const strided_view<T, Rank>& v, int d, index_t expected, const std::string& name) {
-  require(v.extent[d] == expected, name + ".extent[" + std::to_string(d) + "]", "expected ", expected, ", got ",
-          v.extent[d]);
+void require_extent(const strided_view<T, Rank>& v, int d, index_t expected, const std::string& name,
+                    const std::string& meaning = "") {
+  require(v.extent[d] == expected, name + ".extent[" + std::to_string(d) + "]", "expected ", expected,
+          meaning.empty() ? "" : " (" + meaning + ")", ", got ", v.extent[d]);
 }
 
 /// @brief Checks that a written view never maps two logical elements to one address (no racing writes).

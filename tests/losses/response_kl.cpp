@@ -1,0 +1,302 @@
+// bevkd tests: response KL (softmax, sigmoid, spatial) against the double reference, on host teams of every size.
+// SPDX-License-Identifier: Apache-2.0
+#include <doctest/doctest.h>
+
+#include <bevkd/bevkd.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "support/loss_harness.hpp"
+
+using namespace bevkd_test;
+using bevkd::kl_mode;
+using bevkd::reduction;
+
+namespace {
+
+const kl_mode all_modes[] = {kl_mode::softmax, kl_mode::sigmoid, kl_mode::spatial};
+
+template <class T>
+loss_case<T> kl_case(kl_mode mode, double tau, index_t B = 2, index_t P = 7, index_t C = 5) {
+  loss_case<T> cs;
+  cs.B = B;
+  cs.P = P;
+  cs.C = C;
+  cs.kind.mode = mode;
+  cs.kind.tau = tau;
+  return cs;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layout, reduction and weighting", T,
+                   float, double, bevkd::half, bevkd::bfloat16) {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  for (kl_mode mode : all_modes)
+    for (double tau : {1.0, 2.5}) {
+      INFO("mode ", static_cast<int>(mode), " tau ", tau);
+      check_all_options(kl_case<T>(mode, tau), rng, exec);
+    }
+}
+
+TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 7, 32, 256, chunks, scratch on and off") {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  for (int lanes : {1, 7, 32, 256})
+    for (int chunk : {1, 4})
+      for (bool scratch : {true, false}) {
+        bevkd::host_exec exec;
+        exec.simulate_team(lanes, chunk, scratch);
+        // Rows shorter than the team, not a multiple of it, and longer than it.
+        for (index_t C : {1, 3, 33, 300})
+          for (kl_mode mode : all_modes) {
+            INFO("lanes ", lanes, " chunk ", chunk, " scratch ", scratch, " C ", C, " mode ", static_cast<int>(mode));
+            auto cs = kl_case<float>(mode, 1.5, 2, 3, C);
+            cs.randomize(rng);
+            cs.random_weights(rng);
+            check_host_case(cs, exec);
+          }
+      }
+}
+
+TEST_CASE("response_kl gradient equals central finite differences") {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  for (kl_mode mode : all_modes)
+    for (auto red : {reduction::sum, reduction::mean, reduction::batchmean})
+      for (layout lay : {layout::nhwc, layout::nchw}) {
+        INFO("mode ", static_cast<int>(mode), " reduction ", static_cast<int>(red), " layout ", layout_name(lay));
+        auto cs = kl_case<double>(mode, 1.7, 2, 4, 3);
+        cs.lay = lay;
+        cs.opts.reduce = red;
+        cs.opts.loss_weight = 0.75;
+        cs.randomize(rng);
+        cs.random_weights(rng);
+        std::vector<double> grad(cs.student.size()), rows;
+        bevkd::host_exec exec;
+        cs.run(exec, grad, rows);
+        CHECK(relative_error(logical_grad(cs, grad), finite_difference_grad(cs)) < 1e-6);
+      }
+}
+
+TEST_CASE("response_kl softmax mode equals F.kl_div(F.log_softmax(S), F.softmax(T), reduction='sum') at tau 1") {
+  // PyTorch: kl_div(input, target) = sum target * (log(target) - input), input = log_softmax(S).
+  const std::vector<float> s = {0.5f, -1.25f, 2.0f, 0.0f, 3.0f, -0.5f};
+  const std::vector<float> t = {1.0f, 0.25f, -2.0f, 0.75f, 0.5f, 1.5f};
+  double want = 0;
+  for (int row = 0; row < 2; ++row) {
+    const std::vector<double> sr(s.begin() + 3 * row, s.begin() + 3 * row + 3);
+    const std::vector<double> tr(t.begin() + 3 * row, t.begin() + 3 * row + 3);
+    const auto ls = log_softmax(sr, 1.0), lt = log_softmax(tr, 1.0);
+    for (int c = 0; c < 3; ++c) want += std::exp(lt[c]) * (lt[c] - ls[c]);
+  }
+  std::vector<float> g(6);
+  bevkd::host_exec exec;
+  const bevkd::response_kl kl({kl_mode::softmax, 1.0, reduction::sum});
+  const auto got = kl(exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, 2, 3),
+                      bevkd::bev_nhwc<const float>(t.data(), 1, 1, 2, 3), bevkd::bev_nhwc(g.data(), 1, 1, 2, 3));
+  CHECK(got.loss == doctest::Approx(want).epsilon(1e-6));
+}
+
+TEST_CASE("response_kl edge cases") {
+  bevkd::host_exec exec;
+  SUBCASE("one class: the softmax KL is exactly 0 with a zero gradient") {
+    const std::vector<float> s = {3.0f, -2.0f}, t = {-1.0f, 4.0f};
+    std::vector<float> g(2, 9.0f);
+    const auto r = bevkd::response_kl()(exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, 2, 1),
+                                        bevkd::bev_nhwc<const float>(t.data(), 1, 1, 2, 1), bevkd::bev_nhwc(g.data(), 1, 1, 2, 1));
+    CHECK(r.loss == 0.0);
+    CHECK(g[0] == 0.0f);
+    CHECK(g[1] == 0.0f);
+  }
+  SUBCASE("zero rows: loss 0, weight sum 0") {
+    for (auto dims : {std::vector<index_t>{0, 5}, std::vector<index_t>{3, 0}}) {
+      std::vector<float> g;
+      const auto r = bevkd::response_kl()(exec, bevkd::bev_nhwc<const float>(nullptr, dims[0], 1, dims[1], 4),
+                                          bevkd::bev_nhwc<const float>(nullptr, dims[0], 1, dims[1], 4),
+                                          bevkd::bev_nhwc<float>(nullptr, dims[0], 1, dims[1], 4));
+      CHECK(r.loss == 0.0);
+      CHECK(r.weight_sum == 0.0);
+    }
+  }
+  SUBCASE("all weights zero: loss and gradient exactly 0, even over NaN inputs; accumulate leaves the buffer as it was") {
+    const std::vector<float> s = {1.0f, std::nanf(""), 2.0f, 3.0f}, t = {0.5f, 1.0f, -1.0f, 7.0f};
+    const std::vector<float> w = {0.0f, 0.0f};
+    bevkd::row_io<float> io;
+    io.weights = bevkd::rows_contiguous(w.data(), 1, 2);
+    for (kl_mode mode : all_modes) {
+      if (mode == kl_mode::spatial) continue;  // weights are per channel there
+      std::vector<float> g(4, 5.0f);
+      bevkd::response_kl kl({mode, 2.0, reduction::mean});
+      auto r = kl(exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, 2, 2), bevkd::bev_nhwc<const float>(t.data(), 1, 1, 2, 2),
+                  bevkd::bev_nhwc(g.data(), 1, 1, 2, 2), io);
+      CHECK(r.loss == 0.0);
+      CHECK(r.weight_sum == 0.0);
+      CHECK(g == std::vector<float>(4, 0.0f));
+      std::fill(g.begin(), g.end(), 5.0f);
+      kl.options.accumulate = true;
+      r = kl(exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, 2, 2), bevkd::bev_nhwc<const float>(t.data(), 1, 1, 2, 2),
+             bevkd::bev_nhwc(g.data(), 1, 1, 2, 2), io);
+      CHECK(r.loss == 0.0);
+      CHECK(g == std::vector<float>(4, 5.0f));
+    }
+  }
+  SUBCASE("-inf teacher logits (masked classes) contribute 0; a -inf student logit under teacher mass gives +inf") {
+    const float inf = std::numeric_limits<float>::infinity();
+    const std::vector<float> s = {0.5f, 1.0f, -0.5f}, t = {-inf, 2.0f, 1.0f};
+    std::vector<float> g(3);
+    const auto view = [](const std::vector<float>& v) { return bevkd::bev_nhwc<const float>(v.data(), 1, 1, 1, 3); };
+    const auto r = bevkd::response_kl({kl_mode::softmax, 1.0, reduction::sum})(exec, view(s), view(t), bevkd::bev_nhwc(g.data(), 1, 1, 1, 3));
+    const auto want = softmax_kl_reference({0.5, 1.0, -0.5}, {-HUGE_VAL, 2.0, 1.0}, 1.0);
+    CHECK(r.loss == doctest::Approx(want.loss).epsilon(1e-6));
+    for (int c = 0; c < 3; ++c) CHECK(g[c] == doctest::Approx(want.grad[c]).epsilon(1e-6));
+    const std::vector<float> s2 = {-inf, 1.0f, 0.0f};
+    const auto r2 = bevkd::response_kl({kl_mode::softmax, 1.0, reduction::sum})(exec, view(s2), view(t), bevkd::bev_nhwc(g.data(), 1, 1, 1, 3));
+    CHECK(r2.loss == 0.0);  // the teacher puts no mass where the student is -inf
+    const std::vector<float> t3 = {1.0f, 2.0f, 1.0f};
+    const auto r3 = bevkd::response_kl({kl_mode::softmax, 1.0, reduction::sum})(exec, view(s2), view(t3), bevkd::bev_nhwc(g.data(), 1, 1, 1, 3));
+    CHECK(r3.loss == inf);
+    CHECK(std::isfinite(g[0]));
+    const auto r4 = bevkd::response_kl({kl_mode::sigmoid, 1.0, reduction::sum})(exec, view(s), view(t), bevkd::bev_nhwc(g.data(), 1, 1, 1, 3));
+    CHECK(std::isfinite(r4.loss));
+    CHECK(r4.loss == doctest::Approx(sigmoid_kl_reference({0.5, 1.0, -0.5}, {-HUGE_VAL, 2.0, 1.0}, 1.0).loss).epsilon(1e-6));
+  }
+  SUBCASE("logits of +-1e4 stay finite and match the reference") {
+    const std::vector<float> s = {1e4f, -1e4f, 3.0f, -1e4f}, t = {-1e4f, 1e4f, 1e4f, 2.0f};
+    std::vector<double> sd(s.begin(), s.end()), td(t.begin(), t.end());
+    for (kl_mode mode : {kl_mode::softmax, kl_mode::sigmoid}) {
+      std::vector<float> g(4);
+      const auto r = bevkd::response_kl({mode, 1.0, reduction::sum})(
+          exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, 1, 4), bevkd::bev_nhwc<const float>(t.data(), 1, 1, 1, 4),
+          bevkd::bev_nhwc(g.data(), 1, 1, 1, 4));
+      const auto want = mode == kl_mode::softmax ? softmax_kl_reference(sd, td, 1.0) : sigmoid_kl_reference(sd, td, 1.0);
+      CHECK(std::isfinite(r.loss));
+      CHECK(r.loss == doctest::Approx(want.loss).epsilon(1e-5));
+      for (int c = 0; c < 4; ++c) {
+        CHECK(std::isfinite(g[c]));
+        CHECK(g[c] == doctest::Approx(want.grad[c]).epsilon(1e-5));
+      }
+    }
+  }
+  SUBCASE("NaN in either input propagates to the loss (no crash, no hang)") {
+    for (kl_mode mode : all_modes)
+      for (int which : {0, 1}) {
+        std::vector<float> s = {0.5f, 1.0f, -0.5f, 2.0f}, t = {1.0f, 2.0f, 1.0f, 0.0f};
+        (which == 0 ? s : t)[1] = std::nanf("");
+        std::vector<float> g(4);
+        const auto r = bevkd::response_kl({mode, 1.0, reduction::mean})(
+            exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, 2, 2), bevkd::bev_nhwc<const float>(t.data(), 1, 1, 2, 2),
+            bevkd::bev_nhwc(g.data(), 1, 1, 2, 2));
+        CHECK(std::isnan(r.loss));
+      }
+  }
+}
+
+TEST_CASE("response_kl scales: loss_weight, grad_scale, accumulate") {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  auto cs = kl_case<float>(kl_mode::softmax, 2.0, 3, 5, 6);
+  cs.randomize(rng);
+  cs.random_weights(rng);
+  cs.opts.loss_weight = 0.3;
+  cs.opts.grad_scale = 4.0;
+  check_host_case(cs, exec);
+  // accumulate: the buffer ends as (what it held) + (the gradient).
+  std::vector<float> plain(cs.student.size()), acc(cs.student.size());
+  std::vector<float> rows;
+  cs.run(exec, plain, rows);
+  const auto prior = random_values<float>(static_cast<index_t>(acc.size()), rng);
+  acc = prior;
+  cs.opts.accumulate = true;
+  cs.run(exec, acc, rows);
+  for (std::size_t i = 0; i < acc.size(); ++i) CHECK(acc[i] == doctest::Approx(prior[i] + plain[i]).epsilon(1e-6));
+}
+
+TEST_CASE("response_kl is deterministic: repeated runs and 1 vs 2 threads are bitwise equal") {
+  std::mt19937 rng(fresh_seed());
+  for (kl_mode mode : all_modes) {
+    auto cs = kl_case<float>(mode, 1.3, 2, 1500, 19);
+    cs.randomize(rng);
+    cs.random_weights(rng);
+    std::vector<float> g1(cs.student.size()), g2(cs.student.size()), g3(cs.student.size()), rows;
+    bevkd::host_exec one(1), two(2);
+    const auto r1 = cs.run(one, g1, rows);
+    const auto r2 = cs.run(two, g2, rows);
+    const auto r3 = cs.run(two, g3, rows);
+    CHECK(std::memcmp(&r1.loss, &r2.loss, sizeof(double)) == 0);
+    CHECK(std::memcmp(&r2.loss, &r3.loss, sizeof(double)) == 0);
+    CHECK(g1 == g2);
+    CHECK(g2 == g3);
+  }
+}
+
+TEST_CASE("response_kl rejects bad input before writing anything, naming the argument") {
+  bevkd::host_exec exec;
+  std::vector<float> s(24, 0.5f), t(24, 0.25f), g(24, 7.0f), w(6, 1.0f);
+  for (std::size_t i = 0; i < s.size(); ++i) s[i] = static_cast<float>(i % 5) * 0.3f;
+  const auto S = bevkd::bev_nhwc<const float>(s.data(), 2, 1, 3, 4);
+  const auto T = bevkd::bev_nhwc<const float>(t.data(), 2, 1, 3, 4);
+  const auto G = bevkd::bev_nhwc(g.data(), 2, 1, 3, 4);
+  const auto expect_rejected = [&](auto&& call, const char* argument) {
+    std::fill(g.begin(), g.end(), 7.0f);
+    bool thrown = false;
+    try {
+      call();
+    } catch (const bevkd::invalid_argument& e) {
+      thrown = true;
+      INFO("expected argument ", argument, ", message: ", std::string(e.what()));
+      CHECK(e.argument().find(argument) == 0);
+      CHECK(std::string(e.what()).find(argument) != std::string::npos);
+    }
+    CHECK_MESSAGE(thrown, "expected a bevkd::invalid_argument for ", argument);
+    CHECK(g == std::vector<float>(24, 7.0f));
+  };
+  const bevkd::response_kl kl;
+  expect_rejected([&] { kl(exec, bevkd::bev_nhwc<const float>(s.data(), 2, 1, 3, 3), T, G); }, "teacher");
+  expect_rejected([&] { kl(exec, S, bevkd::bev_nhwc<const float>(t.data(), 2, 1, 2, 4), G); }, "teacher");
+  expect_rejected([&] { kl(exec, S, T, bevkd::bev_nhwc(g.data(), 1, 1, 3, 4)); }, "grad");
+  for (double tau : {0.0, -1.0, std::nan("")}) {
+    const bevkd::response_kl bad({kl_mode::softmax, tau});
+    expect_rejected([&] { bad(exec, S, T, G); }, "temperature");
+  }
+  expect_rejected([&] { bevkd::response_kl({kl_mode::softmax, 1.0, reduction::mean, HUGE_VAL})(exec, S, T, G); },
+                  "loss_weight");
+  auto negative = S;
+  negative.stride[1] = -4;
+  expect_rejected([&] { kl(exec, negative, T, G); }, "student.stride[1]");
+  auto huge = S;
+  huge.stride[0] = index_t(1) << 61;
+  expect_rejected([&] { kl(exec, huge, T, G); }, "student.stride[0]");
+  expect_rejected([&] { kl(exec, bevkd::bev_nhwc<const float>(nullptr, 2, 1, 3, 4), T, G); }, "student.data");
+  expect_rejected([&] { kl(exec, S, T, bevkd::bev_nhwc<float>(nullptr, 2, 1, 3, 4)); }, "grad.data");
+  expect_rejected([&] { kl(exec, bevkd::bev_nhwc<const float>(g.data(), 2, 1, 3, 4), T, G); }, "grad");
+  expect_rejected([&] { kl(exec, S, bevkd::bev_nhwc<const float>(g.data() + 5, 2, 1, 3, 4), G); }, "grad");
+  auto overlapping = G;
+  overlapping.stride[1] = 0;
+  expect_rejected([&] { kl(exec, S, T, overlapping); }, "grad.stride[1]");
+  expect_rejected([&] { kl(exec, S, T, bevkd::bev_nhwc(g.data(), 2, 1, 3, 0)); }, "grad.extent[2]");
+  expect_rejected([&] { kl(exec, bevkd::bev_nhwc<const float>(s.data(), 2, 1, 3, 0), bevkd::bev_nhwc<const float>(t.data(), 2, 1, 3, 0), bevkd::bev_nhwc(g.data(), 2, 1, 3, 0)); }, "student.extent[2]");
+  bevkd::row_io<float> io;
+  io.weights = bevkd::rows_contiguous<const float>(w.data(), 3, 2);
+  expect_rejected([&] { kl(exec, S, T, G, io); }, "weights");
+  io.weights = bevkd::rows_contiguous<const float>(w.data(), 2, 3);
+  w[4] = -1.0f;
+  expect_rejected([&] { kl(exec, S, T, G, io); }, "weights");
+  w[4] = 1.0f;
+  bevkd::row_io<float> up;
+  up.upstream = bevkd::rows_contiguous<const float>(w.data(), 2, 3);
+  expect_rejected([&] { kl(exec, S, T, G, up); }, "upstream");
+  const bevkd::response_kl spatial({kl_mode::spatial});
+  expect_rejected([&] { spatial(exec, S, T, G, io); }, "weights");  // spatial rows are [B, C] = [2, 4]
+}

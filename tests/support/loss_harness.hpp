@@ -1,0 +1,275 @@
+// bevkd tests: one row-loss call set up in any layout and dtype, and its double-precision expected result.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <bevkd/bevkd.hpp>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "bev_data.hpp"
+#include "reference.hpp"
+
+namespace bevkd_test {
+
+/// @brief Which loss a case exercises (the reference and the functor both follow from it).
+struct loss_kind {
+  bool is_kl = true;
+  bevkd::kl_mode mode = bevkd::kl_mode::softmax;                ///< KL only.
+  bevkd::mse_normalize normalize = bevkd::mse_normalize::none;  ///< MSE only.
+  double tau = 1.0;                                             ///< KL only.
+  double eps = 1e-12;                                           ///< MSE only.
+
+  /// @brief Rows are channels (spatial KL): the row grid is [B, C] and a row runs over P.
+  bool spatial() const { return is_kl && mode == bevkd::kl_mode::spatial; }
+
+  /// @brief Reference loss and gradient of one row.
+  row_ref_result reference(const std::vector<double>& s, const std::vector<double>& t) const {
+    if (!is_kl) return mse_reference(s, t, normalize == bevkd::mse_normalize::per_pillar_l2, eps);
+    if (mode == bevkd::kl_mode::sigmoid) return sigmoid_kl_reference(s, t, tau);
+    return softmax_kl_reference(s, t, tau);
+  }
+};
+
+/// @brief Options shared by both losses' calls.
+struct call_options {
+  bevkd::reduction reduce = bevkd::reduction::mean;
+  double loss_weight = 1.0;
+  double grad_scale = 1.0;
+  bool accumulate = false;
+};
+
+/// @brief Inputs of one call: student and teacher in a layout, optional per-row weights and upstream gradients.
+template <class T>
+struct loss_case {
+  using acc = bevkd::accum_t<T>;
+  index_t B = 2, P = 7, C = 5;
+  layout lay = layout::nhwc;
+  loss_kind kind;
+  call_options opts;
+  std::vector<T> student, teacher;
+  std::vector<acc> weights, upstream;  // contiguous over the row grid; empty = absent
+
+  /// @brief Rows R0 x R1 of the row grid.
+  index_t row_inner() const { return kind.spatial() ? C : P; }
+  index_t row_count() const { return B * row_inner(); }
+
+  /// @brief Fills student and teacher with random logits (teacher correlated with the student).
+  void randomize(std::mt19937& rng, double scale = 2.0) {
+    const index_t n = storage_size(lay, B, P, C);
+    student = random_values<T>(n, rng, scale);
+    teacher = random_values<T>(n, rng, scale);
+  }
+  /// @brief Random weights in [0, 2) with about a quarter exactly zero.
+  void random_weights(std::mt19937& rng) {
+    std::uniform_real_distribution<double> u(0.0, 2.0);
+    weights.resize(static_cast<std::size_t>(row_count()));
+    for (auto& w : weights) w = static_cast<acc>(u(rng) < 0.5 ? 0.0 : u(rng));
+  }
+  /// @brief Random upstream gradients (reduction none).
+  void random_upstream(std::mt19937& rng) {
+    std::uniform_real_distribution<double> u(-1.5, 1.5);
+    upstream.resize(static_cast<std::size_t>(row_count()));
+    for (auto& v : upstream) v = static_cast<acc>(u(rng));
+  }
+
+  bevkd::bev_view<const T> student_view() const { return view_of<const T>(lay, student.data(), B, P, C); }
+  bevkd::bev_view<const T> teacher_view() const { return view_of<const T>(lay, teacher.data(), B, P, C); }
+  bevkd::bev_view<T> grad_view(std::vector<T>& grad) const { return view_of<T>(lay, grad.data(), B, P, C); }
+
+  /// @brief Row inputs for the call (row_loss points into `row_loss` when reduction is none).
+  bevkd::row_io<acc> io(std::vector<acc>& row_loss) const {
+    bevkd::row_io<acc> io;
+    const index_t inner = row_inner();
+    if (!weights.empty()) io.weights = bevkd::rows_contiguous<const acc>(weights.data(), B, inner);
+    if (!upstream.empty()) io.upstream = bevkd::rows_contiguous<const acc>(upstream.data(), B, inner);
+    if (opts.reduce == bevkd::reduction::none) {
+      row_loss.assign(static_cast<std::size_t>(row_count()), acc(-7));
+      io.row_loss = bevkd::rows_contiguous<acc>(row_loss.data(), B, inner);
+    }
+    return io;
+  }
+
+  /// @brief Runs the loss functor of this case on an executor.
+  template <class Exec>
+  typename Exec::result_type run(Exec& exec, std::vector<T>& grad, std::vector<acc>& row_loss) const {
+    const auto rows = io(row_loss);
+    if (kind.is_kl) {
+      const bevkd::response_kl kl({kind.mode, kind.tau, opts.reduce, opts.loss_weight, opts.grad_scale, opts.accumulate});
+      return kl(exec, student_view(), teacher_view(), grad_view(grad), rows);
+    }
+    const bevkd::feature_mse mse(
+        {kind.normalize, kind.eps, opts.reduce, opts.loss_weight, opts.grad_scale, opts.accumulate});
+    return mse(exec, student_view(), teacher_view(), grad_view(grad), rows);
+  }
+};
+
+/// @brief The expected result of a call: loss, sum, weight sum, per-row losses and the gradient in logical order.
+struct expected {
+  double loss = 0, sum = 0, weight_sum = 0;
+  std::vector<double> row_loss;  // loss_weight * w_r * l_r
+  std::vector<double> grad;      // logical [B, P, C]; for accumulate, the added part only
+};
+
+/// @brief Computes a case's expected result in double precision from the stored (rounded) inputs.
+template <class T>
+expected expected_result(const loss_case<T>& cs) {
+  const auto s = cs.student_view(), t = cs.teacher_view();
+  const index_t inner = cs.row_inner(), n = cs.kind.spatial() ? cs.P : cs.C;
+  expected e;
+  e.grad.assign(static_cast<std::size_t>(cs.B * cs.P * cs.C), 0.0);
+  std::vector<row_ref_result> rows;
+  std::vector<double> w(static_cast<std::size_t>(cs.row_count()), 1.0);
+  for (index_t r = 0; r < cs.row_count(); ++r) {
+    if (!cs.weights.empty()) w[r] = static_cast<double>(cs.weights[r]);
+    std::vector<double> sr, tr;
+    for (index_t c = 0; c < n; ++c) {
+      const index_t b = r / inner, i = r % inner;
+      const index_t p = cs.kind.spatial() ? c : i, ch = cs.kind.spatial() ? i : c;
+      sr.push_back(to_double(s(b, p, ch)));
+      tr.push_back(to_double(t(b, p, ch)));
+    }
+    rows.push_back(cs.kind.reference(sr, tr));
+    e.weight_sum += w[r];
+    if (w[r] != 0) e.sum += w[r] * rows.back().loss;
+  }
+  const auto red = cs.opts.reduce;
+  const double normaliser = red == bevkd::reduction::mean        ? e.weight_sum
+                            : red == bevkd::reduction::batchmean ? static_cast<double>(cs.B)
+                                                                 : 1.0;
+  const double lw = cs.opts.loss_weight;
+  e.loss = normaliser == 0 ? 0.0 : lw * e.sum / normaliser;
+  e.sum *= lw;
+  for (index_t r = 0; r < cs.row_count(); ++r) {
+    const double u = cs.upstream.empty() ? 1.0 : static_cast<double>(cs.upstream[r]);
+    e.row_loss.push_back(w[r] == 0 ? 0.0 : lw * w[r] * rows[r].loss);
+    if (w[r] == 0 || normaliser == 0) continue;
+    const double coeff = lw * cs.opts.grad_scale * w[r] * u / normaliser;
+    for (index_t c = 0; c < n; ++c) {
+      const index_t b = r / inner, i = r % inner;
+      const index_t p = cs.kind.spatial() ? c : i, ch = cs.kind.spatial() ? i : c;
+      e.grad[static_cast<std::size_t>((b * cs.P + p) * cs.C + ch)] = coeff * rows[r].grad[c];
+    }
+  }
+  return e;
+}
+
+/// @brief Relative tolerance of a dtype's stored results.
+template <class T>
+double tolerance() {
+  if (std::is_same<T, double>::value) return 1e-10;
+  if (std::is_same<T, float>::value) return 2e-5;
+  if (std::is_same<T, bevkd::half>::value) return 2e-3;
+  return 1.6e-2;
+}
+
+/// @brief Reads a gradient buffer back in logical [B, P, C] order.
+template <class T>
+std::vector<double> logical_grad(const loss_case<T>& cs, std::vector<T>& grad) {
+  const auto g = cs.grad_view(grad);
+  std::vector<double> out;
+  for (index_t b = 0; b < cs.B; ++b)
+    for (index_t p = 0; p < cs.P; ++p)
+      for (index_t c = 0; c < cs.C; ++c) out.push_back(to_double(g(b, p, c)));
+  return out;
+}
+
+/// @brief max_i |a_i - b_i| / max(max_i |b_i|, floor): the error measure every comparison uses.
+inline double relative_error(const std::vector<double>& a, const std::vector<double>& b, double floor = 1e-30) {
+  double diff = 0, scale = floor;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    const double d = std::fabs(a[i] - b[i]);
+    diff = std::isnan(d) ? HUGE_VAL : std::max(diff, d);
+    scale = std::max(scale, std::fabs(b[i]));
+  }
+  return a.size() == b.size() ? diff / scale : HUGE_VAL;
+}
+
+/// @brief |a - b| / max(|b|, floor).
+inline double relative_error(double a, double b, double floor = 1e-30) {
+  return std::fabs(a - b) / std::max(std::fabs(b), floor);
+}
+
+}  // namespace bevkd_test
+
+namespace bevkd_test {
+
+/// @brief Sentinel a gradient buffer is filled with, to see what a call wrote.
+template <class T>
+T sentinel() {
+  return T(static_cast<float>(-123.25));
+}
+
+/// @brief Runs a case on the host executor and checks loss, weight sum, per-row losses, gradient and untouched padding.
+template <class T>
+void check_host_case(const loss_case<T>& cs, bevkd::host_exec& exec) {
+  using acc = bevkd::accum_t<T>;
+  std::vector<T> grad(static_cast<std::size_t>(storage_size(cs.lay, cs.B, cs.P, cs.C)), sentinel<T>());
+  std::vector<acc> row_loss;
+  const bevkd::loss_result got = cs.run(exec, grad, row_loss);
+  const expected want = expected_result(cs);
+  const double tol = tolerance<T>();
+  INFO("layout ", layout_name(cs.lay), " B ", cs.B, " P ", cs.P, " C ", cs.C, " reduction ",
+       static_cast<int>(cs.opts.reduce), " weighted ", !cs.weights.empty());
+  CHECK(relative_error(got.loss, want.loss, 1e-6) < std::max(tol, 1e-5));
+  CHECK(relative_error(got.sum, want.sum, 1e-6) < std::max(tol, 1e-5));
+  CHECK(relative_error(got.weight_sum, want.weight_sum, 1e-6) < 1e-6);
+  CHECK(relative_error(logical_grad(cs, grad), want.grad) < tol);
+  if (cs.opts.reduce == bevkd::reduction::none) {
+    std::vector<double> rows(row_loss.begin(), row_loss.end());
+    CHECK(relative_error(rows, want.row_loss, 1e-6) < std::max(tol, 1e-5));
+  }
+  if (cs.lay == layout::padded) {
+    bool padding_untouched = true;
+    for (std::size_t i = 0; i < grad.size(); ++i)
+      if (static_cast<index_t>(i) % (cs.C + 3) >= cs.C)
+        padding_untouched = padding_untouched && to_double(grad[i]) == to_double(sentinel<T>());
+    CHECK(padding_untouched);
+  }
+}
+
+/// @brief Checks a case over every layout, reduction and weighting on the host.
+template <class T>
+void check_all_options(loss_case<T> cs, std::mt19937& rng, bevkd::host_exec& exec) {
+  for (layout lay : all_layouts) {
+    cs.lay = lay;
+    cs.randomize(rng);
+    for (auto red : {bevkd::reduction::none, bevkd::reduction::sum, bevkd::reduction::mean,
+                     bevkd::reduction::batchmean}) {
+      cs.opts.reduce = red;
+      for (bool weighted : {false, true}) {
+        cs.weights.clear();
+        cs.upstream.clear();
+        if (weighted) cs.random_weights(rng);
+        if (weighted && red == bevkd::reduction::none) cs.random_upstream(rng);
+        check_host_case(cs, exec);
+      }
+    }
+  }
+}
+
+/// @brief Central finite differences of the reduced loss w.r.t. each student element (double inputs).
+inline std::vector<double> finite_difference_grad(loss_case<double> cs, double h = 1e-6) {
+  bevkd::host_exec exec(1);
+  std::vector<double> grad(cs.student.size());
+  std::vector<double> rows;
+  std::vector<double> out;
+  const auto s = cs.student_view();
+  for (index_t b = 0; b < cs.B; ++b)
+    for (index_t p = 0; p < cs.P; ++p)
+      for (index_t c = 0; c < cs.C; ++c) {
+        double& x = cs.student[static_cast<std::size_t>(s.offset(b, p, c))];
+        const double x0 = x;
+        x = x0 + h;
+        const double up = cs.run(exec, grad, rows).loss;
+        x = x0 - h;
+        const double down = cs.run(exec, grad, rows).loss;
+        x = x0;
+        out.push_back((up - down) / (2 * h));
+      }
+  return out;
+}
+
+}  // namespace bevkd_test
