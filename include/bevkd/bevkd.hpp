@@ -12,3 +12,4 @@
 #include "core/view.hpp"
 #include "losses/feature_mse.hpp"
 #include "losses/response_kl.hpp"
+#include "ops/resample.hpp"

@@ -50,17 +50,18 @@ BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Uni
   });
   const Acc norm_s = math::sqrt(dots[0]), norm_t = math::sqrt(dots[1]);
   const bool clamped = !(norm_s > eps);
-  const Acc inv_s = Acc(1) / (clamped ? eps : norm_s);
-  const Acc inv_t = Acc(1) / (norm_t > eps ? norm_t : eps);
+  const Acc div_s = clamped ? eps : norm_s, div_t = norm_t > eps ? norm_t : eps;
   const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
-  // s_hat . g = (2/n) (s_hat . s_hat - s_hat . t_hat); zero when clamped (no projection then).
-  const Acc projection = clamped ? Acc(0) : Acc(2) * inv_n * (dots[0] * inv_s * inv_s - dots[2] * inv_s * inv_t);
-  const Acc scale = coeff * inv_s;
+  // s_hat . g = (2/n)(s_hat . s_hat - s_hat . t_hat) with s_hat . s_hat = 1 exactly when the
+  // norm is not clamped (the projection is zero when it is). Dividing rather than multiplying
+  // by reciprocals keeps one-element rows exactly +-1, so their gradient is exactly 0.
+  const Acc projection = clamped ? Acc(0) : Acc(2) * inv_n * (Acc(1) - dots[2] / (div_s * div_t));
+  const Acc scale = coeff / div_s;
   const Acc total = team.reduce(sum_op{}, [&](int lane) {
     Acc sum = Acc(0);
     for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
-      const Acc s_hat = load_as_accum(row.student[c]) * inv_s;
-      const Acc d = s_hat - load_as_accum(row.teacher[c]) * inv_t;
+      const Acc s_hat = load_as_accum(row.student[c]) / div_s;
+      const Acc d = s_hat - load_as_accum(row.teacher[c]) / div_t;
       sum += d * d;
       write_grad(row.grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
     });
