@@ -1,0 +1,62 @@
+// bevkd tests: the library's vectorisable exp/log/log1p against libm in double, with exact special values.
+// SPDX-License-Identifier: Apache-2.0
+#include <doctest/doctest.h>
+
+#include <bevkd/core/math.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+
+namespace {
+
+// Distance in units in the last place between a float and the correctly rounded double reference.
+std::int64_t ulp_distance(float got, double want) {
+  const float w = static_cast<float>(want);
+  if (got == w) return 0;
+  std::int32_t a, b;
+  std::memcpy(&a, &got, 4);
+  std::memcpy(&b, &w, 4);
+  return std::llabs(static_cast<std::int64_t>(a) - b);
+}
+
+}  // namespace
+
+TEST_CASE("exp and log are within 2 ulp of the correctly rounded result") {
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> exp_arg(-104.0f, 89.0f);
+  std::uniform_real_distribution<float> log_exponent(-149.0f, 127.0f);
+  std::int64_t worst_exp = 0, worst_log = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = exp_arg(rng);
+    worst_exp = std::max(worst_exp, ulp_distance(bevkd::math::exp(x), std::exp(static_cast<double>(x))));
+    const float y = std::exp2(log_exponent(rng));
+    worst_log = std::max(worst_log, ulp_distance(bevkd::math::log(y), std::log(static_cast<double>(y))));
+  }
+  CHECK(worst_exp <= 2);
+  CHECK(worst_log <= 2);
+}
+
+TEST_CASE("exp, log and log1p handle inf, NaN, zero and the range ends exactly") {
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(bevkd::math::exp(-inf) == 0.0f);
+  CHECK(bevkd::math::exp(inf) == inf);
+  CHECK(std::isnan(bevkd::math::exp(std::nanf(""))));
+  CHECK(bevkd::math::exp(0.0f) == 1.0f);
+  CHECK(bevkd::math::exp(89.0f) == inf);
+  CHECK(bevkd::math::exp(-104.0f) == 0.0f);
+  CHECK(bevkd::math::exp(-103.0f) > 0.0f);  // subnormal results are kept
+  CHECK(bevkd::math::log(0.0f) == -inf);
+  CHECK(bevkd::math::log(inf) == inf);
+  CHECK(std::isnan(bevkd::math::log(-1.0f)));
+  CHECK(std::isnan(bevkd::math::log(std::nanf(""))));
+  CHECK(bevkd::math::log(1.0f) == 0.0f);
+  CHECK(bevkd::math::log(1e-45f) == doctest::Approx(std::log(static_cast<double>(1e-45f))).epsilon(1e-6));  // subnormal
+  for (float x : {1e-30f, 1e-8f, 1e-3f, 0.5f, 1.0f})
+    CHECK(bevkd::math::log1p_nonneg(x) == doctest::Approx(std::log1p(static_cast<double>(x))).epsilon(3e-7));
+  CHECK(bevkd::math::sigmoid(-inf) == 0.0f);
+  CHECK(bevkd::math::sigmoid(inf) == 1.0f);
+  CHECK(bevkd::math::sigmoid(-100.0f) > 0.0f);
+}
