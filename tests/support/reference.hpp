@@ -13,7 +13,18 @@ namespace bevkd_test {
 struct row_ref_result {
   double loss = 0;
   std::vector<double> grad;
+  double scale = 0;  ///< Magnitude of the terms the loss is computed from: float rounding is relative to it.
 };
+
+/// @brief Size of the log-domain terms a KL row sums: 1 + log n + the largest |logit / tau| of either input.
+inline double kl_term_scale(const std::vector<double>& s, const std::vector<double>& t, double tau) {
+  double largest = 0;
+  for (std::size_t c = 0; c < s.size(); ++c) {
+    if (std::isfinite(s[c])) largest = std::max(largest, std::fabs(s[c] / tau));
+    if (std::isfinite(t[c])) largest = std::max(largest, std::fabs(t[c] / tau));
+  }
+  return tau * tau * (1 + std::log(static_cast<double>(s.size())) + largest);
+}
 
 /// @brief log_softmax of x / tau, written out plainly (max subtracted).
 inline std::vector<double> log_softmax(const std::vector<double>& x, double tau) {
@@ -36,6 +47,7 @@ inline row_ref_result softmax_kl_reference(const std::vector<double>& s, const s
     r.grad.push_back(tau * (std::exp(ls[c]) - qt));
   }
   r.loss *= tau * tau;
+  r.scale = kl_term_scale(s, t, tau);
   return r;
 }
 
@@ -53,6 +65,7 @@ inline row_ref_result sigmoid_kl_reference(const std::vector<double>& s, const s
     r.grad.push_back(tau * (ps - pt));
   }
   r.loss *= tau * tau;
+  r.scale = static_cast<double>(s.size()) * kl_term_scale(s, t, tau);
   return r;
 }
 
@@ -72,6 +85,7 @@ inline row_ref_result mse_reference(const std::vector<double>& s, const std::vec
   for (std::size_t c = 0; c < s.size(); ++c) {
     const double d = s[c] / ns - t[c] / nt;
     r.loss += d * d / n;
+    r.scale += (s[c] * s[c] / (ns * ns) + t[c] * t[c] / (nt * nt)) / n;
     g[c] = 2 * d / n;
     s_dot_g += s[c] / ns * g[c];
   }

@@ -10,6 +10,7 @@
 
 #include "config.hpp"
 #include "cuda_team.cuh"
+#include "detail/lanes.hpp"
 #include "detail/row_driver.hpp"
 #include "error.hpp"
 #include "host_backend.hpp"
@@ -101,12 +102,12 @@ __global__ void __launch_bounds__(cuda_block_threads)
 
 /// @brief Runs rows [blockIdx.x * rows_per_block, ...) with teams of kind Team; writes the block's weighted loss.
 template <class Problem, class Team>
-__global__ void __launch_bounds__(cuda_block_threads) rows_kernel(Problem problem, device_call dc) {
+__global__ void __launch_bounds__(cuda_block_threads) rows_kernel(Problem problem, device_call dc, int chunk) {
   using acc = typename Problem::acc_type;
   constexpr int team_width = cuda_block_threads / Team::teams_per_block;
   constexpr index_t rows_per_block = Team::rows_per_block;
   const int team_index = threadIdx.x / team_width;
-  const Team team(static_cast<int>(threadIdx.x));
+  const Team team(static_cast<int>(threadIdx.x), chunk);
   const double normaliser =
       reduction_normaliser(dc.call.red, device_weight_sum(dc), static_cast<double>(dc.call.batch));
   const auto scaling = make_row_scaling<acc>(dc.call.loss_weight, dc.call.grad_scale, normaliser, dc.call.accumulate);
@@ -251,7 +252,10 @@ class cuda_exec {
       weight_total_kernel<<<1, cuda_block_threads, 0, stream_>>>(scratch + 1, weight_blocks, scratch);
       BEVKD_CUDA_CHECK(cudaGetLastError());
     }
-    if (blocks > 0) rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads, 0, stream_>>>(problem, dc);
+    // Aligned unit-stride rows read 16-byte vectors: chunks of one vector per lane.
+    const int chunk = problem.vector_aligned() ? detail::vector_width<typename Problem::value_type>() : 1;
+    if (blocks > 0)
+      rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads, 0, stream_>>>(problem, dc, chunk);
     loss_total_kernel<<<1, cuda_block_threads, 0, stream_>>>(dc, blocks);
     BEVKD_CUDA_CHECK(cudaGetLastError());
     return device_loss_result{result, stream_};

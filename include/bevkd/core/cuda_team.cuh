@@ -22,7 +22,7 @@ struct thread_team {
   /// @brief Rows per block (fixed, so partial sums do not depend on the device).
   static constexpr index_t rows_per_block = teams_per_block;
   /// @brief Built from the thread's index (its lane is always 0).
-  BEVKD_DEVICE explicit thread_team(int) {}
+  BEVKD_DEVICE thread_team(int, int) {}
   /// @brief One lane.
   BEVKD_DEVICE int size() const { return 1; }
   /// @brief Lane-strided columns.
@@ -52,13 +52,14 @@ struct warp_team {
   static constexpr int teams_per_block = cuda_block_threads / warp_lanes;
   /// @brief Rows per block: four per warp.
   static constexpr index_t rows_per_block = 4 * teams_per_block;
-  int lane_;  ///< Lane within the warp.
-  /// @brief Built from the thread's index in the block.
-  BEVKD_DEVICE explicit warp_team(int thread) : lane_(thread % warp_lanes) {}
+  int lane_;   ///< Lane within the warp.
+  int chunk_;  ///< Columns per lane chunk: 1, or one 16-byte vector for aligned unit-stride rows.
+  /// @brief Built from the thread's index in the block and the launch's chunk width.
+  BEVKD_DEVICE warp_team(int thread, int chunk) : lane_(thread % warp_lanes), chunk_(chunk) {}
   /// @brief 32 lanes.
   BEVKD_DEVICE int size() const { return warp_lanes; }
-  /// @brief Lane-strided columns (coalesced loads).
-  BEVKD_DEVICE int chunk() const { return 1; }
+  /// @brief Columns per lane chunk.
+  BEVKD_DEVICE int chunk() const { return chunk_; }
   /// @brief Lane 0 performs single writes.
   BEVKD_DEVICE bool leader() const { return lane_ == 0; }
   /// @brief No scratch on the device: kernels recompute.
@@ -89,13 +90,14 @@ struct block_team {
   static constexpr int teams_per_block = 1;
   /// @brief Rows per block.
   static constexpr index_t rows_per_block = 1;
-  int lane_;  ///< Thread index in the block.
-  /// @brief Built from the thread's index in the block.
-  BEVKD_DEVICE explicit block_team(int thread) : lane_(thread) {}
+  int lane_;   ///< Thread index in the block.
+  int chunk_;  ///< Columns per lane chunk.
+  /// @brief Built from the thread's index in the block and the launch's chunk width.
+  BEVKD_DEVICE block_team(int thread, int chunk) : lane_(thread), chunk_(chunk) {}
   /// @brief 256 lanes.
   BEVKD_DEVICE int size() const { return cuda_block_threads; }
-  /// @brief Lane-strided columns.
-  BEVKD_DEVICE int chunk() const { return 1; }
+  /// @brief Columns per lane chunk.
+  BEVKD_DEVICE int chunk() const { return chunk_; }
   /// @brief Thread 0 performs single writes.
   BEVKD_DEVICE bool leader() const { return lane_ == 0; }
   /// @brief No scratch on the device: kernels recompute.

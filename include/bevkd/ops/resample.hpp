@@ -19,21 +19,23 @@ using grid_view = strided_view<T, 4>;
 template <class T>
 grid_view<T> grid_nhwc(T* data, index_t batch, index_t height, index_t width, index_t channels) {
   return make_view<T, 4>(data, {batch, height, width, channels},
-                         {height * width * channels, width * channels, channels, 1});
+                         {height * width * channels, width * channels, channels, 1},
+                         batch * height * width * channels);
 }
 
 /// @brief [B, H, W, C] view of a channels-first tensor stored as [B, C, H, W] (BEVDet, CenterPoint heads).
 template <class T>
 grid_view<T> grid_nchw(T* data, index_t batch, index_t channels, index_t height, index_t width) {
-  return make_view<T, 4>(data, {batch, height, width, channels},
-                         {channels * height * width, width, 1, height * width});
+  return make_view<T, 4>(data, {batch, height, width, channels}, {channels * height * width, width, 1, height * width},
+                         batch * channels * height * width);
 }
 
 /// @brief [B, H, W, C] view of a sequence-first tensor stored as [H*W, B, C] (BEVFormer's bev_embed).
 template <class T>
 grid_view<T> grid_sequence_first(T* data, index_t height, index_t width, index_t batch, index_t channels) {
   return make_view<T, 4>(data, {batch, height, width, channels},
-                         {channels, width * batch * channels, batch * channels, 1});
+                         {channels, width * batch * channels, batch * channels, 1},
+                         height * width * batch * channels);
 }
 
 /// @brief Interpolation rule of bev_resample (each equals the PyTorch `F.interpolate` mode of the same name).
@@ -47,10 +49,10 @@ enum class resample_mode {
 struct resample_options {
   resample_mode mode = resample_mode::bilinear;  ///< Interpolation rule.
   bool align_corners = false;                    ///< Bilinear only: PyTorch's align_corners.
-  bool accumulate = false;                       ///< Add into the written view (out or grad_in) instead of overwriting it.
+  bool accumulate = false;                       ///< Add into out (forward) or grad_in (backward), not overwrite.
 };
 
-/// @brief Resamples a [B, H, W, C] grid to [B, H2, W2, C] (out = A in) and applies the exact adjoint (grad_in = A^T grad_out).
+/// @brief Resamples [B, H, W, C] to [B, H2, W2, C] (out = A in) and applies the exact adjoint (grad_in = A^T grad_out).
 ///
 /// A = A_y (x) A_x is separable; along an axis of source size n and destination size m
 /// (destination index j, source cell i), with PyTorch's formulas and arithmetic precision
@@ -61,7 +63,7 @@ struct resample_options {
 ///   i0 + 1 (lambda). A tap of weight 0 is skipped and on the last cell the two coinciding
 ///   taps are one tap of weight 1, so an equal-size resize is an exact copy (PyTorch
 ///   computes (1 - lambda) x + lambda x there, which can differ in the last bit).
-/// - nearest: i = min(floor(float(j) * float(n / m)), n - 1), in single precision for every
+/// - nearest: i = min(floor(float(j) * (float(n) / float(m))), n - 1), in single precision for every
 ///   dtype exactly as PyTorch does (so e.g. 2 -> 82 maps j = 41 to 0, not to floor(41 * 2 / 82) = 1).
 /// - area: the window [floor(j n / m), ceil((j + 1) n / m)) averaged (sum / window_h / window_w),
 ///   as `adaptive_avg_pool2d`: the exact block mean for integer downsampling, overlapping
@@ -99,7 +101,8 @@ class bev_resample {
   /// @tparam T float, double, bevkd::half or bevkd::bfloat16.
   /// @param exec Backend.
   /// @param grad_out Gradient w.r.t. the output, logical [B, H2, W2, C], any non-negative strides.
-  /// @param grad_in Gradient w.r.t. the input [B, H, W, C]; must not overlap `grad_out` nor map two elements to one address.
+  /// @param grad_in Gradient w.r.t. the input [B, H, W, C]; must not overlap `grad_out` nor map two elements to one
+  ///        address.
   /// @throw bevkd::invalid_argument naming the argument, before anything is written.
   template <class Exec, class T>
   void backward(Exec& exec, detail::identity_t<grid_view<const T>> grad_out, grid_view<T> grad_in) const {

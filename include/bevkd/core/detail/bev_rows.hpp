@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 
@@ -42,7 +43,8 @@ using identity_t = typename identity<T>::type;
 /// @brief Rows (i0, i1) of student, teacher and gradient tensors [R0, R1, N]; Unit when every column stride is 1.
 template <class T, bool Unit>
 struct row_problem {
-  using acc_type = accum_t<T>;       ///< Accumulation type.
+  using value_type = T;                      ///< Element type.
+  using acc_type = accum_t<T>;               ///< Accumulation type.
   static constexpr bool unit_stride = Unit;  ///< Every column stride is 1.
   strided_view<const T, 3> student;  ///< Student input.
   strided_view<const T, 3> teacher;  ///< Teacher input.
@@ -61,6 +63,16 @@ struct row_problem {
                              {teacher.data + teacher.offset(i0, i1, 0), teacher.stride[2]},
                              {grad.data + grad.offset(i0, i1, 0), grad.stride[2]},
                              student.extent[2]};
+  }
+
+  /// @brief True when every row of student and teacher starts on a 16-byte boundary (enables vector loads).
+  bool vector_aligned() const {
+    const auto aligned = [](const strided_view<const T, 3>& v) {
+      const index_t width = vector_width<T>();
+      return Unit && reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.stride[0] % width == 0 &&
+             v.stride[1] % width == 0;
+    };
+    return aligned(student) && aligned(teacher);
   }
 
   /// @brief Writes zeros over row r's gradient.

@@ -23,9 +23,9 @@ BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& 
   const index_t n = row.n;
   const acc_array<Acc, 2> maxima = team.reduce(max_op{}, [&](int lane) {
     acc_array<Acc, 2> m{{-math::infinity<Acc>(), -math::infinity<Acc>()}};
-    for_lane_columns(lane, lanes, chunk, n, [&](index_t c) {
-      m[0] = max_op{}(m[0], load_as_accum(row.teacher[c]) * inv_tau);
-      m[1] = max_op{}(m[1], load_as_accum(row.student[c]) * inv_tau);
+    for_lane_values(lane, lanes, chunk, row, [&](index_t, Acc s, Acc t) {
+      m[0] = max_op{}(m[0], t * inv_tau);
+      m[1] = max_op{}(m[1], s * inv_tau);
     });
     return m;
   });
@@ -34,9 +34,9 @@ BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& 
   // z_T = sum e^(a - max_t), z_S = sum e^(b - max_s), cross = sum e^(a - max_t) (a' - b').
   const acc_array<Acc, 3> sums = team.reduce(sum_op{}, [&](int lane) {
     acc_array<Acc, 3> z{{Acc(0), Acc(0), Acc(0)}};
-    for_lane_columns(lane, lanes, chunk, n, [&](index_t c) {
-      const Acc a = load_as_accum(row.teacher[c]) * inv_tau - max_t;
-      const Acc b = load_as_accum(row.student[c]) * inv_tau - max_s;
+    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
+      const Acc a = t * inv_tau - max_t;
+      const Acc b = s * inv_tau - max_s;
       const Acc e_t = math::exp(a), e_s = math::exp(b);
       z[0] += e_t;
       z[1] += e_s;
@@ -50,18 +50,17 @@ BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& 
   });
   const Acc inv_zt = Acc(1) / sums[0], inv_zs = Acc(1) / sums[1];
   const Acc scale = coeff * tau;
+  const auto write = [&](index_t c, Acc e_t, Acc e_s) {
+    write_grad(row.grad[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
+  };
   team.for_each_lane([&](int lane) {
-    for_lane_columns(lane, lanes, chunk, n, [&](index_t c) {
-      Acc e_t, e_s;
-      if (cache) {
-        e_t = cache[c];
-        e_s = cache[n + c];
-      } else {
-        e_t = math::exp(load_as_accum(row.teacher[c]) * inv_tau - max_t);
-        e_s = math::exp(load_as_accum(row.student[c]) * inv_tau - max_s);
-      }
-      write_grad(row.grad[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
-    });
+    if (cache) {
+      for_lane_columns(lane, lanes, chunk, n, [&](index_t c) { write(c, cache[c], cache[n + c]); });
+    } else {
+      for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
+        write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
+      });
+    }
   });
   const Acc kl = sums[2] * inv_zt - math::log(sums[0]) + math::log(sums[1]);
   return tau * tau * kl;
@@ -97,9 +96,9 @@ BEVKD_HOST_DEVICE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& 
   const Acc scale = coeff * tau;
   const Acc total = team.reduce(sum_op{}, [&](int lane) {
     Acc sum = Acc(0);
-    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
-      const logistic<Acc> t(load_as_accum(row.teacher[c]) * inv_tau);
-      const logistic<Acc> s(load_as_accum(row.student[c]) * inv_tau);
+    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc student, Acc teacher) {
+      const logistic<Acc> t(teacher * inv_tau);
+      const logistic<Acc> s(student * inv_tau);
       // s_T log(s_T/s_S) + (1-s_T) log((1-s_T)/(1-s_S)); each side is 0 where its weight is 0.
       const Acc positive = t.prob == Acc(0) ? Acc(0) : t.prob * (s.sp_neg - t.sp_neg);
       const Acc negative = t.prob == Acc(1) ? Acc(0) : (Acc(1) - t.prob) * (s.sp - t.sp);

@@ -20,8 +20,8 @@ BEVKD_HOST_DEVICE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Ac
   const Acc scale = coeff * Acc(2) * inv_n;
   const Acc total = team.reduce(sum_op{}, [&](int lane) {
     Acc sum = Acc(0);
-    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
-      const Acc d = load_as_accum(row.student[c]) - load_as_accum(row.teacher[c]);
+    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
+      const Acc d = s - t;
       sum += d * d;
       write_grad(row.grad[c], scale * d, accumulate);
     });
@@ -40,8 +40,7 @@ BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Uni
   const int lanes = team.size(), chunk = team.chunk();
   const acc_array<Acc, 3> dots = team.reduce(sum_op{}, [&](int lane) {
     acc_array<Acc, 3> d{{Acc(0), Acc(0), Acc(0)}};
-    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
-      const Acc s = load_as_accum(row.student[c]), t = load_as_accum(row.teacher[c]);
+    for_lane_values(lane, lanes, chunk, row, [&](index_t, Acc s, Acc t) {
       d[0] += s * s;
       d[1] += t * t;
       d[2] += s * t;
@@ -59,9 +58,9 @@ BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Uni
   const Acc scale = coeff / div_s;
   const Acc total = team.reduce(sum_op{}, [&](int lane) {
     Acc sum = Acc(0);
-    for_lane_columns(lane, lanes, chunk, row.n, [&](index_t c) {
-      const Acc s_hat = load_as_accum(row.student[c]) / div_s;
-      const Acc d = s_hat - load_as_accum(row.teacher[c]) / div_t;
+    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
+      const Acc s_hat = s / div_s;
+      const Acc d = s_hat - t / div_t;
       sum += d * d;
       write_grad(row.grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
     });

@@ -11,7 +11,6 @@
 #include "../../core/view.hpp"
 
 namespace bevkd {
-
 namespace detail {
 
 /// @brief The per-axis tap rule of a resample mode (bilinear, nearest and area map to these).
@@ -56,7 +55,7 @@ struct axis_taps {
   BEVKD_HOST_DEVICE Acc weight(index_t k) const { return k == 0 ? first_weight : next_weight; }
   /// @brief Last source cell read.
   BEVKD_HOST_DEVICE index_t last() const { return first + count - 1; }
-  /// @brief Entry (i, j) of the axis matrix for source cell i in [first, last()]: weight / divisor.
+  /// @brief Entry (j, i) of the axis matrix, for source cell i in [first, last()]: weight / divisor.
   BEVKD_HOST_DEVICE Acc coefficient(index_t i) const { return weight(i - first) / divisor; }
 };
 
@@ -110,8 +109,8 @@ struct resample_axis {
   }
 
   BEVKD_HOST_DEVICE axis_taps<Acc> area_taps(index_t j) const {
-    const index_t start = j * in / out;                   // floor(j * in / out)
-    const index_t end = ((j + 1) * in + out - 1) / out;   // ceil((j + 1) * in / out)
+    const index_t start = j * in / out;                  // floor(j * in / out)
+    const index_t end = ((j + 1) * in + out - 1) / out;  // ceil((j + 1) * in / out)
     return {start, end - start, Acc(1), Acc(1), static_cast<Acc>(end - start)};
   }
 };
@@ -161,13 +160,13 @@ grid_walk make_grid_walk(const strided_view<T, 4>& v) {
 /// @brief What both element kernels carry: the two views, the two axes and the walk over the written view.
 template <class T>
 struct resample_problem {
-  using acc_type = accum_t<T>;       ///< Accumulation type.
-  strided_view<const T, 4> src;      ///< Read view: the input (forward) or grad_out (backward).
-  strided_view<T, 4> dst;            ///< Written view: the output (forward) or grad_in (backward).
-  resample_axis<acc_type> rows;      ///< H axis: input H -> output H2.
-  resample_axis<acc_type> cols;      ///< W axis: input W -> output W2.
-  grid_walk walk;                    ///< Walk over `dst`.
-  bool accumulate;                   ///< Add into `dst` instead of overwriting it.
+  using acc_type = accum_t<T>;   ///< Accumulation type.
+  strided_view<const T, 4> src;  ///< Read view: the input (forward) or grad_out (backward).
+  strided_view<T, 4> dst;        ///< Written view: the output (forward) or grad_in (backward).
+  resample_axis<acc_type> rows;  ///< H axis: input H -> output H2.
+  resample_axis<acc_type> cols;  ///< W axis: input W -> output W2.
+  grid_walk walk;                ///< Walk over `dst`.
+  bool accumulate;               ///< Add into `dst` instead of overwriting it.
 
   /// @brief Writes (or adds) value at dst(idx).
   BEVKD_HOST_DEVICE void store(const index_t (&idx)[4], acc_type value) const {
@@ -192,7 +191,8 @@ struct resample_forward_kernel {
     for (index_t ky = 0; ky < ty.count; ++ky) {
       const T* row = base + (ty.first + ky) * p.src.stride[1];
       acc inner = 0;
-      for (index_t kx = 0; kx < tx.count; ++kx) inner += tx.weight(kx) * load_as_accum(row[(tx.first + kx) * p.src.stride[2]]);
+      for (index_t kx = 0; kx < tx.count; ++kx)
+        inner += tx.weight(kx) * load_as_accum(row[(tx.first + kx) * p.src.stride[2]]);
       sum += ty.weight(ky) * inner;  // PyTorch's order: h0 * (w0 x00 + w1 x01) + h1 * (...)
     }
     p.store(idx, sum / ty.divisor / tx.divisor);
@@ -250,15 +250,19 @@ void validate_resample(const strided_view<const T, 4>& src, const strided_view<T
   const std::string& out_name = dst_is_input ? src_name : dst_name;
   require_extent(out_grid, 0, in_grid.extent[0], out_name + " (B)");
   require_extent(out_grid, 3, in_grid.extent[3], out_name + " (C)");
+  // Emptiness from the extents, not size(): a broadcast (stride-0) view's size may not fit 64 bits.
+  auto empty = [](const strided_view<const T, 4>& v) {
+    return v.extent[0] == 0 || v.extent[1] == 0 || v.extent[2] == 0 || v.extent[3] == 0;
+  };
   const char* const spatial[2] = {"H", "W"};
   for (int d = 1; d <= 2; ++d) {
     const std::string in_dim = in_name + ".extent[" + std::to_string(d) + "] (" + spatial[d - 1] + ")";
     const std::string out_dim = out_name + ".extent[" + std::to_string(d) + "] (" + spatial[d - 1] + "2)";
     require(in_grid.extent[d] <= resample_max_extent, in_dim, "must be <= 2^31 - 1, got ", in_grid.extent[d]);
     require(out_grid.extent[d] <= resample_max_extent, out_dim, "must be <= 2^31 - 1, got ", out_grid.extent[d]);
-    require(in_grid.size() == 0 || out_grid.extent[d] >= 1, out_dim,
-            "must be >= 1 for a non-empty input grid, got ", out_grid.extent[d]);
-    require(out_grid.size() == 0 || in_grid.extent[d] >= 1, in_dim,
+    require(empty(in_grid) || out_grid.extent[d] >= 1, out_dim, "must be >= 1 for a non-empty input grid, got ",
+            out_grid.extent[d]);
+    require(empty(out_grid) || in_grid.extent[d] >= 1, in_dim,
             "must be >= 1 for a non-empty output grid (there is nothing to sample), got ", in_grid.extent[d]);
   }
   require_no_self_overlap(dst, dst_name);
