@@ -10,6 +10,7 @@
 #include "core/reduction.hpp"
 #include "core/team.hpp"
 #include "core/view.hpp"
+#include "losses/attention_distill.hpp"
 #include "losses/feature_mse.hpp"
 #include "losses/response_kl.hpp"
 #include "ops/resample.hpp"

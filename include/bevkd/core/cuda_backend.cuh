@@ -64,9 +64,9 @@ BEVKD_DEVICE double block_sum(double value) {
 }
 
 /// @brief Per-block weight sums (negative weights counted in a second slot, so the total becomes NaN).
-template <class Acc>
+template <class Rows>
 __global__ void __launch_bounds__(cuda_block_threads)
-    weight_partials_kernel(row_weighting<Acc> rows, index_t row_count, index_t rows_per_block, double* partials) {
+    weight_partials_kernel(Rows rows, index_t row_count, index_t rows_per_block, double* partials) {
   const index_t first = blockIdx.x * rows_per_block;
   const index_t last = first + rows_per_block < row_count ? first + rows_per_block : row_count;
   double sum = 0, negatives = 0;
@@ -244,7 +244,7 @@ class cuda_exec {
     double* result = results_ + 3 * next_slot_;
     next_slot_ = (next_slot_ + 1) % result_slots;
     device_call dc{call, nullptr, rows, scratch + 1, result};
-    if (problem.rows.weights.data) {
+    if (problem.rows.has_weights()) {
       dc.weight_sum = scratch;
       if (weight_blocks > 0)
         weight_partials_kernel<<<static_cast<unsigned>(weight_blocks), cuda_block_threads, 0, stream_>>>(

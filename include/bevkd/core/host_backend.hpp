@@ -73,7 +73,7 @@ class host_exec {
   loss_result run_loss(const Problem& problem, const detail::loss_call& call) {
     using acc = typename Problem::acc_type;
     const index_t rows = problem.row_count();
-    const double weight_sum = problem.rows.weights.data ? sum_weights(problem) : static_cast<double>(rows);
+    const double weight_sum = problem.rows.has_weights() ? sum_weights(problem) : static_cast<double>(rows);
     const double normaliser = detail::reduction_normaliser(call.red, weight_sum, static_cast<double>(call.batch));
     const auto scaling = detail::make_row_scaling<acc>(call.loss_weight, call.grad_scale, normaliser, call.accumulate);
     const index_t scratch_bytes = scratch_enabled_ ? problem.scratch_bytes() : 0;

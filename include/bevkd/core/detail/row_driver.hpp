@@ -21,6 +21,8 @@ struct row_weighting {
   strided_view<Acc, 2> row_loss;        ///< Output loss_weight * w_r * l_r (reduction none only), or absent.
   index_t inner = 1;                    ///< R1.
 
+  /// @brief True when rows carry weights (the weight sum then needs a pass over them).
+  BEVKD_HOST_DEVICE bool has_weights() const { return weights.data != nullptr; }
   /// @brief Weight of row r (1 without weights).
   BEVKD_HOST_DEVICE Acc weight(index_t r) const { return weights.data ? weights(r / inner, r % inner) : Acc(1); }
   /// @brief Upstream gradient of row r (1 without one).

@@ -1,0 +1,280 @@
+// bevkd internal: team-collective rows of the attention-map distillation (pooled teacher, masked keys, four divergences).
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cstdint>
+
+#include "../../core/config.hpp"
+#include "../../core/detail/lanes.hpp"
+#include "../../core/detail/row_driver.hpp"
+#include "../../core/dtype.hpp"
+#include "../../core/math.hpp"
+#include "../../core/team.hpp"
+#include "../../core/view.hpp"
+
+namespace bevkd {
+
+/// @brief What an attention tensor holds.
+enum class attention_input {
+  logits,        ///< Pre-softmax attention logits (preferred: exact log-probabilities, temperature allowed).
+  probabilities  ///< Post-softmax attention weights (temperature must be 1).
+};
+
+/// @brief Over which keys one attention distribution is normalised.
+enum class attention_normalize {
+  per_source,  ///< Softmax over the K keys of each (query, head, source): BEVFormer's own normalisation.
+  joint        ///< Softmax over all S x K keys of each (query, head): how a query splits attention across sources.
+};
+
+/// @brief Divergence between the teacher's distribution p and the student's q.
+enum class divergence {
+  kl,          ///< KL(p || q) = sum p log(p / q).
+  reverse_kl,  ///< KL(q || p) = sum q log(q / p).
+  js,          ///< Jensen-Shannon: (KL(p || m) + KL(q || m)) / 2, m = (p + q) / 2.
+  mse          ///< Mean over the row's valid keys of (q - p)^2.
+};
+
+namespace detail {
+
+/// @brief Largest teacher head group (H_T / H_S) pooled on the fly.
+constexpr int max_head_group = 8;
+
+/// @brief Row weights of the attention loss: per-query weights times the source mask.
+///
+/// Rows are (n, h, s) in per_source mode and (n, h) in joint mode. A masked source drops its
+/// row (per_source) or its keys (joint); a joint row with every source masked is dropped.
+template <class Acc>
+struct attention_weighting {
+  strided_view<const std::uint8_t, 2> mask;   ///< m[n, s] != 0: source s is valid for query n (absent: all valid).
+  strided_view<const Acc, 1> query_weights;   ///< w[n] >= 0 (absent: 1).
+  strided_view<const Acc, 3> upstream;        ///< reduction::none: u[n, h, s] ([N, H, 1] joint), or absent.
+  strided_view<Acc, 3> row_loss;              ///< reduction::none: loss_weight w_r l_r ([N, H, 1] joint), or absent.
+  index_t heads = 1;                          ///< H (student heads).
+  index_t sources = 1;                        ///< S.
+  bool joint = false;                         ///< Joint normalisation.
+
+  /// @brief (n, h, s) of row r (s = 0 in joint mode).
+  BEVKD_HOST_DEVICE void decode(index_t r, index_t& n, index_t& h, index_t& s) const {
+    const index_t per_query = joint ? heads : heads * sources;
+    n = r / per_query;
+    h = (r % per_query) / (joint ? 1 : sources);
+    s = joint ? 0 : r % sources;
+  }
+  /// @brief True when the mask or the query weights make row weights differ from 1.
+  BEVKD_HOST_DEVICE bool has_weights() const { return mask.data != nullptr || query_weights.data != nullptr; }
+  /// @brief True when source s of query n is valid.
+  BEVKD_HOST_DEVICE bool valid(index_t n, index_t s) const { return !mask.data || mask(n, s) != 0; }
+  /// @brief Weight of row r: w[n], or 0 when its source (per_source) or all its sources (joint) are masked.
+  BEVKD_HOST_DEVICE Acc weight(index_t r) const {
+    index_t n, h, s;
+    decode(r, n, h, s);
+    bool any = !joint ? valid(n, s) : false;
+    for (index_t t = 0; joint && t < sources && !any; ++t) any = valid(n, t);
+    if (!any) return Acc(0);
+    return query_weights.data ? query_weights(n) : Acc(1);
+  }
+  /// @brief Upstream gradient of row r (1 without one).
+  BEVKD_HOST_DEVICE Acc upstream_grad(index_t r) const {
+    index_t n, h, s;
+    decode(r, n, h, s);
+    return upstream.data ? upstream(n, h, s) : Acc(1);
+  }
+  /// @brief Writes row r's output loss when per-row outputs were requested.
+  BEVKD_HOST_DEVICE void store(index_t r, Acc value) const {
+    index_t n, h, s;
+    decode(r, n, h, s);
+    if (row_loss.data) row_loss(n, h, s) = value;
+  }
+};
+
+/// @brief One divergence term of a key and the derivative of the divergence w.r.t. the student probability q.
+template <class Acc>
+struct divergence_term {
+  Acc term;  ///< Contribution of this key to D(p, q).
+  Acc dq;    ///< dD/dq of this key.
+};
+
+/// @brief D's term and dD/dq for one key; zero-probability sides contribute 0 (x log x at 0 is 0).
+template <class Acc>
+BEVKD_HOST_DEVICE divergence_term<Acc> divergence_at(divergence d, Acc p, Acc q, Acc log_q, Acc inv_valid) {
+  switch (d) {
+    case divergence::kl:
+      return {p > Acc(0) ? p * (math::log(p) - log_q) : Acc(0), p > Acc(0) ? -p / q : Acc(0)};
+    case divergence::reverse_kl: {
+      const Acc log_p = math::log(p);
+      return {q > Acc(0) ? q * (log_q - log_p) : Acc(0), log_q - log_p + Acc(1)};
+    }
+    case divergence::js: {
+      const Acc log_p = math::log(p);
+      const Acc m = Acc(0.5) * (p + q), log_m = math::log(m);
+      const Acc term = Acc(0.5) * ((p > Acc(0) ? p * (log_p - log_m) : Acc(0)) + (q > Acc(0) ? q * (log_q - log_m) : Acc(0)));
+      return {term, q > Acc(0) ? Acc(0.5) * (log_q - log_m) : Acc(0)};
+    }
+    default: {
+      const Acc diff = q - p;
+      return {diff * diff * inv_valid, Acc(2) * diff * inv_valid};
+    }
+  }
+}
+
+/// @brief Attention distillation over rows of [N, H, S, K] student/teacher tensors (teacher heads and levels pooled).
+template <class T>
+struct attention_problem {
+  using value_type = T;                      ///< Element type.
+  using acc_type = accum_t<T>;               ///< Accumulation type.
+  using stats = acc_array<acc_type, 2 + max_head_group>;  ///< Student value, valid count, one per teacher head.
+  static constexpr bool unit_stride = true;  ///< Keys lie along the fastest dimension: warps read rows coalesced.
+  strided_view<const T, 4> student;          ///< [N, H, S, K].
+  strided_view<const T, 4> teacher;          ///< [N, H * group, S, K * level_group].
+  strided_view<T, 4> grad;                   ///< Student's extents.
+  attention_weighting<acc_type> rows;        ///< Weights, mask, per-row outputs.
+  int group = 1;                             ///< Teacher heads averaged into one student head.
+  index_t level_group = 1;                   ///< Teacher levels summed into one student level.
+  index_t points = 0;                        ///< Points per level (0: keys are not pooled).
+  bool student_logits = true;                ///< Student input is logits.
+  bool teacher_logits = true;                ///< Teacher input is logits.
+  divergence div = divergence::kl;           ///< Divergence.
+  acc_type tau = 1;                          ///< Temperature.
+  acc_type inv_tau = 1;                      ///< 1 / tau.
+
+  /// @brief Number of rows.
+  BEVKD_HOST_DEVICE index_t row_count() const { return student.extent[0] * rows.heads * (rows.joint ? 1 : rows.sources); }
+  /// @brief Keys per row.
+  BEVKD_HOST_DEVICE index_t columns() const { return rows.joint ? rows.sources * keys() : keys(); }
+  /// @brief Student keys K.
+  BEVKD_HOST_DEVICE index_t keys() const { return student.extent[3]; }
+  /// @brief Attention rows are read key by key (no 16-byte vector path).
+  bool vector_aligned() const { return false; }
+  /// @brief No host scratch.
+  index_t scratch_bytes() const { return 0; }
+
+  /// @brief Writes zeros over row r's gradient.
+  template <class Team>
+  BEVKD_HOST_DEVICE void zero_grad(const Team& team, index_t r) const {
+    index_t n, h, s;
+    rows.decode(r, n, h, s);
+    for_each_column(team, [&](index_t c) { grad_at(n, h, s, c) = store_from_accum<T>(acc_type(0)); });
+  }
+
+  /// @brief Team-collective tau^2 D(p_T, q_S) of row r; writes coeff * dl_r / d(student).
+  template <class Team>
+  BEVKD_HOST_DEVICE acc_type loss_and_grad(const Team& team, index_t r, acc_type coeff, bool accumulate) const {
+    using acc = acc_type;
+    index_t n, h, s;
+    rows.decode(r, n, h, s);
+    const stats maxima = student_logits || teacher_logits ? row_maxima(team, n, h, s) : stats{};
+    const stats sums = row_sums(team, n, h, s, maxima);
+    const acc log_zs = student_logits ? math::log(sums[0]) : acc(0);
+    const acc inv_valid = acc(1) / sums[1];
+    const auto key = [&](index_t c, acc& p, acc& q, acc& log_q) {
+      p = teacher_prob(n, h, s, c, maxima, sums);
+      const acc z = student_value(n, h, s, c);
+      log_q = student_logits ? z - maxima[0] - log_zs : math::log(z);
+      q = student_logits ? math::exp(log_q) : z;
+    };
+    const acc_array<acc, 2> totals = team.reduce(sum_op{}, [&](int lane) {
+      acc_array<acc, 2> t{{acc(0), acc(0)}};
+      for_lane_columns(lane, team.size(), team.chunk(), columns(), [&](index_t c) {
+        if (!valid_column(n, s, c)) return;
+        acc p, q, log_q;
+        key(c, p, q, log_q);
+        const divergence_term<acc> d = divergence_at(div, p, q, log_q, inv_valid);
+        t[0] += d.term;
+        // sum_k q_k g_k, for the softmax Jacobian; for KL it is -sum_k p_k, kept exact where q underflows.
+        t[1] += div == divergence::kl ? -p : (q == acc(0) ? acc(0) : q * d.dq);
+      });
+      return t;
+    });
+    const acc scale = coeff * (student_logits ? tau : acc(1));
+    for_each_column(team, [&](index_t c) {
+      acc g = acc(0);
+      if (valid_column(n, s, c)) {
+        acc p, q, log_q;
+        key(c, p, q, log_q);
+        const acc dq = divergence_at(div, p, q, log_q, inv_valid).dq;
+        // Through the softmax: dD/dz_c = q_c (g_c - sum_k q_k g_k); for KL, q_c sum_k p_k - p_c
+        // (q_c - p_c when the teacher's valid keys carry all its mass).
+        g = !student_logits ? dq
+            : div == divergence::kl ? q * -totals[1] - p
+                                    : (q == acc(0) ? acc(0) : q * (dq - totals[1]));
+      }
+      write_grad(grad_at(n, h, s, c), scale * g, accumulate);
+    });
+    return tau * tau * totals[0];
+  }
+
+ private:
+  template <class Team, class F>
+  BEVKD_HOST_DEVICE void for_each_column(const Team& team, F&& f) const {
+    const int lanes = team.size(), chunk = team.chunk();
+    const index_t n_cols = columns();
+    team.for_each_lane([&](int lane) { for_lane_columns(lane, lanes, chunk, n_cols, f); });
+  }
+  // Source and student key of column c.
+  BEVKD_HOST_DEVICE index_t source_of(index_t s, index_t c) const { return rows.joint ? c / keys() : s; }
+  BEVKD_HOST_DEVICE index_t key_of(index_t c) const { return rows.joint ? c % keys() : c; }
+  BEVKD_HOST_DEVICE bool valid_column(index_t n, index_t s, index_t c) const {
+    return !rows.joint || rows.valid(n, source_of(s, c));
+  }
+  BEVKD_HOST_DEVICE T& grad_at(index_t n, index_t h, index_t s, index_t c) const {
+    return grad(n, h, source_of(s, c), key_of(c));
+  }
+  // Student logit / tau, or probability.
+  BEVKD_HOST_DEVICE acc_type student_value(index_t n, index_t h, index_t s, index_t c) const {
+    const acc_type v = load_as_accum(student(n, h, source_of(s, c), key_of(c)));
+    return student_logits ? v * inv_tau : v;
+  }
+  // Teacher logit / tau (or probability) of teacher head j and level l within the student key's group.
+  BEVKD_HOST_DEVICE acc_type teacher_value(index_t n, index_t h, index_t s, index_t c, int j, index_t l) const {
+    const index_t k = key_of(c);
+    const index_t k_t = points > 0 ? ((k / points) * level_group + l) * points + k % points : k;
+    const acc_type v = load_as_accum(teacher(n, h * group + j, source_of(s, c), k_t));
+    return teacher_logits ? v * inv_tau : v;
+  }
+  template <class Team>
+  BEVKD_HOST_DEVICE stats row_maxima(const Team& team, index_t n, index_t h, index_t s) const {
+    return team.reduce(max_op{}, [&](int lane) {
+      stats m;
+      for (int i = 0; i < 2 + max_head_group; ++i) m[i] = -math::infinity<acc_type>();
+      for_lane_columns(lane, team.size(), team.chunk(), columns(), [&](index_t c) {
+        if (!valid_column(n, s, c)) return;
+        if (student_logits) m[0] = max_op{}(m[0], student_value(n, h, s, c));
+        for (int j = 0; teacher_logits && j < group; ++j)
+          for (index_t l = 0; l < level_group; ++l) m[2 + j] = max_op{}(m[2 + j], teacher_value(n, h, s, c, j, l));
+      });
+      return m;
+    });
+  }
+  template <class Team>
+  BEVKD_HOST_DEVICE stats row_sums(const Team& team, index_t n, index_t h, index_t s, const stats& maxima) const {
+    return team.reduce(sum_op{}, [&](int lane) {
+      stats z;
+      for (int i = 0; i < 2 + max_head_group; ++i) z[i] = acc_type(0);
+      for_lane_columns(lane, team.size(), team.chunk(), columns(), [&](index_t c) {
+        if (!valid_column(n, s, c)) return;
+        z[1] += acc_type(1);
+        if (student_logits) z[0] += math::exp(student_value(n, h, s, c) - maxima[0]);
+        for (int j = 0; teacher_logits && j < group; ++j)
+          for (index_t l = 0; l < level_group; ++l) z[2 + j] += math::exp(teacher_value(n, h, s, c, j, l) - maxima[2 + j]);
+      });
+      return z;
+    });
+  }
+  // The pooled teacher probability of column c: mean over the head group of the level group's summed mass.
+  BEVKD_HOST_DEVICE acc_type teacher_prob(index_t n, index_t h, index_t s, index_t c, const stats& maxima,
+                                          const stats& sums) const {
+    acc_type p = acc_type(0);
+    for (int j = 0; j < group; ++j) {
+      acc_type mass = acc_type(0);
+      for (index_t l = 0; l < level_group; ++l) {
+        const acc_type v = teacher_value(n, h, s, c, j, l);
+        mass += teacher_logits ? math::exp(v - maxima[2 + j]) : v;
+      }
+      p += teacher_logits ? mass / sums[2 + j] : mass;
+    }
+    return p / static_cast<acc_type>(group);
+  }
+};
+
+}  // namespace detail
+}  // namespace bevkd

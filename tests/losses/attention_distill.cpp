@@ -1,0 +1,296 @@
+// bevkd tests: attention-map distillation against the double reference, finite differences, masks, pooling, teams.
+// SPDX-License-Identifier: Apache-2.0
+#include <doctest/doctest.h>
+
+#include <bevkd/bevkd.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "support/attention_harness.hpp"
+#include "support/loss_harness.hpp"
+
+using namespace bevkd_test;
+using bevkd::attention_input;
+using bevkd::attention_normalize;
+using bevkd::divergence;
+using bevkd::reduction;
+
+namespace {
+
+const divergence all_divergences[] = {divergence::kl, divergence::reverse_kl, divergence::js, divergence::mse};
+const attention_normalize both_normalizations[] = {attention_normalize::per_source, attention_normalize::joint};
+
+template <class T>
+void check_attention_case(const attention_case<T>& cs, bevkd::host_exec& exec) {
+  using acc = bevkd::accum_t<T>;
+  std::vector<T> grad(cs.student.size(), sentinel<T>());
+  std::vector<acc> rows;
+  const auto got = cs.run(exec, grad, rows);
+  const auto want = attention_reference(cs);
+  INFO("normalize ", static_cast<int>(cs.opts.normalize), " div ", static_cast<int>(cs.opts.div), " inputs ",
+       static_cast<int>(cs.opts.student_input), static_cast<int>(cs.opts.teacher_input), " group ", cs.group,
+       " levels ", cs.level_group, " masked ", !cs.mask.empty(), " reduce ", static_cast<int>(cs.opts.reduce),
+       " heads_outer ", cs.heads_outer);
+  const double tol = tolerance<T>();
+  CHECK(std::fabs(got.loss - want.loss) <= std::max(tol, 1e-5) * want.scale + 1e-12);
+  CHECK(relative_error(got.weight_sum, want.weight_sum, 1e-6) < 1e-6);
+  CHECK(relative_error(attention_logical_grad(cs, grad), want.grad) < std::max(tol, 1e-5));
+  if (cs.opts.reduce == reduction::none)
+    CHECK(relative_error(std::vector<double>(rows.begin(), rows.end()), want.row_loss, 1e-6) < std::max(tol, 1e-5));
+}
+
+template <class T>
+attention_case<T> make_case(attention_normalize normalize, divergence div, attention_input student,
+                            attention_input teacher) {
+  attention_case<T> cs;
+  cs.opts.normalize = normalize;
+  cs.opts.div = div;
+  cs.opts.student_input = student;
+  cs.opts.teacher_input = teacher;
+  cs.opts.temperature = student == attention_input::logits && teacher == attention_input::logits ? 1.7 : 1.0;
+  return cs;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("attention_distill matches the double reference: divergences, normalisations, inputs, masks, pooling",
+                   T, float, double, bevkd::half, bevkd::bfloat16) {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  const std::pair<attention_input, attention_input> inputs[] = {
+      {attention_input::logits, attention_input::logits},
+      {attention_input::logits, attention_input::probabilities},
+      {attention_input::probabilities, attention_input::probabilities}};
+  for (auto normalize : both_normalizations)
+    for (divergence div : all_divergences)
+      for (auto [student, teacher] : inputs)
+        for (int variant = 0; variant < 4; ++variant) {
+          auto cs = make_case<T>(normalize, div, student, teacher);
+          cs.heads_outer = variant % 2 == 0;
+          if (variant >= 2) {  // pooled teacher: 2 heads per student head, 2 levels per student level
+            cs.group = 2;
+            cs.level_group = 2;
+            cs.opts.points = 2;
+          }
+          if (student == attention_input::probabilities && cs.group > 1) continue;  // pooled teacher needs logits or
+                                                                                    // a pooled-prob teacher
+          cs.randomize(rng);
+          cs.opts.reduce = variant == 1 ? reduction::none : reduction::mean;
+          if (variant % 2 == 1) {
+            cs.random_mask(rng);
+            cs.random_weights(rng);
+          }
+          if (cs.opts.reduce == reduction::none) cs.random_upstream(rng);
+          check_attention_case(cs, exec);
+        }
+}
+
+TEST_CASE("attention_distill gradient equals central finite differences for every divergence and normalisation") {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  for (auto normalize : both_normalizations)
+    for (divergence div : all_divergences)
+      for (auto student : {attention_input::logits, attention_input::probabilities}) {
+        auto cs = make_case<double>(normalize, div, student,
+                                    student == attention_input::logits ? attention_input::logits
+                                                                       : attention_input::probabilities);
+        cs.N = 2;
+        cs.S = 2;
+        cs.K = 3;
+        cs.opts.reduce = reduction::sum;
+        if (student == attention_input::logits) {
+          cs.group = 2;
+          cs.level_group = 3;
+          cs.opts.points = 1;
+        }
+        cs.randomize(rng);
+        cs.random_mask(rng);
+        cs.mask[2] = 1;  // keep query 1's first source
+        std::vector<double> grad(cs.student.size()), rows;
+        bevkd::host_exec exec;
+        cs.run(exec, grad, rows);
+        std::vector<double> numeric;
+        const double h = 1e-6;
+        for (index_t n = 0; n < cs.N; ++n)
+          for (index_t hh = 0; hh < cs.H; ++hh)
+            for (index_t s = 0; s < cs.S; ++s)
+              for (index_t k = 0; k < cs.K; ++k) {
+                double& x = cs.student[static_cast<std::size_t>(cs.student_view().offset(n, hh, s, k))];
+                const double x0 = x;
+                std::vector<double> scratch(cs.student.size());
+                x = x0 + h;
+                const double up = cs.run(exec, scratch, rows).loss;
+                x = x0 - h;
+                const double down = cs.run(exec, scratch, rows).loss;
+                x = x0;
+                numeric.push_back((up - down) / (2 * h));
+              }
+        INFO("normalize ", static_cast<int>(normalize), " div ", static_cast<int>(div), " student ",
+             static_cast<int>(student));
+        CHECK(relative_error(attention_logical_grad(cs, grad), numeric) < 1e-6);
+      }
+}
+
+TEST_CASE("attention_distill masks: a fully masked query contributes exactly 0; masked keys get exactly 0 gradient") {
+  std::mt19937 rng(fresh_seed());
+  bevkd::host_exec exec;
+  for (auto normalize : both_normalizations) {
+    auto cs = make_case<float>(normalize, divergence::kl, attention_input::logits, attention_input::logits);
+    cs.randomize(rng);
+    cs.random_mask(rng);  // query 0 has every source masked
+    // Poison what must be ignored: masked keys may hold NaN.
+    const auto sv = cs.view<float>(cs.student.data(), cs.H, cs.K);
+    for (index_t n = 0; n < cs.N; ++n)
+      for (index_t s = 0; s < cs.S; ++s)
+        if (!cs.mask[static_cast<std::size_t>(n * cs.S + s)])
+          for (index_t h = 0; h < cs.H; ++h)
+            for (index_t k = 0; k < cs.K; ++k) sv(n, h, s, k) = std::nanf("");
+    std::vector<float> grad(cs.student.size(), 5.0f), rows;
+    cs.opts.reduce = reduction::none;
+    const auto r = cs.run(exec, grad, rows);
+    CHECK(std::isfinite(r.loss));
+    const auto g = cs.grad_view(grad);
+    for (index_t n = 0; n < cs.N; ++n)
+      for (index_t s = 0; s < cs.S; ++s)
+        if (!cs.mask[static_cast<std::size_t>(n * cs.S + s)])
+          for (index_t h = 0; h < cs.H; ++h)
+            for (index_t k = 0; k < cs.K; ++k) CHECK(g(n, h, s, k) == 0.0f);
+    for (index_t i = 0; i < cs.H * cs.row_sources(); ++i) CHECK(rows[static_cast<std::size_t>(i)] == 0.0f);
+  }
+  SUBCASE("joint normalisation with every source masked everywhere: loss 0, gradient 0, weight sum 0") {
+    auto cs = make_case<float>(attention_normalize::joint, divergence::js, attention_input::logits, attention_input::logits);
+    cs.randomize(rng);
+    cs.mask.assign(static_cast<std::size_t>(cs.N * cs.S), 0);
+    std::vector<float> grad(cs.student.size(), 5.0f), rows;
+    const auto r = cs.run(exec, grad, rows);
+    CHECK(r.loss == 0.0);
+    CHECK(r.weight_sum == 0.0);
+    CHECK(grad == std::vector<float>(grad.size(), 0.0f));
+  }
+}
+
+TEST_CASE("attention_distill pooling equals an explicitly pooled teacher given as probabilities") {
+  std::mt19937 rng(fresh_seed());
+  bevkd::host_exec exec;
+  for (auto normalize : both_normalizations) {
+    auto pooled = make_case<double>(normalize, divergence::kl, attention_input::logits, attention_input::logits);
+    pooled.group = 2;
+    pooled.level_group = 2;
+    pooled.opts.points = 2;
+    pooled.randomize(rng);
+    // Build the pooled teacher by hand: softmax per teacher head, average heads, sum level pairs.
+    auto explicit_case = pooled;
+    explicit_case.group = 1;
+    explicit_case.level_group = 1;
+    explicit_case.opts.points = 0;
+    explicit_case.opts.teacher_input = attention_input::probabilities;
+    explicit_case.opts.temperature = 1.0;
+    pooled.opts.temperature = 1.0;
+    explicit_case.teacher.assign(explicit_case.student.size(), 0.0);
+    const auto te = pooled.teacher_view();
+    const auto out = explicit_case.view<double>(explicit_case.teacher.data(), explicit_case.H, explicit_case.K);
+    for (index_t n = 0; n < pooled.N; ++n)
+      for (index_t h = 0; h < pooled.Ht(); ++h)
+        for (index_t s0 = 0; s0 < pooled.row_sources(); ++s0) {
+          const index_t s_begin = pooled.joint() ? 0 : s0, s_end = pooled.joint() ? pooled.S : s0 + 1;
+          double z = 0;
+          for (index_t s = s_begin; s < s_end; ++s)
+            for (index_t k = 0; k < pooled.Kt(); ++k) z += std::exp(te(n, h, s, k));
+          for (index_t s = s_begin; s < s_end; ++s)
+            for (index_t k = 0; k < pooled.Kt(); ++k) {
+              const index_t level = k / 2, point = k % 2;
+              out(n, h / 2, s, (level / 2) * 2 + point) += std::exp(te(n, h, s, k)) / z / 2;
+            }
+        }
+    std::vector<double> g1(pooled.student.size()), g2(pooled.student.size()), rows;
+    const auto a = pooled.run(exec, g1, rows);
+    const auto b = explicit_case.run(exec, g2, rows);
+    CHECK(a.loss == doctest::Approx(b.loss).epsilon(1e-12));
+    CHECK(relative_error(g1, g2) < 1e-12);
+  }
+}
+
+TEST_CASE("attention_distill per_source on [N, H, 1, K] equals response_kl on [B=1, P=N*H, C=K]") {
+  std::mt19937 rng(fresh_seed());
+  bevkd::host_exec exec;
+  auto cs = make_case<float>(attention_normalize::per_source, divergence::kl, attention_input::logits, attention_input::logits);
+  cs.S = 1;
+  cs.N = 5;
+  cs.K = 9;
+  cs.opts.reduce = reduction::sum;
+  cs.randomize(rng);
+  std::vector<float> g_att(cs.student.size()), g_kl(cs.student.size()), rows;
+  const auto att = cs.run(exec, g_att, rows);
+  const bevkd::response_kl kl({bevkd::kl_mode::softmax, cs.opts.temperature, reduction::sum});
+  const auto r = kl(exec, bevkd::bev_nhwc<const float>(cs.student.data(), 1, 1, cs.N * cs.H, cs.K),
+                    bevkd::bev_nhwc<const float>(cs.teacher.data(), 1, 1, cs.N * cs.H, cs.K),
+                    bevkd::bev_nhwc(g_kl.data(), 1, 1, cs.N * cs.H, cs.K));
+  CHECK(att.loss == doctest::Approx(r.loss).epsilon(1e-6));
+  CHECK(relative_error(std::vector<double>(g_att.begin(), g_att.end()), std::vector<double>(g_kl.begin(), g_kl.end())) <
+        1e-6);
+}
+
+TEST_CASE("attention_distill on host teams of 1, 7, 32 and 256 lanes") {
+  std::mt19937 rng(fresh_seed());
+  for (int lanes : {1, 7, 32, 256})
+    for (int chunk : {1, 4}) {
+      bevkd::host_exec exec;
+      exec.simulate_team(lanes, chunk);
+      for (auto normalize : both_normalizations)
+        for (index_t K : {1, 5, 32, 70}) {
+          auto cs = make_case<float>(normalize, divergence::js, attention_input::logits, attention_input::logits);
+          cs.K = K;
+          cs.group = 2;
+          cs.randomize(rng);
+          cs.random_mask(rng);
+          INFO("lanes ", lanes, " chunk ", chunk, " K ", K);
+          check_attention_case(cs, exec);
+        }
+    }
+}
+
+TEST_CASE("attention_distill rejects bad input before writing anything") {
+  bevkd::host_exec exec;
+  std::vector<float> s(24, 0.1f), t(48, 0.2f), g(24, 3.0f);
+  const auto S = bevkd::contiguous_view<const float, 4>(s.data(), {2, 1, 3, 4});
+  const auto T = bevkd::contiguous_view<const float, 4>(t.data(), {2, 2, 3, 4});
+  const auto G = bevkd::contiguous_view<float, 4>(g.data(), {2, 1, 3, 4});
+  const auto rejected = [&](auto&& call, const char* argument) {
+    bool thrown = false;
+    try {
+      call();
+    } catch (const bevkd::invalid_argument& e) {
+      thrown = true;
+      CHECK(e.argument().find(argument) == 0);
+    }
+    CHECK_MESSAGE(thrown, argument);
+    CHECK(g == std::vector<float>(24, 3.0f));
+  };
+  const bevkd::attention_distill ad;
+  CHECK_NOTHROW(ad(exec, S, T, bevkd::contiguous_view<float, 4>(std::vector<float>(24).data(), {2, 1, 3, 4})));
+  rejected([&] { ad(exec, S, bevkd::contiguous_view<const float, 4>(t.data(), {2, 3, 2, 4}), G); }, "teacher");
+  rejected([&] { ad(exec, S, bevkd::contiguous_view<const float, 4>(t.data(), {2, 1, 3, 8}), G); }, "teacher.extent[3]");
+  bevkd::attention_distill_options bad_points;
+  bad_points.points = 3;
+  rejected([&] { bevkd::attention_distill{bad_points}(exec, S, T, G); }, "student.extent[3]");
+  bevkd::attention_distill_options probs;
+  probs.student_input = attention_input::probabilities;
+  probs.temperature = 2.0;
+  rejected([&] { bevkd::attention_distill{probs}(exec, S, T, G); }, "temperature");
+  rejected([&] { ad(exec, S, T, bevkd::contiguous_view<float, 4>(g.data(), {2, 1, 3, 3})); }, "grad");
+  rejected([&] { ad(exec, S, bevkd::contiguous_view<const float, 4>(g.data(), {2, 2, 3, 2}), G); }, "teacher");
+  const std::vector<std::uint8_t> mask(5, 1);
+  bevkd::attention_io<float> io;
+  io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(mask.data(), {1, 5});
+  rejected([&] { ad(exec, S, T, G, io); }, "source_mask");
+  const std::vector<float> w = {1.0f, -1.0f};
+  bevkd::attention_io<float> wio;
+  wio.query_weights = bevkd::contiguous_view<const float, 1>(w.data(), {2});
+  rejected([&] { ad(exec, S, T, G, wio); }, "weights");
+}
