@@ -13,4 +13,5 @@
 #include "losses/attention_distill.hpp"
 #include "losses/feature_mse.hpp"
 #include "losses/response_kl.hpp"
+#include "losses/sampling_location_distill.hpp"
 #include "ops/resample.hpp"
