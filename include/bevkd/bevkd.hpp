@@ -11,6 +11,7 @@
 #include "core/team.hpp"
 #include "core/view.hpp"
 #include "losses/attention_distill.hpp"
+#include "losses/bevformer_attention.hpp"
 #include "losses/feature_mse.hpp"
 #include "losses/response_kl.hpp"
 #include "losses/sampling_location_distill.hpp"
