@@ -294,3 +294,53 @@ TEST_CASE("attention_distill rejects bad input before writing anything") {
   wio.query_weights = bevkd::contiguous_view<const float, 1>(w.data(), {2});
   rejected([&] { ad(exec, S, T, G, wio); }, "weights");
 }
+
+TEST_CASE("teacher attention on a finer BEV grid, resampled onto the student's grid, stays normalised and distils") {
+  // Teacher: 2 samples on a 4x4 BEV grid; student: the same scene on 2x2. Teacher probabilities
+  // [B*16, H, S, K] are a [B, 4, 4, H*S*K] channels-last grid; any convex resample keeps every
+  // (h, s) distribution normalised.
+  std::mt19937 rng(fresh_seed());
+  const index_t B = 2, H = 2, S = 2, K = 3, C = H * S * K;
+  attention_case<double> teacher_case;
+  teacher_case.N = B * 16;
+  teacher_case.H = H;
+  teacher_case.S = S;
+  teacher_case.K = K;
+  teacher_case.opts.student_input = attention_input::probabilities;  // makes randomize() normalise per source
+  teacher_case.randomize(rng);
+  const std::vector<double> fine = teacher_case.student;
+  std::vector<double> coarse(static_cast<std::size_t>(B * 4 * C));
+  bevkd::host_exec exec;
+  for (auto mode : {bevkd::resample_mode::area, bevkd::resample_mode::bilinear}) {
+    bevkd::resample_options ro;
+    ro.mode = mode;
+    bevkd::bev_resample(ro).forward(exec, bevkd::grid_nhwc<const double>(fine.data(), B, 4, 4, C),
+                                    bevkd::grid_nhwc(coarse.data(), B, 2, 2, C));
+    for (index_t row = 0; row < B * 4 * H * S; ++row) {
+      double sum = 0;
+      for (index_t k = 0; k < K; ++k) sum += coarse[static_cast<std::size_t>(row * K + k)];
+      CHECK(sum == doctest::Approx(1.0).epsilon(1e-12));
+    }
+    if (mode == bevkd::resample_mode::area) {  // the 2x2 mean, by hand, for query (b=1, y=1, x=0)
+      const index_t b = 1, c = 5;
+      const double mean = (fine[static_cast<std::size_t>(((b * 4 + 2) * 4 + 0) * C + c)] +
+                           fine[static_cast<std::size_t>(((b * 4 + 2) * 4 + 1) * C + c)] +
+                           fine[static_cast<std::size_t>(((b * 4 + 3) * 4 + 0) * C + c)] +
+                           fine[static_cast<std::size_t>(((b * 4 + 3) * 4 + 1) * C + c)]) / 4;
+      CHECK(coarse[static_cast<std::size_t>(((b * 2 + 1) * 2 + 0) * C + c)] == doctest::Approx(mean).epsilon(1e-14));
+    }
+    attention_case<double> cs;
+    cs.N = B * 4;
+    cs.H = H;
+    cs.S = S;
+    cs.K = K;
+    cs.opts.teacher_input = attention_input::probabilities;
+    cs.randomize(rng);
+    cs.teacher = coarse;
+    std::vector<double> grad(cs.student.size()), rows;
+    const auto r = cs.run(exec, grad, rows);
+    const auto want = attention_reference(cs);
+    CHECK(r.loss == doctest::Approx(want.loss).epsilon(1e-10));
+    CHECK(relative_error(attention_logical_grad(cs, grad), want.grad) < 1e-10);
+  }
+}

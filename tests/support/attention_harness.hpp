@@ -96,7 +96,7 @@ struct attention_case {
           for (index_t s = s0; s < s1; ++s)
             for (index_t k = 0; k < keys; ++k) z += std::exp(to_double(v(n, h, s, k)));
           for (index_t s = s0; s < s1; ++s)
-            for (index_t k = 0; k < keys; ++k) v(n, h, s, k) = T(static_cast<float>(std::exp(to_double(v(n, h, s, k))) / z));
+            for (index_t k = 0; k < keys; ++k) v(n, h, s, k) = from_double<T>(std::exp(to_double(v(n, h, s, k))) / z);
         }
     return out;
   }

@@ -63,6 +63,17 @@ double to_double(T v) {
 /// @brief Double-precision value of a stored double.
 inline double to_double(double v) { return v; }
 
+/// @brief A double rounded once to T (no detour through float for double).
+template <class T>
+T from_double(double v) {
+  return T(static_cast<float>(v));
+}
+/// @brief A double kept as it is.
+template <>
+inline double from_double<double>(double v) {
+  return v;
+}
+
 /// @brief A fresh seed per run (printed by the tests that use it, so a failure can be replayed).
 inline std::uint32_t fresh_seed() { return std::random_device{}(); }
 
