@@ -1,4 +1,5 @@
 # Helpers for bevkd's own tests, benchmarks and examples (not installed).
+# SPDX-License-Identifier: Apache-2.0
 
 # Warnings every bevkd-owned target compiles with: a header-only library's warnings land in
 # every consumer's build, so our own builds treat them as errors.
@@ -9,12 +10,16 @@ function(bevkd_strict_warnings target)
 endfunction()
 
 # bevkd_add_test(<name> SOURCES <files...> [GPU]): a doctest executable linked with the shared
-# doctest main, registered with CTest. GPU tests are labelled `gpu` and skip (exit 77) where
-# no device exists.
+# doctest main, registered with CTest. GPU tests link the GPU main instead (tests/gpu_main.cu),
+# which exits 77 where no device exists, so they are compiled everywhere and skip, labelled `gpu`.
 function(bevkd_add_test name)
   cmake_parse_arguments(ARG "GPU" "" "SOURCES" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
-  target_link_libraries(${name} PRIVATE bevkd::bevkd bevkd_doctest_main)
+  if(ARG_GPU)
+    target_link_libraries(${name} PRIVATE bevkd::bevkd bevkd_doctest_gpu_main)
+  else()
+    target_link_libraries(${name} PRIVATE bevkd::bevkd bevkd_doctest_main)
+  endif()
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
   bevkd_strict_warnings(${name})
   add_test(NAME ${name} COMMAND ${name})

@@ -133,7 +133,7 @@ TEST_CASE("attention_distill gradient equals central finite differences for ever
               }
         INFO("normalize ", static_cast<int>(normalize), " div ", static_cast<int>(div), " student ",
              static_cast<int>(student));
-        CHECK(relative_error(attention_logical_grad(cs, grad), numeric) < 1e-6);
+        CHECK(relative_error(attention_logical_grad(cs, grad), numeric) < 1e-5);  // central differences, h = 1e-6
       }
 }
 

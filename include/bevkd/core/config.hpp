@@ -19,6 +19,19 @@
 #define BEVKD_DEVICE inline
 #endif
 
+// Element math must inline into the row loops, or they cannot vectorise (GCC otherwise keeps
+// the exponential as a call at -O3).
+#if defined(__CUDACC__)
+/// @brief A host/device function that must be inlined into its caller.
+#define BEVKD_FORCEINLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+#define BEVKD_FORCEINLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define BEVKD_FORCEINLINE __forceinline
+#else
+#define BEVKD_FORCEINLINE inline
+#endif
+
 #if defined(_MSC_VER)
 #define BEVKD_RESTRICT __restrict
 #else
@@ -37,6 +50,17 @@
 #else
 #define BEVKD_SIMD
 #define BEVKD_SIMD_REDUCTION(op, var)
+#endif
+// Full unrolling of the small per-component loops, which GCC must see as straight code to
+// vectorise the loop around them.
+#if defined(__CUDA_ARCH__)
+#define BEVKD_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__)
+#define BEVKD_UNROLL _Pragma("GCC unroll 16")
+#elif defined(__clang__)
+#define BEVKD_UNROLL _Pragma("unroll")
+#else
+#define BEVKD_UNROLL
 #endif
 #define BEVKD_STRINGIFY_IMPL(x) #x
 /// @brief Turns a token sequence into a string literal (used to build pragmas).

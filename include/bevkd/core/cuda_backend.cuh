@@ -92,6 +92,8 @@ BEVKD_DEVICE double sum_partials(const double* partials, index_t count, int step
 }
 
 /// @brief Reduces the weight partials into the device weight sum (NaN when any weight was negative).
+/// (A template so that several .cu files of one program can include this header.)
+template <int Unused = 0>
 __global__ void __launch_bounds__(cuda_block_threads)
     weight_total_kernel(const double* partials, index_t blocks, double* weight_sum) {
   const double sum = sum_partials(partials, blocks, 2);
@@ -126,7 +128,8 @@ __global__ void __launch_bounds__(cuda_block_threads) rows_kernel(Problem proble
   }
 }
 
-/// @brief Reduces the row partials into {loss, sum, weight_sum}.
+/// @brief Reduces the row partials into {loss, sum, weight_sum} (a template for the same reason).
+template <int Unused = 0>
 __global__ void __launch_bounds__(cuda_block_threads) loss_total_kernel(device_call dc, index_t blocks) {
   const double total = sum_partials(dc.partials, blocks, 1);
   if (threadIdx.x == 0) {
@@ -249,14 +252,14 @@ class cuda_exec {
       if (weight_blocks > 0)
         weight_partials_kernel<<<static_cast<unsigned>(weight_blocks), cuda_block_threads, 0, stream_>>>(
             problem.rows, rows, 4 * cuda_block_threads, scratch + 1);
-      weight_total_kernel<<<1, cuda_block_threads, 0, stream_>>>(scratch + 1, weight_blocks, scratch);
+      weight_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(scratch + 1, weight_blocks, scratch);
       BEVKD_CUDA_CHECK(cudaGetLastError());
     }
     // Aligned unit-stride rows read 16-byte vectors: chunks of one vector per lane.
     const int chunk = problem.vector_aligned() ? detail::vector_width<typename Problem::value_type>() : 1;
     if (blocks > 0)
       rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads, 0, stream_>>>(problem, dc, chunk);
-    loss_total_kernel<<<1, cuda_block_threads, 0, stream_>>>(dc, blocks);
+    loss_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(dc, blocks);
     BEVKD_CUDA_CHECK(cudaGetLastError());
     return device_loss_result{result, stream_};
   }

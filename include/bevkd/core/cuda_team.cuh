@@ -7,6 +7,7 @@
 #include <cub/warp/warp_reduce.cuh>
 
 #include "config.hpp"
+#include "detail/lanes.hpp"
 #include "team.hpp"
 
 namespace bevkd {
@@ -15,14 +16,50 @@ namespace detail {
 /// @brief Blocks of every bevkd row kernel have this many threads.
 constexpr int cuda_block_threads = 256;
 
+/// @brief The column-level operations every CUDA team offers, from its lane, size, chunk and reduce (CRTP).
+template <class Team>
+struct column_ops {
+  /// @brief Reduces f(c) over a row's n columns: each lane folds its own columns, then the team reduces.
+  template <class Op, class V, class F>
+  BEVKD_DEVICE V reduce_columns(Op op, V init, index_t n, F&& f) const {
+    const Team& team = static_cast<const Team&>(*this);
+    V partial = init;
+    for_lane_columns(team.lane(), team.size(), team.chunk(), n, [&](index_t c) { partial = op(partial, f(c)); });
+    return team.reduce(op, [&](int) { return partial; });
+  }
+  /// @brief reduce_columns with the student and teacher values loaded (16-byte vector loads when the chunk allows).
+  template <class Op, class V, class T, bool Unit, class F>
+  BEVKD_DEVICE V reduce_values(Op op, V init, const loss_row<T, Unit>& row, F&& f) const {
+    const Team& team = static_cast<const Team&>(*this);
+    V partial = init;
+    for_lane_values(team.lane(), team.size(), team.chunk(), row,
+                    [&](index_t c, accum_t<T> s, accum_t<T> t) { partial = op(partial, f(c, s, t)); });
+    return team.reduce(op, [&](int) { return partial; });
+  }
+  /// @brief Runs f(c) for this lane's columns.
+  template <class F>
+  BEVKD_DEVICE void for_columns(index_t n, F&& f) const {
+    const Team& team = static_cast<const Team&>(*this);
+    for_lane_columns(team.lane(), team.size(), team.chunk(), n, f);
+  }
+  /// @brief for_columns with the student and teacher values loaded.
+  template <class T, bool Unit, class F>
+  BEVKD_DEVICE void for_values(const loss_row<T, Unit>& row, F&& f) const {
+    const Team& team = static_cast<const Team&>(*this);
+    for_lane_values(team.lane(), team.size(), team.chunk(), row, f);
+  }
+};
+
 /// @brief One thread per row (rows whose columns are strided: consecutive threads read consecutive pillars).
-struct thread_team {
+struct thread_team : column_ops<thread_team> {
   /// @brief Rows processed side by side in one block.
   static constexpr int teams_per_block = cuda_block_threads;
   /// @brief Rows per block (fixed, so partial sums do not depend on the device).
   static constexpr index_t rows_per_block = teams_per_block;
   /// @brief Built from the thread's index (its lane is always 0).
   BEVKD_DEVICE thread_team(int, int) {}
+  /// @brief Lane 0.
+  BEVKD_DEVICE int lane() const { return 0; }
   /// @brief One lane.
   BEVKD_DEVICE int size() const { return 1; }
   /// @brief Lane-strided columns.
@@ -47,7 +84,7 @@ struct thread_team {
 };
 
 /// @brief A warp of 32 lanes per row; reductions with cub::WarpReduce, the result broadcast from lane 0.
-struct warp_team {
+struct warp_team : column_ops<warp_team> {
   /// @brief Rows processed side by side in one block.
   static constexpr int teams_per_block = cuda_block_threads / warp_lanes;
   /// @brief Rows per block: four per warp.
@@ -56,6 +93,8 @@ struct warp_team {
   int chunk_;  ///< Columns per lane chunk: 1, or one 16-byte vector for aligned unit-stride rows.
   /// @brief Built from the thread's index in the block and the launch's chunk width.
   BEVKD_DEVICE warp_team(int thread, int chunk) : lane_(thread % warp_lanes), chunk_(chunk) {}
+  /// @brief This thread's lane.
+  BEVKD_DEVICE int lane() const { return lane_; }
   /// @brief 32 lanes.
   BEVKD_DEVICE int size() const { return warp_lanes; }
   /// @brief Columns per lane chunk.
@@ -85,7 +124,7 @@ struct warp_team {
 };
 
 /// @brief A whole block per row (long rows: the spatial KL over P pillars); reductions with cub::BlockReduce.
-struct block_team {
+struct block_team : column_ops<block_team> {
   /// @brief One row at a time per block.
   static constexpr int teams_per_block = 1;
   /// @brief Rows per block.
@@ -94,6 +133,8 @@ struct block_team {
   int chunk_;  ///< Columns per lane chunk.
   /// @brief Built from the thread's index in the block and the launch's chunk width.
   BEVKD_DEVICE block_team(int thread, int chunk) : lane_(thread), chunk_(chunk) {}
+  /// @brief This thread's lane.
+  BEVKD_DEVICE int lane() const { return lane_; }
   /// @brief 256 lanes.
   BEVKD_DEVICE int size() const { return cuda_block_threads; }
   /// @brief Columns per lane chunk.

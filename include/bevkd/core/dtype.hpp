@@ -12,7 +12,7 @@ namespace bevkd {
 namespace detail {
 
 /// @brief Reinterprets a float's bits as an unsigned integer (host and device).
-BEVKD_HOST_DEVICE std::uint32_t float_bits(float value) {
+BEVKD_FORCEINLINE std::uint32_t float_bits(float value) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(value);
 #else
@@ -23,7 +23,7 @@ BEVKD_HOST_DEVICE std::uint32_t float_bits(float value) {
 }
 
 /// @brief Reinterprets an unsigned integer's bits as a float (host and device).
-BEVKD_HOST_DEVICE float bits_float(std::uint32_t bits) {
+BEVKD_FORCEINLINE float bits_float(std::uint32_t bits) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(bits);
 #else
@@ -34,7 +34,7 @@ BEVKD_HOST_DEVICE float bits_float(std::uint32_t bits) {
 }
 
 /// @brief Rounds a float to IEEE binary16 bits, to nearest even; NaN stays NaN, overflow gives inf.
-BEVKD_HOST_DEVICE std::uint16_t float_to_half_bits(float value) {
+BEVKD_FORCEINLINE std::uint16_t float_to_half_bits(float value) {
   const std::uint32_t bits = float_bits(value);
   const std::uint32_t sign = (bits >> 16) & 0x8000u;
   const std::uint32_t magnitude = bits & 0x7fffffffu;
@@ -56,7 +56,7 @@ BEVKD_HOST_DEVICE std::uint16_t float_to_half_bits(float value) {
 }
 
 /// @brief Widens IEEE binary16 bits to float exactly.
-BEVKD_HOST_DEVICE float half_bits_to_float(std::uint16_t half_bits) {
+BEVKD_FORCEINLINE float half_bits_to_float(std::uint16_t half_bits) {
   const std::uint32_t sign = static_cast<std::uint32_t>(half_bits & 0x8000u) << 16;
   const std::uint32_t magnitude = half_bits & 0x7fffu;
   if (magnitude >= 0x7c00u) return bits_float(sign | 0x7f800000u | ((magnitude & 0x3ffu) << 13));
@@ -66,7 +66,7 @@ BEVKD_HOST_DEVICE float half_bits_to_float(std::uint16_t half_bits) {
 }
 
 /// @brief Rounds a float to bfloat16 bits, to nearest even; NaN stays a quiet NaN.
-BEVKD_HOST_DEVICE std::uint16_t float_to_bfloat16_bits(float value) {
+BEVKD_FORCEINLINE std::uint16_t float_to_bfloat16_bits(float value) {
   const std::uint32_t bits = float_bits(value);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
   const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
@@ -74,7 +74,7 @@ BEVKD_HOST_DEVICE std::uint16_t float_to_bfloat16_bits(float value) {
 }
 
 /// @brief Widens bfloat16 bits to float exactly.
-BEVKD_HOST_DEVICE float bfloat16_bits_to_float(std::uint16_t bf16_bits) {
+BEVKD_FORCEINLINE float bfloat16_bits_to_float(std::uint16_t bf16_bits) {
   return bits_float(static_cast<std::uint32_t>(bf16_bits) << 16);
 }
 
@@ -86,9 +86,9 @@ struct half {
 
   half() = default;
   /// @brief Rounds a float to the nearest half (ties to even).
-  BEVKD_HOST_DEVICE explicit half(float value) : bits(detail::float_to_half_bits(value)) {}
+  BEVKD_FORCEINLINE explicit half(float value) : bits(detail::float_to_half_bits(value)) {}
   /// @brief Widens to float exactly.
-  BEVKD_HOST_DEVICE explicit operator float() const { return detail::half_bits_to_float(bits); }
+  BEVKD_FORCEINLINE explicit operator float() const { return detail::half_bits_to_float(bits); }
   /// @brief Builds a half from raw bits.
   BEVKD_HOST_DEVICE static half from_bits(std::uint16_t raw) {
     half h;
@@ -103,9 +103,9 @@ struct bfloat16 {
 
   bfloat16() = default;
   /// @brief Rounds a float to the nearest bfloat16 (ties to even).
-  BEVKD_HOST_DEVICE explicit bfloat16(float value) : bits(detail::float_to_bfloat16_bits(value)) {}
+  BEVKD_FORCEINLINE explicit bfloat16(float value) : bits(detail::float_to_bfloat16_bits(value)) {}
   /// @brief Widens to float exactly.
-  BEVKD_HOST_DEVICE explicit operator float() const { return detail::bfloat16_bits_to_float(bits); }
+  BEVKD_FORCEINLINE explicit operator float() const { return detail::bfloat16_bits_to_float(bits); }
   /// @brief Builds a bfloat16 from raw bits.
   BEVKD_HOST_DEVICE static bfloat16 from_bits(std::uint16_t raw) {
     bfloat16 b;
@@ -152,13 +152,13 @@ using accum_t = std::conditional_t<std::is_same<T, double>::value, double, float
 
 /// @brief Converts a stored element to its accumulation type.
 template <class T>
-BEVKD_HOST_DEVICE accum_t<T> load_as_accum(const T& value) {
+BEVKD_FORCEINLINE accum_t<T> load_as_accum(const T& value) {
   return static_cast<accum_t<T>>(value);
 }
 
 /// @brief Converts an accumulation-type value to the stored element type (rounding to nearest even).
 template <class T, class Acc>
-BEVKD_HOST_DEVICE T store_from_accum(Acc value) {
+BEVKD_FORCEINLINE T store_from_accum(Acc value) {
   return T(static_cast<accum_t<T>>(value));
 }
 

@@ -19,15 +19,6 @@
 namespace bevkd {
 namespace detail {
 
-/// @brief What a loss call asks of a backend beyond the problem itself.
-struct loss_call {
-  reduction red = reduction::mean;  ///< Reduction over rows.
-  double loss_weight = 1;           ///< Multiplies loss and gradient.
-  double grad_scale = 1;            ///< Upstream scale, multiplies the gradient only.
-  bool accumulate = false;          ///< Add into the gradient buffer.
-  index_t batch = 1;                ///< B, the batchmean divisor.
-};
-
 /// @brief Rows per deterministic partial sum: fixed, so results do not depend on the thread count.
 constexpr index_t host_rows_per_chunk = 256;
 
@@ -145,7 +136,7 @@ class host_exec {
     return total;
   }
 
-  int threads_;
+  [[maybe_unused]] int threads_;  // read only when OpenMP is enabled
   int lanes_ = 1;
   int chunk_ = 1;
   bool scratch_enabled_ = true;

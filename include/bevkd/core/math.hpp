@@ -19,51 +19,67 @@ namespace math {
 
 /// @brief Positive infinity of T (bit patterns: numeric_limits is not callable from device code).
 template <class T>
-BEVKD_HOST_DEVICE T infinity();
+BEVKD_FORCEINLINE T infinity();
 /// @brief Positive float infinity.
 template <>
-BEVKD_HOST_DEVICE float infinity<float>() {
+BEVKD_FORCEINLINE float infinity<float>() {
   return detail::bits_float(0x7f800000u);
 }
 /// @brief Positive double infinity.
 template <>
-BEVKD_HOST_DEVICE double infinity<double>() {
+BEVKD_FORCEINLINE double infinity<double>() {
   return static_cast<double>(detail::bits_float(0x7f800000u));
 }
 
 /// @brief A quiet NaN of T.
 template <class T>
-BEVKD_HOST_DEVICE T quiet_nan() {
+BEVKD_FORCEINLINE T quiet_nan() {
   return static_cast<T>(detail::bits_float(0x7fc00000u));
 }
 
 /// @brief Larger of two values; returns `b` when `a` is NaN (callers rely on this order).
 template <class T>
-BEVKD_HOST_DEVICE T max(T a, T b) {
+BEVKD_FORCEINLINE T max(T a, T b) {
   return a > b ? a : b;
 }
 
 /// @brief Smaller of two values; returns `b` when `a` is NaN.
 template <class T>
-BEVKD_HOST_DEVICE T min(T a, T b) {
+BEVKD_FORCEINLINE T min(T a, T b) {
   return a < b ? a : b;
 }
 
 /// @brief True when x is NaN (works without relying on std::isnan in device code).
 template <class T>
-BEVKD_HOST_DEVICE bool is_nan(T x) {
+BEVKD_FORCEINLINE bool is_nan(T x) {
   return x != x;
 }
 
+/// @brief c ? a : b without a branch, so that loops stay vectorisable on the host.
+///
+/// GCC (with its default -ftrapping-math) sinks arithmetic into the arm of a ternary that
+/// uses it and then refuses to if-convert the loop; integer masks keep both arms computed.
+BEVKD_FORCEINLINE float select(bool c, float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return c ? a : b;
+#else
+  const std::uint32_t mask = 0u - static_cast<std::uint32_t>(c);
+  return detail::bits_float((detail::float_bits(a) & mask) | (detail::float_bits(b) & ~mask));
+#endif
+}
+
+/// @brief c ? a : b for double (double is the reference path; a plain select suffices).
+BEVKD_FORCEINLINE double select(bool c, double a, double b) { return c ? a : b; }
+
 /// @brief e^x for float, within 2 ulp over the whole range, exact for -inf (0), +inf (inf) and NaN.
-BEVKD_HOST_DEVICE float exp(float x) {
+BEVKD_FORCEINLINE float exp(float x) {
   constexpr float log2e = 1.44269504088896341f;
   constexpr float ln2_hi = 0.693145751953125f;  // few mantissa bits: n * ln2_hi is exact
   constexpr float ln2_lo = 1.42860682030941723e-6f;
   constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   // Clamp first so that every later step is finite (NaN clamps to the low end; fixed below).
-  float clamped = x > -104.0f ? x : -104.0f;
-  clamped = clamped < 89.0f ? clamped : 89.0f;
+  float clamped = select(x > -104.0f, x, -104.0f);
+  clamped = select(clamped < 89.0f, clamped, 89.0f);
   const float n = (clamped * log2e + round_magic) - round_magic;
   const float r = (clamped - n * ln2_hi) - n * ln2_lo;
   // Taylor series to r^7: |r| <= ln2/2 leaves a truncation error under 2^-27.
@@ -82,26 +98,26 @@ BEVKD_HOST_DEVICE float exp(float x) {
   const float s1 = detail::bits_float(static_cast<std::uint32_t>(n1 + 127) << 23);
   const float s2 = detail::bits_float(static_cast<std::uint32_t>(n2 + 127) << 23);
   float result = (p * s1) * s2;
-  result = x > 88.72283935546875f ? infinity<float>() : result;
-  result = x < -103.972084045410f ? 0.0f : result;
-  return is_nan(x) ? x : result;
+  result = select(x > 88.72283935546875f, infinity<float>(), result);
+  result = select(x < -103.972084045410f, 0.0f, result);
+  return select(is_nan(x), x, result);
 }
 
 /// @brief e^x for double (the libm function: double inputs are the reference path, not the fast one).
-BEVKD_HOST_DEVICE double exp(double x) { return ::exp(x); }
+BEVKD_FORCEINLINE double exp(double x) { return ::exp(x); }
 
 /// @brief Natural logarithm for float, within 2 ulp; log(0) = -inf, log(x<0) = NaN, log(inf) = inf.
-BEVKD_HOST_DEVICE float log(float x) {
+BEVKD_FORCEINLINE float log(float x) {
   constexpr float ln2_hi = 0.693145751953125f;
   constexpr float ln2_lo = 1.42860682030941723e-6f;
   // Subnormal inputs are scaled into the normal range first.
   const bool tiny = x < 1.17549435e-38f;
-  const float scaled = tiny ? x * 8388608.0f : x;  // 2^23
+  const float scaled = select(tiny, x * 8388608.0f, x);  // 2^23
   const std::uint32_t bits = detail::float_bits(scaled);
   std::int32_t e = static_cast<std::int32_t>(bits >> 23) - 127;
   float m = detail::bits_float((bits & 0x007fffffu) | 0x3f800000u);  // m in [1, 2)
   const bool high = m > 1.41421356f;
-  m = high ? m * 0.5f : m;
+  m = select(high, m * 0.5f, m);
   e = high ? e + 1 : e;
   e = tiny ? e - 23 : e;
   // log(m) = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.1716.
@@ -116,17 +132,17 @@ BEVKD_HOST_DEVICE float log(float x) {
   const float log_m = f - s * (f - 2.0f * z * series);  // = 2s + 2s z series, written to keep f exact
   const float ef = static_cast<float>(e);
   float result = (ef * ln2_lo + log_m) + ef * ln2_hi;
-  result = x == infinity<float>() ? x : result;
-  result = x == 0.0f ? -infinity<float>() : result;
-  result = x < 0.0f ? quiet_nan<float>() : result;
-  return is_nan(x) ? x : result;
+  result = select(x == infinity<float>(), x, result);
+  result = select(x == 0.0f, -infinity<float>(), result);
+  result = select(x < 0.0f, quiet_nan<float>(), result);
+  return select(is_nan(x), x, result);
 }
 
 /// @brief Natural logarithm for double (libm).
-BEVKD_HOST_DEVICE double log(double x) { return ::log(x); }
+BEVKD_FORCEINLINE double log(double x) { return ::log(x); }
 
 /// @brief Square root of a float (correctly rounded on host and device).
-BEVKD_HOST_DEVICE float sqrt(float x) {
+BEVKD_FORCEINLINE float sqrt(float x) {
 #if defined(__CUDA_ARCH__)
   return ::sqrtf(x);
 #else
@@ -135,7 +151,7 @@ BEVKD_HOST_DEVICE float sqrt(float x) {
 }
 
 /// @brief Square root of a double.
-BEVKD_HOST_DEVICE double sqrt(double x) {
+BEVKD_FORCEINLINE double sqrt(double x) {
 #if defined(__CUDA_ARCH__)
   return ::sqrt(x);
 #else
@@ -145,16 +161,16 @@ BEVKD_HOST_DEVICE double sqrt(double x) {
 
 /// @brief log(1 + x) for x >= 0, accurate for small x (a correction term restores what 1 + x rounds away).
 template <class T>
-BEVKD_HOST_DEVICE T log1p_nonneg(T x) {
+BEVKD_FORCEINLINE T log1p_nonneg(T x) {
   const T u = T(1) + x;
   const T correction = (u - T(1)) - x;  // rounding error of 1 + x
   const T result = log(u) - correction / u;
-  return u == T(1) ? x : result;
+  return select(u == T(1), x, result);
 }
 
 /// @brief Stable softplus pair from one exponential: sets sp = log(1+e^x) and sp_neg = log(1+e^-x).
 template <class T>
-BEVKD_HOST_DEVICE void softplus_pair(T x, T& sp, T& sp_neg) {
+BEVKD_FORCEINLINE void softplus_pair(T x, T& sp, T& sp_neg) {
   const T abs_x = x < T(0) ? -x : x;
   const T tail = log1p_nonneg(exp(-abs_x));  // log(1 + e^-|x|), in [0, log 2]
   sp = (x > T(0) ? x : T(0)) + tail;
@@ -163,7 +179,7 @@ BEVKD_HOST_DEVICE void softplus_pair(T x, T& sp, T& sp_neg) {
 
 /// @brief Logistic sigmoid 1/(1+e^-x), stable for any x (one exponential).
 template <class T>
-BEVKD_HOST_DEVICE T sigmoid(T x) {
+BEVKD_FORCEINLINE T sigmoid(T x) {
   const T abs_x = x < T(0) ? -x : x;
   const T e = exp(-abs_x);
   const T inv = T(1) / (T(1) + e);

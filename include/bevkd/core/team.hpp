@@ -2,7 +2,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <type_traits>
+
 #include "config.hpp"
+#include "detail/lanes.hpp"
+#include "math.hpp"
 
 namespace bevkd {
 
@@ -12,21 +16,28 @@ struct acc_array {
   Acc v[N];  ///< Components.
 
   /// @brief Component access.
-  BEVKD_HOST_DEVICE Acc& operator[](int i) { return v[i]; }
+  BEVKD_FORCEINLINE Acc& operator[](int i) { return v[i]; }
   /// @brief Component access.
-  BEVKD_HOST_DEVICE const Acc& operator[](int i) const { return v[i]; }
+  BEVKD_FORCEINLINE const Acc& operator[](int i) const { return v[i]; }
 };
+
+/// @brief True for acc_array types (reduced component by component).
+template <class V>
+struct is_acc_array : std::false_type {};
+/// @brief acc_array specialisation.
+template <class Acc, int N>
+struct is_acc_array<acc_array<Acc, N>> : std::true_type {};
 
 /// @brief Component-wise sum (the reduction operator of team sums).
 struct sum_op {
   /// @brief a + b.
   template <class Acc>
-  BEVKD_HOST_DEVICE Acc operator()(const Acc& a, const Acc& b) const {
+  BEVKD_FORCEINLINE Acc operator()(const Acc& a, const Acc& b) const {
     return a + b;
   }
   /// @brief Component-wise a + b.
   template <class Acc, int N>
-  BEVKD_HOST_DEVICE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
+  BEVKD_FORCEINLINE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
     acc_array<Acc, N> out;
     for (int i = 0; i < N; ++i) out[i] = a[i] + b[i];
     return out;
@@ -37,12 +48,12 @@ struct sum_op {
 struct max_op {
   /// @brief max(a, b), NaN if either is NaN.
   template <class Acc>
-  BEVKD_HOST_DEVICE Acc operator()(const Acc& a, const Acc& b) const {
-    return (a != a || a > b) ? a : b;
+  BEVKD_FORCEINLINE Acc operator()(const Acc& a, const Acc& b) const {
+    return math::select(math::is_nan(a) | (a > b), a, b);
   }
   /// @brief Component-wise max.
   template <class Acc, int N>
-  BEVKD_HOST_DEVICE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
+  BEVKD_FORCEINLINE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
     acc_array<Acc, N> out;
     for (int i = 0; i < N; ++i) out[i] = (*this)(a[i], b[i]);
     return out;
@@ -88,6 +99,43 @@ class host_team {
     for (int lane = 0; lane < lanes_; ++lane) f(lane);
   }
 
+  /// @brief Reduces f(c) over the n columns of a row: each lane folds its own columns (see for_lane_columns), then
+  /// the lanes meet in reduce()'s tree. A team of one folds into 16 independent partial accumulators instead, combined
+  /// pairwise: a fixed order (so results stay deterministic) that the compiler can turn into SIMD code.
+  template <class Op, class V, class F>
+  BEVKD_HOST_DEVICE V reduce_columns(Op op, V init, index_t n, F&& f) const {
+    if (lanes_ == 1 && chunk_ == 1) return fold_simd(op, init, n, f);
+    return reduce(op, [&](int lane) {
+      V partial = init;
+      detail::for_lane_columns(lane, lanes_, chunk_, n, [&](index_t c) { partial = op(partial, f(c)); });
+      return partial;
+    });
+  }
+
+  /// @brief reduce_columns over a loss row with the student and teacher values loaded: f(c, s_c, t_c).
+  template <class Op, class V, class T, bool Unit, class F>
+  BEVKD_HOST_DEVICE V reduce_values(Op op, V init, const detail::loss_row<T, Unit>& row, F&& f) const {
+    return reduce_columns(op, init, row.n, [&](index_t c) {
+      return f(c, load_as_accum(row.student[c]), load_as_accum(row.teacher[c]));
+    });
+  }
+
+  /// @brief Runs f(c) once for every column of a row (each lane its own columns).
+  template <class F>
+  BEVKD_HOST_DEVICE void for_columns(index_t n, F&& f) const {
+    if (lanes_ == 1 && chunk_ == 1) {
+      for (index_t c = 0; c < n; ++c) f(c);
+      return;
+    }
+    for (int lane = 0; lane < lanes_; ++lane) detail::for_lane_columns(lane, lanes_, chunk_, n, f);
+  }
+
+  /// @brief for_columns over a loss row with the student and teacher values loaded: f(c, s_c, t_c).
+  template <class T, bool Unit, class F>
+  BEVKD_HOST_DEVICE void for_values(const detail::loss_row<T, Unit>& row, F&& f) const {
+    for_columns(row.n, [&](index_t c) { f(c, load_as_accum(row.student[c]), load_as_accum(row.teacher[c])); });
+  }
+
   /// @brief Reduces f(lane) over the lanes with `op`, in the tree order of the CUDA teams; every lane gets the result.
   ///
   /// Order: within each group of 32 lanes a pairwise tree (offsets 1, 2, 4, ...: what
@@ -112,6 +160,53 @@ class host_team {
   }
 
  private:
+  // 16 partial accumulators, column c into partial c % 16, then a pairwise tree. Arrays of
+  // accumulators are kept component-major so that each component's 16 partials form one vector.
+  static constexpr int simd_partials = 16;
+
+  template <class Op, class V, class F>
+  BEVKD_HOST_DEVICE static V fold_simd(Op op, V init, index_t n, F& f) {
+    if constexpr (is_acc_array<V>::value) {
+      return fold_simd_components(op, init, n, f);
+    } else {
+      V partial[simd_partials];
+      for (int l = 0; l < simd_partials; ++l) partial[l] = init;
+      index_t c = 0;
+      for (; c + simd_partials <= n; c += simd_partials)
+        for (int l = 0; l < simd_partials; ++l) partial[l] = op(partial[l], f(c + l));
+      for (int l = 0; c + l < n; ++l) partial[l] = op(partial[l], f(c + l));
+      for (int width = simd_partials / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; ++l) partial[l] = op(partial[l], partial[l + width]);
+      return partial[0];
+    }
+  }
+
+  template <class Op, class Acc, int N, class F>
+  BEVKD_HOST_DEVICE static acc_array<Acc, N> fold_simd_components(Op op, const acc_array<Acc, N>& init, index_t n,
+                                                                  F& f) {
+    Acc partial[N][simd_partials];
+    for (int i = 0; i < N; ++i)
+      for (int l = 0; l < simd_partials; ++l) partial[i][l] = init[i];
+    index_t c = 0;
+    for (; c + simd_partials <= n; c += simd_partials)
+      for (int l = 0; l < simd_partials; ++l) {
+        const acc_array<Acc, N> v = f(c + l);
+        BEVKD_UNROLL
+        for (int i = 0; i < N; ++i) partial[i][l] = op(partial[i][l], v[i]);
+      }
+    for (int l = 0; c + l < n; ++l) {
+      const acc_array<Acc, N> v = f(c + l);
+      for (int i = 0; i < N; ++i) partial[i][l] = op(partial[i][l], v[i]);
+    }
+    acc_array<Acc, N> out;
+    for (int i = 0; i < N; ++i) {
+      for (int width = simd_partials / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; ++l) partial[i][l] = op(partial[i][l], partial[i][l + width]);
+      out[i] = partial[i][0];
+    }
+    return out;
+  }
+
   int lanes_;
   int chunk_;
   void* scratch_;

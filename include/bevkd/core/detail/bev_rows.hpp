@@ -79,10 +79,7 @@ struct row_problem {
   template <class Team>
   BEVKD_HOST_DEVICE void zero_grad(const Team& team, index_t r) const {
     const loss_row<T, Unit> x = row(r);
-    const int lanes = team.size(), chunk = team.chunk();
-    team.for_each_lane([&](int lane) {
-      for_lane_columns(lane, lanes, chunk, x.n, [&](index_t c) { x.grad[c] = store_from_accum<T>(acc_type(0)); });
-    });
+    team.for_columns(x.n, [&](index_t c) { x.grad[c] = store_from_accum<T>(acc_type(0)); });
   }
 };
 

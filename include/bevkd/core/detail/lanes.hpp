@@ -32,7 +32,7 @@ struct row_ref {
   index_t stride;  ///< Element stride between columns (ignored when Unit).
 
   /// @brief Element c of the row.
-  BEVKD_HOST_DEVICE T& operator[](index_t c) const { return Unit ? ptr[c] : ptr[c * stride]; }
+  BEVKD_FORCEINLINE T& operator[](index_t c) const { return Unit ? ptr[c] : ptr[c * stride]; }
 };
 
 /// @brief One row of student logits, teacher logits and the student's gradient, n columns.

@@ -4,11 +4,21 @@
 
 #include "../config.hpp"
 #include "../dtype.hpp"
+#include "../math.hpp"
 #include "../reduction.hpp"
 #include "../view.hpp"
 
 namespace bevkd {
 namespace detail {
+
+/// @brief What a loss call asks of a backend beyond the problem itself.
+struct loss_call {
+  reduction red = reduction::mean;  ///< Reduction over rows.
+  double loss_weight = 1;           ///< Multiplies loss and gradient.
+  double grad_scale = 1;            ///< Upstream scale, multiplies the gradient only.
+  bool accumulate = false;          ///< Add into the gradient buffer.
+  index_t batch = 1;                ///< B, the batchmean divisor.
+};
 
 /// @brief Per-row weights, per-row loss outputs and per-row upstream gradients over a 2-D row grid [R0, R1].
 ///
@@ -57,8 +67,15 @@ BEVKD_HOST_DEVICE Acc run_row(const Problem& problem, const Team& team, index_t 
 
 /// @brief Writes (or adds) one gradient element: accumulate adds into what is there.
 template <class T, class Acc>
-BEVKD_HOST_DEVICE void write_grad(T& slot, Acc value, bool accumulate) {
+BEVKD_FORCEINLINE void write_grad(T& slot, Acc value, bool accumulate) {
+#if defined(__CUDA_ARCH__)
   slot = accumulate ? store_from_accum<T>(load_as_accum(slot) + value) : store_from_accum<T>(value);
+#else
+  // The host reads the slot either way (its cache line is fetched for the write anyway) so that
+  // the loop has no branch and vectorises.
+  const Acc prior = load_as_accum(slot);
+  slot = store_from_accum<T>(math::select(accumulate, prior + value, value));
+#endif
 }
 
 }  // namespace detail

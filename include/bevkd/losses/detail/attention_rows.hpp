@@ -96,7 +96,7 @@ struct divergence_term {
 
 /// @brief D's term and dD/dq for one key; zero-probability sides contribute 0 (x log x at 0 is 0).
 template <class Acc>
-BEVKD_HOST_DEVICE divergence_term<Acc> divergence_at(divergence d, Acc p, Acc q, Acc log_q, Acc inv_valid) {
+BEVKD_FORCEINLINE divergence_term<Acc> divergence_at(divergence d, Acc p, Acc q, Acc log_q, Acc inv_valid) {
   switch (d) {
     case divergence::kl:
       return {p > Acc(0) ? p * (math::log(p) - log_q) : Acc(0), p > Acc(0) ? -p / q : Acc(0)};

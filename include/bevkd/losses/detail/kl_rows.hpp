@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <type_traits>
+
 #include "../../core/config.hpp"
 #include "../../core/detail/lanes.hpp"
 #include "../../core/detail/row_driver.hpp"
@@ -19,49 +21,38 @@ namespace detail {
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
                                      Acc coeff, bool accumulate) {
-  const int lanes = team.size(), chunk = team.chunk();
+  using pair = acc_array<Acc, 2>;
+  using triple = acc_array<Acc, 3>;
   const index_t n = row.n;
-  const acc_array<Acc, 2> maxima = team.reduce(max_op{}, [&](int lane) {
-    acc_array<Acc, 2> m{{-math::infinity<Acc>(), -math::infinity<Acc>()}};
-    for_lane_values(lane, lanes, chunk, row, [&](index_t, Acc s, Acc t) {
-      m[0] = max_op{}(m[0], t * inv_tau);
-      m[1] = max_op{}(m[1], s * inv_tau);
-    });
-    return m;
-  });
+  const pair maxima = team.reduce_values(max_op{}, pair{{-math::infinity<Acc>(), -math::infinity<Acc>()}}, row,
+                                         [&](index_t, Acc s, Acc t) { return pair{{t * inv_tau, s * inv_tau}}; });
   const Acc max_t = maxima[0], max_s = maxima[1];
   Acc* cache = team.template scratch<Acc>(2 * n);
   // z_T = sum e^(a - max_t), z_S = sum e^(b - max_s), cross = sum e^(a - max_t) (a' - b').
-  const acc_array<Acc, 3> sums = team.reduce(sum_op{}, [&](int lane) {
-    acc_array<Acc, 3> z{{Acc(0), Acc(0), Acc(0)}};
-    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
-      const Acc a = t * inv_tau - max_t;
-      const Acc b = s * inv_tau - max_s;
+  const auto exponential_sums = [&](auto keep) {
+    return team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row, [&](index_t c, Acc s, Acc t) {
+      const Acc a = t * inv_tau - max_t, b = s * inv_tau - max_s;
       const Acc e_t = math::exp(a), e_s = math::exp(b);
-      z[0] += e_t;
-      z[1] += e_s;
-      z[2] += e_t == Acc(0) ? Acc(0) : e_t * (a - b);  // a zero teacher probability contributes 0
-      if (cache) {
+      if constexpr (decltype(keep)::value) {
         cache[c] = e_t;
         cache[n + c] = e_s;
       }
+      return triple{{e_t, e_s, math::select(e_t == Acc(0), Acc(0), e_t * (a - b))}};  // zero teacher mass: 0
     });
-    return z;
-  });
+  };
+  const triple sums = cache ? exponential_sums(std::true_type{}) : exponential_sums(std::false_type{});
   const Acc inv_zt = Acc(1) / sums[0], inv_zs = Acc(1) / sums[1];
   const Acc scale = coeff * tau;
   const auto write = [&](index_t c, Acc e_t, Acc e_s) {
     write_grad(row.grad[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
   };
-  team.for_each_lane([&](int lane) {
-    if (cache) {
-      for_lane_columns(lane, lanes, chunk, n, [&](index_t c) { write(c, cache[c], cache[n + c]); });
-    } else {
-      for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
-        write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
-      });
-    }
-  });
+  if (cache) {
+    team.for_columns(n, [&](index_t c) { write(c, cache[c], cache[n + c]); });
+  } else {
+    team.for_values(row, [&](index_t c, Acc s, Acc t) {
+      write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
+    });
+  }
   const Acc kl = sums[2] * inv_zt - math::log(sums[0]) + math::log(sums[1]);
   return tau * tau * kl;
 }
@@ -74,15 +65,14 @@ struct logistic {
   Acc prob;    ///< sigmoid(x).
 
   /// @brief Evaluates the three stably for any x, including +-inf.
-  BEVKD_HOST_DEVICE explicit logistic(Acc x) {
+  BEVKD_FORCEINLINE explicit logistic(Acc x) {
     const Acc abs_x = x < Acc(0) ? -x : x;
     const Acc e = math::exp(-abs_x);
     const Acc tail = math::log1p_nonneg(e);
     sp = (x > Acc(0) ? x : Acc(0)) + tail;
     sp_neg = (x < Acc(0) ? -x : Acc(0)) + tail;
     const Acc inv = Acc(1) / (Acc(1) + e);
-    prob = x >= Acc(0) ? inv : e * inv;
-    if (math::is_nan(x)) prob = x;
+    prob = math::select(math::is_nan(x), x, math::select(x >= Acc(0), inv, e * inv));
   }
 };
 
@@ -92,20 +82,15 @@ struct logistic {
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
                                      Acc coeff, bool accumulate) {
-  const int lanes = team.size(), chunk = team.chunk();
   const Acc scale = coeff * tau;
-  const Acc total = team.reduce(sum_op{}, [&](int lane) {
-    Acc sum = Acc(0);
-    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc student, Acc teacher) {
-      const logistic<Acc> t(teacher * inv_tau);
-      const logistic<Acc> s(student * inv_tau);
-      // s_T log(s_T/s_S) + (1-s_T) log((1-s_T)/(1-s_S)); each side is 0 where its weight is 0.
-      const Acc positive = t.prob == Acc(0) ? Acc(0) : t.prob * (s.sp_neg - t.sp_neg);
-      const Acc negative = t.prob == Acc(1) ? Acc(0) : (Acc(1) - t.prob) * (s.sp - t.sp);
-      sum += positive + negative;
-      write_grad(row.grad[c], scale * (s.prob - t.prob), accumulate);
-    });
-    return sum;
+  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [&](index_t c, Acc student, Acc teacher) {
+    const logistic<Acc> t(teacher * inv_tau);
+    const logistic<Acc> s(student * inv_tau);
+    // s_T log(s_T/s_S) + (1-s_T) log((1-s_T)/(1-s_S)); each side is 0 where its weight is 0.
+    const Acc positive = math::select(t.prob == Acc(0), Acc(0), t.prob * (s.sp_neg - t.sp_neg));
+    const Acc negative = math::select(t.prob == Acc(1), Acc(0), (Acc(1) - t.prob) * (s.sp - t.sp));
+    write_grad(row.grad[c], scale * (s.prob - t.prob), accumulate);
+    return positive + negative;
   });
   return tau * tau * total;
 }

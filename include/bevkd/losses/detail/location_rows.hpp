@@ -23,7 +23,7 @@ namespace detail {
 
 /// @brief Distance of one coordinate difference and its derivative.
 template <class Acc>
-BEVKD_HOST_DEVICE void coordinate_distance(location_distance kind, Acc d, Acc beta, Acc& value, Acc& slope) {
+BEVKD_FORCEINLINE void coordinate_distance(location_distance kind, Acc d, Acc beta, Acc& value, Acc& slope) {
   const Acc a = d < Acc(0) ? -d : d;
   if (kind == location_distance::squared) {
     value = d * d;

@@ -15,17 +15,12 @@ namespace detail {
 /// @brief (1/n) sum_c (s_c - t_c)^2 over one row; writes coeff * (2/n) (s_c - t_c). One pass.
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Acc coeff, bool accumulate) {
-  const int lanes = team.size(), chunk = team.chunk();
   const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
   const Acc scale = coeff * Acc(2) * inv_n;
-  const Acc total = team.reduce(sum_op{}, [&](int lane) {
-    Acc sum = Acc(0);
-    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
-      const Acc d = s - t;
-      sum += d * d;
-      write_grad(row.grad[c], scale * d, accumulate);
-    });
-    return sum;
+  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [&](index_t c, Acc s, Acc t) {
+    const Acc d = s - t;
+    write_grad(row.grad[c], scale * d, accumulate);
+    return d * d;
   });
   return total * inv_n;
 }
@@ -37,16 +32,9 @@ BEVKD_HOST_DEVICE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Ac
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Unit>& row, Acc eps, Acc coeff,
                                          bool accumulate) {
-  const int lanes = team.size(), chunk = team.chunk();
-  const acc_array<Acc, 3> dots = team.reduce(sum_op{}, [&](int lane) {
-    acc_array<Acc, 3> d{{Acc(0), Acc(0), Acc(0)}};
-    for_lane_values(lane, lanes, chunk, row, [&](index_t, Acc s, Acc t) {
-      d[0] += s * s;
-      d[1] += t * t;
-      d[2] += s * t;
-    });
-    return d;
-  });
+  using triple = acc_array<Acc, 3>;
+  const triple dots = team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
+                                         [&](index_t, Acc s, Acc t) { return triple{{s * s, t * t, s * t}}; });
   const Acc norm_s = math::sqrt(dots[0]), norm_t = math::sqrt(dots[1]);
   const bool clamped = !(norm_s > eps);
   const Acc div_s = clamped ? eps : norm_s, div_t = norm_t > eps ? norm_t : eps;
@@ -56,15 +44,11 @@ BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Uni
   // by reciprocals keeps one-element rows exactly +-1, so their gradient is exactly 0.
   const Acc projection = clamped ? Acc(0) : Acc(2) * inv_n * (Acc(1) - dots[2] / (div_s * div_t));
   const Acc scale = coeff / div_s;
-  const Acc total = team.reduce(sum_op{}, [&](int lane) {
-    Acc sum = Acc(0);
-    for_lane_values(lane, lanes, chunk, row, [&](index_t c, Acc s, Acc t) {
-      const Acc s_hat = s / div_s;
-      const Acc d = s_hat - t / div_t;
-      sum += d * d;
-      write_grad(row.grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
-    });
-    return sum;
+  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [&](index_t c, Acc s, Acc t) {
+    const Acc s_hat = s / div_s;
+    const Acc d = s_hat - t / div_t;
+    write_grad(row.grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
+    return d * d;
   });
   return total * inv_n;
 }
