@@ -153,7 +153,7 @@ struct attention_problem {
   BEVKD_HOST_DEVICE void zero_grad(const Team& team, index_t r) const {
     index_t n, h, s;
     rows.decode(r, n, h, s);
-    for_each_column(team, [&](index_t c) { grad_at(n, h, s, c) = store_from_accum<T>(acc_type(0)); });
+    team.for_columns(columns(), [&](index_t c) { grad_at(n, h, s, c) = store_from_accum<T>(acc_type(0)); });
   }
 
   /// @brief Team-collective tau^2 D(p_T, q_S) of row r; writes coeff * dl_r / d(student).
@@ -172,21 +172,17 @@ struct attention_problem {
       log_q = student_logits ? z - maxima[0] - log_zs : math::log(z);
       q = student_logits ? math::exp(log_q) : z;
     };
-    const acc_array<acc, 2> totals = team.reduce(sum_op{}, [&](int lane) {
-      acc_array<acc, 2> t{{acc(0), acc(0)}};
-      for_lane_columns(lane, team.size(), team.chunk(), columns(), [&](index_t c) {
-        if (!valid_column(n, s, c)) return;
-        acc p, q, log_q;
-        key(c, p, q, log_q);
-        const divergence_term<acc> d = divergence_at(div, p, q, log_q, inv_valid);
-        t[0] += d.term;
-        // sum_k q_k g_k, for the softmax Jacobian; for KL it is -sum_k p_k, kept exact where q underflows.
-        t[1] += div == divergence::kl ? -p : (q == acc(0) ? acc(0) : q * d.dq);
-      });
-      return t;
+    using pair = acc_array<acc, 2>;
+    const pair totals = team.reduce_columns(sum_op{}, pair{{acc(0), acc(0)}}, columns(), [&](index_t c) {
+      if (!valid_column(n, s, c)) return pair{{acc(0), acc(0)}};
+      acc p, q, log_q;
+      key(c, p, q, log_q);
+      const divergence_term<acc> d = divergence_at(div, p, q, log_q, inv_valid);
+      // sum_k q_k g_k, for the softmax Jacobian; for KL it is -sum_k p_k, kept exact where q underflows.
+      return pair{{d.term, div == divergence::kl ? -p : (q == acc(0) ? acc(0) : q * d.dq)}};
     });
     const acc scale = coeff * (student_logits ? tau : acc(1));
-    for_each_column(team, [&](index_t c) {
+    team.for_columns(columns(), [&](index_t c) {
       acc g = acc(0);
       if (valid_column(n, s, c)) {
         acc p, q, log_q;
@@ -204,12 +200,6 @@ struct attention_problem {
   }
 
  private:
-  template <class Team, class F>
-  BEVKD_HOST_DEVICE void for_each_column(const Team& team, F&& f) const {
-    const int lanes = team.size(), chunk = team.chunk();
-    const index_t n_cols = columns();
-    team.for_each_lane([&](int lane) { for_lane_columns(lane, lanes, chunk, n_cols, f); });
-  }
   // Source and student key of column c.
   BEVKD_HOST_DEVICE index_t source_of(index_t s, index_t c) const { return rows.joint ? c / keys() : s; }
   BEVKD_HOST_DEVICE index_t key_of(index_t c) const { return rows.joint ? c % keys() : c; }
@@ -233,30 +223,28 @@ struct attention_problem {
   }
   template <class Team>
   BEVKD_HOST_DEVICE stats row_maxima(const Team& team, index_t n, index_t h, index_t s) const {
-    return team.reduce(max_op{}, [&](int lane) {
-      stats m;
-      for (int i = 0; i < 2 + max_head_group; ++i) m[i] = -math::infinity<acc_type>();
-      for_lane_columns(lane, team.size(), team.chunk(), columns(), [&](index_t c) {
-        if (!valid_column(n, s, c)) return;
-        if (student_logits) m[0] = max_op{}(m[0], student_value(n, h, s, c));
-        for (int j = 0; teacher_logits && j < group; ++j)
-          for (index_t l = 0; l < level_group; ++l) m[2 + j] = max_op{}(m[2 + j], teacher_value(n, h, s, c, j, l));
-      });
+    stats lowest;
+    for (int i = 0; i < 2 + max_head_group; ++i) lowest[i] = -math::infinity<acc_type>();
+    return team.reduce_columns(max_op{}, lowest, columns(), [&](index_t c) {
+      stats m = lowest;
+      if (!valid_column(n, s, c)) return m;
+      if (student_logits) m[0] = student_value(n, h, s, c);
+      for (int j = 0; teacher_logits && j < group; ++j)
+        for (index_t l = 0; l < level_group; ++l) m[2 + j] = max_op{}(m[2 + j], teacher_value(n, h, s, c, j, l));
       return m;
     });
   }
   template <class Team>
   BEVKD_HOST_DEVICE stats row_sums(const Team& team, index_t n, index_t h, index_t s, const stats& maxima) const {
-    return team.reduce(sum_op{}, [&](int lane) {
-      stats z;
-      for (int i = 0; i < 2 + max_head_group; ++i) z[i] = acc_type(0);
-      for_lane_columns(lane, team.size(), team.chunk(), columns(), [&](index_t c) {
-        if (!valid_column(n, s, c)) return;
-        z[1] += acc_type(1);
-        if (student_logits) z[0] += math::exp(student_value(n, h, s, c) - maxima[0]);
-        for (int j = 0; teacher_logits && j < group; ++j)
-          for (index_t l = 0; l < level_group; ++l) z[2 + j] += math::exp(teacher_value(n, h, s, c, j, l) - maxima[2 + j]);
-      });
+    stats zero;
+    for (int i = 0; i < 2 + max_head_group; ++i) zero[i] = acc_type(0);
+    return team.reduce_columns(sum_op{}, zero, columns(), [&](index_t c) {
+      stats z = zero;
+      if (!valid_column(n, s, c)) return z;
+      z[1] = acc_type(1);
+      if (student_logits) z[0] = math::exp(student_value(n, h, s, c) - maxima[0]);
+      for (int j = 0; teacher_logits && j < group; ++j)
+        for (index_t l = 0; l < level_group; ++l) z[2 + j] += math::exp(teacher_value(n, h, s, c, j, l) - maxima[2 + j]);
       return z;
     });
   }

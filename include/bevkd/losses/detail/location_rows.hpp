@@ -67,7 +67,7 @@ struct location_problem {
   BEVKD_HOST_DEVICE void zero_grad(const Team& team, index_t r) const {
     index_t n, h, s;
     rows.decode(r, n, h, s);
-    for_each_key(team, [&](index_t k) {
+    team.for_columns(columns(), [&](index_t k) {
       grad(n, h, s, k, 0) = store_from_accum<T>(acc_type(0));
       grad(n, h, s, k, 1) = store_from_accum<T>(acc_type(0));
     });
@@ -79,44 +79,26 @@ struct location_problem {
     using acc = acc_type;
     index_t n, h, s;
     rows.decode(r, n, h, s);
-    const int lanes = team.size(), chunk = team.chunk();
     const index_t keys = columns();
     const auto logit = [&](index_t k) { return load_as_accum(attention(n, h, s, k)) * inv_tau; };
     acc max_logit = acc(0), inv_z = acc(1);
     if (attention_logits) {
-      max_logit = team.reduce(max_op{}, [&](int lane) {
-        acc m = -math::infinity<acc>();
-        for_lane_columns(lane, lanes, chunk, keys, [&](index_t k) { m = max_op{}(m, logit(k)); });
-        return m;
-      });
-      inv_z = acc(1) / team.reduce(sum_op{}, [&](int lane) {
-        acc z = acc(0);
-        for_lane_columns(lane, lanes, chunk, keys, [&](index_t k) { z += math::exp(logit(k) - max_logit); });
-        return z;
-      });
+      max_logit = team.reduce_columns(max_op{}, -math::infinity<acc>(), keys, logit);
+      inv_z = acc(1) / team.reduce_columns(sum_op{}, acc(0), keys,
+                                           [&](index_t k) { return math::exp(logit(k) - max_logit); });
     }
-    return team.reduce(sum_op{}, [&](int lane) {
+    return team.reduce_columns(sum_op{}, acc(0), keys, [&](index_t k) {
+      const acc p = attention_logits ? math::exp(logit(k) - max_logit) * inv_z : load_as_accum(attention(n, h, s, k));
       acc total = acc(0);
-      for_lane_columns(lane, lanes, chunk, keys, [&](index_t k) {
-        const acc p = attention_logits ? math::exp(logit(k) - max_logit) * inv_z : load_as_accum(attention(n, h, s, k));
-        for (int axis = 0; axis < 2; ++axis) {
-          acc value, slope;
-          const acc d = load_as_accum(student(n, h, s, k, axis)) - load_as_accum(teacher(n, h, s, k, axis));
-          coordinate_distance(kind, d, beta, value, slope);
-          total += p == acc(0) ? acc(0) : p * value;  // an unattended key contributes 0 (not 0 * inf)
-          write_grad(grad(n, h, s, k, axis), p == acc(0) ? acc(0) : coeff * p * slope, accumulate);
-        }
-      });
+      for (int axis = 0; axis < 2; ++axis) {
+        acc value, slope;
+        const acc d = load_as_accum(student(n, h, s, k, axis)) - load_as_accum(teacher(n, h, s, k, axis));
+        coordinate_distance(kind, d, beta, value, slope);
+        total += math::select(p == acc(0), acc(0), p * value);  // an unattended key contributes 0 (not 0 * inf)
+        write_grad(grad(n, h, s, k, axis), math::select(p == acc(0), acc(0), coeff * p * slope), accumulate);
+      }
       return total;
     });
-  }
-
- private:
-  template <class Team, class F>
-  BEVKD_HOST_DEVICE void for_each_key(const Team& team, F&& f) const {
-    const int lanes = team.size(), chunk = team.chunk();
-    const index_t keys = columns();
-    team.for_each_lane([&](int lane) { for_lane_columns(lane, lanes, chunk, keys, f); });
   }
 };
 
