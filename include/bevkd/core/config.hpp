@@ -53,7 +53,7 @@
 #endif
 // Full unrolling of the small per-component loops, which GCC must see as straight code to
 // vectorise the loop around them.
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)
 #define BEVKD_UNROLL _Pragma("unroll")
 #elif defined(__GNUC__) && !defined(__clang__)
 #define BEVKD_UNROLL _Pragma("GCC unroll 16")

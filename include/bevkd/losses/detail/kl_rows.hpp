@@ -43,8 +43,11 @@ BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& 
   const triple sums = cache ? exponential_sums(std::true_type{}) : exponential_sums(std::false_type{});
   const Acc inv_zt = Acc(1) / sums[0], inv_zs = Acc(1) / sums[1];
   const Acc scale = coeff * tau;
-  const auto write = [&](index_t c, Acc e_t, Acc e_s) {
-    write_grad(row.grad[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
+  // Captured by value: a gradient store through a reference capture could alias them, and
+  // GCC would then reload them after every store instead of vectorising the loop.
+  const auto grad_row = row.grad;
+  const auto write = [grad_row, scale, inv_zs, inv_zt, accumulate](index_t c, Acc e_t, Acc e_s) {
+    write_grad(grad_row[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
   };
   if (cache) {
     team.for_columns(n, [&](index_t c) { write(c, cache[c], cache[n + c]); });
