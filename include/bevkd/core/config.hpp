@@ -32,6 +32,15 @@
 #define BEVKD_FORCEINLINE inline
 #endif
 
+// Host loops that call a functor per column: inline the functor and everything it calls, so
+// the loop body is one piece the vectoriser can see (GCC and Clang; nothing elsewhere).
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define BEVKD_FLATTEN __attribute__((flatten))
+#else
+/// @brief Inlines every call inside the marked host function (the column loops of the host team).
+#define BEVKD_FLATTEN
+#endif
+
 #if defined(_MSC_VER)
 #define BEVKD_RESTRICT __restrict
 #else
@@ -53,8 +62,10 @@
 #endif
 // Full unrolling of the small per-component loops, which GCC must see as straight code to
 // vectorise the loop around them.
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #define BEVKD_UNROLL _Pragma("unroll")
+#elif defined(__CUDACC__)
+#define BEVKD_UNROLL  // nvcc's host pass: neither nvcc's front end nor the host compiler takes both spellings
 #elif defined(__GNUC__) && !defined(__clang__)
 #define BEVKD_UNROLL _Pragma("GCC unroll 16")
 #elif defined(__clang__)

@@ -67,10 +67,11 @@ BEVKD_FORCEINLINE float half_bits_to_float(std::uint16_t half_bits) {
 
 /// @brief Rounds a float to bfloat16 bits, to nearest even; NaN stays a quiet NaN.
 BEVKD_FORCEINLINE std::uint16_t float_to_bfloat16_bits(float value) {
+  // An integer select rather than an early return, so loops storing bfloat16 vectorise.
   const std::uint32_t bits = float_bits(value);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
-  const std::uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<std::uint16_t>((bits + rounding) >> 16);
+  const std::uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const std::uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  return static_cast<std::uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 /// @brief Widens bfloat16 bits to float exactly.

@@ -72,16 +72,25 @@ BEVKD_FORCEINLINE float select(bool c, float a, float b) {
 BEVKD_FORCEINLINE double select(bool c, double a, double b) { return c ? a : b; }
 
 /// @brief e^x for float, within 2 ulp over the whole range, exact for -inf (0), +inf (inf) and NaN.
+///
+/// No floating-point select follows the polynomial (GCC would thread it into a branch that,
+/// under its default -ftrapping-math, it cannot flatten, and the loop would not vectorise):
+/// |x| is clamped to 104 on the bits, where overflow (x > 88.72: inf) and underflow
+/// (x < -103.97: 0) then happen in the final products by themselves, NaN flows through
+/// every step, and n is read from the rounding constant's bits (no float-to-int conversion).
 BEVKD_FORCEINLINE float exp(float x) {
   constexpr float log2e = 1.44269504088896341f;
   constexpr float ln2_hi = 0.693145751953125f;  // few mantissa bits: n * ln2_hi is exact
   constexpr float ln2_lo = 1.42860682030941723e-6f;
   constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  // Clamp first so that every later step is finite (NaN clamps to the low end; fixed below).
-  float clamped = select(x > -104.0f, x, -104.0f);
-  clamped = select(clamped < 89.0f, clamped, 89.0f);
-  const float n = (clamped * log2e + round_magic) - round_magic;
-  const float r = (clamped - n * ln2_hi) - n * ln2_lo;
+  constexpr std::uint32_t clamp_bits = 0x42d00000u;  // 104.0f
+  const std::uint32_t bits = detail::float_bits(x);
+  const std::uint32_t magnitude = bits & 0x7fffffffu;
+  const bool clamp = magnitude > clamp_bits && magnitude <= 0x7f800000u;  // NaN payloads pass through
+  const float c = detail::bits_float(clamp ? ((bits & 0x80000000u) | clamp_bits) : bits);
+  const float shifted = c * log2e + round_magic;
+  const float n = shifted - round_magic;
+  const float r = (c - n * ln2_hi) - n * ln2_lo;
   // Taylor series to r^7: |r| <= ln2/2 leaves a truncation error under 2^-27.
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
@@ -91,16 +100,13 @@ BEVKD_FORCEINLINE float exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  // 2^n in two factors keeps each one a normal float down to the subnormal results.
-  const std::int32_t ni = static_cast<std::int32_t>(n);
-  const std::int32_t n1 = ni / 2;
-  const std::int32_t n2 = ni - n1;
-  const float s1 = detail::bits_float(static_cast<std::uint32_t>(n1 + 127) << 23);
-  const float s2 = detail::bits_float(static_cast<std::uint32_t>(n2 + 127) << 23);
-  float result = (p * s1) * s2;
-  result = select(x > 88.72283935546875f, infinity<float>(), result);
-  result = select(x < -103.972084045410f, 0.0f, result);
-  return select(is_nan(x), x, result);
+  // 2^n in two factors keeps each one a normal float down to the subnormal results (|n| <= 150).
+  const std::uint32_t ni = detail::float_bits(shifted) - detail::float_bits(round_magic);
+  const std::uint32_t n1 = static_cast<std::uint32_t>(static_cast<std::int32_t>(ni) / 2);
+  const std::uint32_t n2 = ni - n1;
+  const float s1 = detail::bits_float((n1 + 127u) << 23);
+  const float s2 = detail::bits_float((n2 + 127u) << 23);
+  return (p * s1) * s2;
 }
 
 /// @brief e^x for double (the libm function: double inputs are the reference path, not the fast one).

@@ -122,7 +122,7 @@ class host_team {
 
   /// @brief Runs f(c) once for every column of a row (each lane its own columns).
   template <class F>
-  BEVKD_HOST_DEVICE void for_columns(index_t n, F&& f) const {
+  BEVKD_HOST_DEVICE BEVKD_FLATTEN void for_columns(index_t n, F&& f) const {
     if (lanes_ == 1 && chunk_ == 1) {
       for (index_t c = 0; c < n; ++c) f(c);
       return;
@@ -165,7 +165,7 @@ class host_team {
   static constexpr int simd_partials = 16;
 
   template <class Op, class V, class F>
-  BEVKD_HOST_DEVICE static V fold_simd(Op op, V init, index_t n, F& f) {
+  BEVKD_HOST_DEVICE BEVKD_FLATTEN static V fold_simd(Op op, V init, index_t n, F& f) {
     if constexpr (is_acc_array<V>::value) {
       return fold_simd_components(op, init, n, f);
     } else {
@@ -182,7 +182,7 @@ class host_team {
   }
 
   template <class Op, class Acc, int N, class F>
-  BEVKD_HOST_DEVICE static acc_array<Acc, N> fold_simd_components(Op op, const acc_array<Acc, N>& init, index_t n,
+  BEVKD_HOST_DEVICE BEVKD_FLATTEN static acc_array<Acc, N> fold_simd_components(Op op, const acc_array<Acc, N>& init, index_t n,
                                                                   F& f) {
     Acc partial[N][simd_partials];
     for (int i = 0; i < N; ++i)

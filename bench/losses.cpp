@@ -1,0 +1,395 @@
+// bevkd host benchmarks: fused response KL and feature MSE against a copy of the same bytes and a naive multi-pass reference.
+// SPDX-License-Identifier: Apache-2.0
+//
+// Every fused call is forward + backward (loss and student gradient in one call). Each case
+// runs at B = 2, P = 200 x 200, C in {10, 64, 256}, fp32 and bf16, with 1 and 2 threads,
+// next to two baselines registered with the same sizes and thread counts:
+//   copy/<dtype>      the byte floor moved as plainly as possible: g = s + t over 64-bit
+//                     words (STREAM's "add": read two arrays, write one), OpenMP static.
+//   naive_*/<dtype>   the loss written the way PyTorch eager runs it: one pass per tensor
+//                     op, each writing a full-size temporary, scalar libm std::exp/std::log,
+//                     then autograd's backward passes. OpenMP over rows/elements with the
+//                     same thread count as the fused call (PyTorch's CPU kernels are
+//                     OpenMP-parallel too). bf16 inputs are first upcast to float buffers
+//                     (`x.float()`), the gradient is downcast at the end.
+// The counter floor_bw is the byte floor (3 tensors once) divided by the time, for every
+// entry, so floor_bw ratios are time ratios. The naive benchmarks check once, untimed,
+// that they compute the same loss as the fused call.
+
+#include <benchmark/benchmark.h>
+
+#include <bevkd/bevkd.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "bench_common.hpp"
+
+namespace {
+
+using namespace bevkd_bench;
+
+// ---------------------------------------------------------------------------------------
+// Parallel loops of the baselines (the fused calls use host_exec's own).
+
+template <class F>
+void for_range(index_t count, int threads, F&& f) {
+  (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+  for (index_t i = 0; i < count; ++i) f(i);
+}
+
+double sum_of(const float* x, index_t count, int threads) {
+  (void)threads;
+  double total = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total)
+#endif
+  for (index_t i = 0; i < count; ++i) total += x[i];
+  return total;
+}
+
+// Rows of a [B, P, C] NHWC tensor: element i of row r is at
+// (r / inner) * outer_stride + (r % inner) * inner_stride + i * stride.
+struct row_layout {
+  index_t rows, n, inner, outer_stride, inner_stride, stride;
+  index_t base(index_t r) const { return (r / inner) * outer_stride + (r % inner) * inner_stride; }
+};
+
+// Softmax over C per pillar (rows (b, p)), or over P per channel (CWD; rows (b, c)).
+row_layout pillar_rows(index_t channels) {
+  return {batch * pillars, channels, pillars, pillars * channels, channels, 1};
+}
+row_layout channel_rows(index_t channels) {
+  return {batch * channels, pillars, channels, pillars * channels, 1, channels};
+}
+
+// Full-size float temporaries of the naive reference, allocated once (PyTorch's caching
+// allocator reuses its blocks too), plus per-row temporaries.
+struct naive_buffers {
+  std::vector<float> s32, t32, grad32, a, b, c, d, e, f, g;
+  std::vector<float> row_a, row_b, row_c;
+  void reserve(index_t n, index_t rows) {
+    for (auto* v : {&s32, &t32, &grad32, &a, &b, &c, &d, &e, &f, &g}) v->assign(static_cast<std::size_t>(n), 0.0f);
+    for (auto* v : {&row_a, &row_b, &row_c}) v->assign(static_cast<std::size_t>(rows), 0.0f);
+  }
+};
+
+// log_softmax / softmax along rows (one op each: max, sum of exponentials, write).
+void naive_log_softmax(const float* x, float* out, const row_layout& L, int threads) {
+  for_range(L.rows, threads, [&](index_t r) {
+    const float* row = x + L.base(r);
+    float* o = out + L.base(r);
+    float m = -INFINITY;
+    for (index_t i = 0; i < L.n; ++i) m = std::max(m, row[i * L.stride]);
+    double z = 0;
+    for (index_t i = 0; i < L.n; ++i) z += std::exp(row[i * L.stride] - m);
+    const float lz = static_cast<float>(std::log(z));
+    for (index_t i = 0; i < L.n; ++i) o[i * L.stride] = row[i * L.stride] - m - lz;
+  });
+}
+void naive_softmax(const float* x, float* out, const row_layout& L, int threads) {
+  for_range(L.rows, threads, [&](index_t r) {
+    const float* row = x + L.base(r);
+    float* o = out + L.base(r);
+    float m = -INFINITY;
+    for (index_t i = 0; i < L.n; ++i) m = std::max(m, row[i * L.stride]);
+    float z = 0;
+    for (index_t i = 0; i < L.n; ++i) {
+      const float e = std::exp(row[i * L.stride] - m);
+      o[i * L.stride] = e;
+      z += e;
+    }
+    const float inv = 1.0f / z;
+    for (index_t i = 0; i < L.n; ++i) o[i * L.stride] *= inv;
+  });
+}
+// Row sums of x into out[r].
+void naive_row_sum(const float* x, float* out, const row_layout& L, int threads) {
+  for_range(L.rows, threads, [&](index_t r) {
+    const float* row = x + L.base(r);
+    float z = 0;
+    for (index_t i = 0; i < L.n; ++i) z += row[i * L.stride];
+    out[r] = z;
+  });
+}
+// out[element] = f(element, row sum) for every element of every row (a row-broadcast op).
+template <class F>
+void naive_row_broadcast(const row_layout& L, int threads, F&& f) {
+  for_range(L.rows, threads, [&](index_t r) {
+    const index_t base = L.base(r);
+    for (index_t i = 0; i < L.n; ++i) f(base + i * L.stride, r);
+  });
+}
+
+// F.kl_div(F.log_softmax(S), F.softmax(T), reduction='sum') / rows, then loss.backward().
+double naive_softmax_kl(const float* s, const float* t, float* grad, const row_layout& L, naive_buffers& B,
+                        int threads) {
+  const index_t n = L.rows * L.n;
+  float *ls = B.a.data(), *pt = B.b.data(), *xlogx = B.c.data(), *cross = B.d.data(), *el = B.e.data(),
+        *g = B.f.data();
+  naive_log_softmax(s, ls, L, threads);
+  naive_softmax(t, pt, L, threads);
+  // kl_div: xlogy(target, target) - target * input, elementwise, then sum.
+  for_range(n, threads, [&](index_t i) { xlogx[i] = pt[i] > 0.0f ? pt[i] * std::log(pt[i]) : 0.0f; });
+  for_range(n, threads, [&](index_t i) { cross[i] = pt[i] * ls[i]; });
+  for_range(n, threads, [&](index_t i) { el[i] = xlogx[i] - cross[i]; });
+  const double loss = sum_of(el, n, threads) / static_cast<double>(L.rows);
+  // Backward: kl_div's input gradient -target * go, then log_softmax_backward g - exp(ls) * sum(g).
+  const float go = 1.0f / static_cast<float>(L.rows);
+  for_range(n, threads, [&](index_t i) { g[i] = -pt[i] * go; });
+  naive_row_sum(g, B.row_a.data(), L, threads);
+  const float* gsum = B.row_a.data();
+  naive_row_broadcast(L, threads, [&](index_t i, index_t r) { grad[i] = g[i] - std::exp(ls[i]) * gsum[r]; });
+  return loss;
+}
+
+float log_sigmoid(float x) { return std::min(x, 0.0f) - std::log1p(std::exp(-std::fabs(x))); }
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Bernoulli KL with logsigmoid ops, mean over rows of the per-row sums, then backward.
+double naive_sigmoid_kl(const float* s, const float* t, float* grad, const row_layout& L, naive_buffers& B,
+                        int threads) {
+  const index_t n = L.rows * L.n;
+  float *pt = B.a.data(), *lpt = B.b.data(), *lnt = B.c.data(), *lps = B.d.data(), *lns = B.e.data(),
+        *x = B.f.data(), *y = B.g.data();
+  for_range(n, threads, [&](index_t i) { pt[i] = sigmoid(t[i]); });
+  for_range(n, threads, [&](index_t i) { lpt[i] = log_sigmoid(t[i]); });
+  for_range(n, threads, [&](index_t i) { lnt[i] = log_sigmoid(-t[i]); });
+  for_range(n, threads, [&](index_t i) { lps[i] = log_sigmoid(s[i]); });
+  for_range(n, threads, [&](index_t i) { lns[i] = log_sigmoid(-s[i]); });
+  for_range(n, threads, [&](index_t i) { x[i] = lpt[i] - lps[i]; });
+  for_range(n, threads, [&](index_t i) { x[i] = pt[i] * x[i]; });
+  for_range(n, threads, [&](index_t i) { y[i] = lnt[i] - lns[i]; });
+  for_range(n, threads, [&](index_t i) { y[i] = (1.0f - pt[i]) * y[i]; });
+  for_range(n, threads, [&](index_t i) { x[i] = x[i] + y[i]; });
+  const double loss = sum_of(x, n, threads) / static_cast<double>(L.rows);
+  // Autograd: d/dlps = -pt go, logsigmoid backward; d/dlns = -(1 - pt) go, logsigmoid(-S) backward; add.
+  const float go = 1.0f / static_cast<float>(L.rows);
+  for_range(n, threads, [&](index_t i) { x[i] = -pt[i] * go; });
+  for_range(n, threads, [&](index_t i) { x[i] = x[i] * (1.0f - sigmoid(s[i])); });
+  for_range(n, threads, [&](index_t i) { y[i] = -(1.0f - pt[i]) * go; });
+  for_range(n, threads, [&](index_t i) { y[i] = -y[i] * (1.0f - sigmoid(-s[i])); });
+  for_range(n, threads, [&](index_t i) { grad[i] = x[i] + y[i]; });
+  return loss;
+}
+
+// F.mse_loss(S, T) and its backward.
+double naive_mse(const float* s, const float* t, float* grad, const row_layout& L, naive_buffers& B, int threads) {
+  const index_t n = L.rows * L.n;
+  float *diff = B.a.data(), *sq = B.b.data();
+  for_range(n, threads, [&](index_t i) { diff[i] = s[i] - t[i]; });
+  for_range(n, threads, [&](index_t i) { sq[i] = diff[i] * diff[i]; });
+  const double loss = sum_of(sq, n, threads) / static_cast<double>(n);
+  const float scale = 2.0f / static_cast<float>(n);
+  for_range(n, threads, [&](index_t i) { grad[i] = scale * (s[i] - t[i]); });
+  return loss;
+}
+
+// F.mse_loss(F.normalize(S, dim=-1), F.normalize(T, dim=-1)) and its backward through normalize(S).
+double naive_normalized_mse(const float* s, const float* t, float* grad, const row_layout& L, naive_buffers& B,
+                            int threads, float eps) {
+  const index_t n = L.rows * L.n;
+  float *sn = B.a.data(), *tn = B.b.data(), *diff = B.c.data(), *sq = B.d.data(), *gsn = B.e.data(),
+        *tmp = B.f.data(), *gdirect = B.g.data();
+  float *norm_s = B.row_a.data(), *norm_t = B.row_b.data(), *dot = B.row_c.data();
+  // torch.linalg.norm: square, sum, sqrt (one fused reduction op per tensor).
+  for_range(L.rows, threads, [&](index_t r) {
+    const index_t base = L.base(r);
+    float ss = 0, tt = 0;
+    for (index_t i = 0; i < L.n; ++i) ss += s[base + i * L.stride] * s[base + i * L.stride];
+    norm_s[r] = std::sqrt(ss);
+    for (index_t i = 0; i < L.n; ++i) tt += t[base + i * L.stride] * t[base + i * L.stride];
+    norm_t[r] = std::sqrt(tt);
+  });
+  naive_row_broadcast(L, threads, [&](index_t i, index_t r) { sn[i] = s[i] / std::max(norm_s[r], eps); });
+  naive_row_broadcast(L, threads, [&](index_t i, index_t r) { tn[i] = t[i] / std::max(norm_t[r], eps); });
+  for_range(n, threads, [&](index_t i) { diff[i] = sn[i] - tn[i]; });
+  for_range(n, threads, [&](index_t i) { sq[i] = diff[i] * diff[i]; });
+  const double loss = sum_of(sq, n, threads) / static_cast<double>(n);
+  // Backward: mse -> gsn; division by d = max(norm, eps): direct term gsn / d and the norm's term.
+  const float scale = 2.0f / static_cast<float>(n);
+  for_range(n, threads, [&](index_t i) { gsn[i] = scale * diff[i]; });
+  naive_row_broadcast(L, threads, [&](index_t i, index_t r) { gdirect[i] = gsn[i] / std::max(norm_s[r], eps); });
+  for_range(n, threads, [&](index_t i) { tmp[i] = gsn[i] * s[i]; });
+  naive_row_sum(tmp, dot, L, threads);
+  for_range(L.rows, threads, [&](index_t r) {
+    const float d = std::max(norm_s[r], eps);
+    dot[r] = norm_s[r] > eps ? -dot[r] / (d * d) / norm_s[r] : 0.0f;  // d(loss)/d(norm) / norm
+  });
+  naive_row_broadcast(L, threads, [&](index_t i, index_t r) { tmp[i] = s[i] * dot[r]; });
+  for_range(n, threads, [&](index_t i) { grad[i] = gdirect[i] + tmp[i]; });
+  return loss;
+}
+
+// ---------------------------------------------------------------------------------------
+// Cases: one enum drives the fused call, the naive reference and the names.
+
+enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2 };
+
+const char* case_name(loss_case c) {
+  switch (c) {
+    case loss_case::kl_softmax: return "kl_softmax";
+    case loss_case::kl_sigmoid: return "kl_sigmoid";
+    case loss_case::kl_spatial: return "kl_spatial";
+    case loss_case::mse: return "mse";
+    default: return "mse_l2";
+  }
+}
+
+constexpr double l2_eps = 1e-12;
+
+template <class T>
+double fused_call(loss_case c, bevkd::host_exec& exec, const host_inputs<T>& in, T* grad) {
+  const index_t C = in.channels;
+  const auto s = bevkd::bev_nhwc<const T>(in.student.data(), batch, 1, pillars, C);
+  const auto t = bevkd::bev_nhwc<const T>(in.teacher.data(), batch, 1, pillars, C);
+  const auto g = bevkd::bev_nhwc<T>(grad, batch, 1, pillars, C);
+  switch (c) {
+    case loss_case::kl_softmax:
+    case loss_case::kl_sigmoid:
+    case loss_case::kl_spatial: {
+      const bevkd::kl_mode mode = c == loss_case::kl_softmax   ? bevkd::kl_mode::softmax
+                                  : c == loss_case::kl_sigmoid ? bevkd::kl_mode::sigmoid
+                                                               : bevkd::kl_mode::spatial;
+      const bevkd::response_kl kl({mode, 1.0, bevkd::reduction::mean});
+      return kl(exec, s, t, g).loss;
+    }
+    default: {
+      bevkd::feature_mse_options opts;
+      opts.normalize = c == loss_case::mse ? bevkd::mse_normalize::none : bevkd::mse_normalize::per_pillar_l2;
+      opts.eps = l2_eps;
+      opts.reduce = bevkd::reduction::mean;
+      return bevkd::feature_mse(opts)(exec, s, t, g).loss;
+    }
+  }
+}
+
+template <class T>
+double naive_call(loss_case c, const host_inputs<T>& in, T* grad, naive_buffers& B, int threads) {
+  const index_t n = in.size();
+  constexpr bool is_float = std::is_same<T, float>::value;
+  const float* s = nullptr;
+  const float* t = nullptr;
+  float* g = nullptr;
+  if constexpr (is_float) {
+    s = in.student.data();
+    t = in.teacher.data();
+    g = grad;
+  } else {  // S.float(), T.float(); the gradient is computed in float and downcast at the end
+    float* s32 = B.s32.data();
+    float* t32 = B.t32.data();
+    for_range(n, threads, [&](index_t i) { s32[i] = static_cast<float>(in.student[i]); });
+    for_range(n, threads, [&](index_t i) { t32[i] = static_cast<float>(in.teacher[i]); });
+    s = s32;
+    t = t32;
+    g = B.grad32.data();
+  }
+  const index_t C = in.channels;
+  double loss = 0;
+  switch (c) {
+    case loss_case::kl_softmax: loss = naive_softmax_kl(s, t, g, pillar_rows(C), B, threads); break;
+    case loss_case::kl_sigmoid: loss = naive_sigmoid_kl(s, t, g, pillar_rows(C), B, threads); break;
+    case loss_case::kl_spatial: loss = naive_softmax_kl(s, t, g, channel_rows(C), B, threads); break;
+    case loss_case::mse: loss = naive_mse(s, t, g, pillar_rows(C), B, threads); break;
+    default: loss = naive_normalized_mse(s, t, g, pillar_rows(C), B, threads, static_cast<float>(l2_eps)); break;
+  }
+  if constexpr (!is_float) {
+    for_range(n, threads, [&](index_t i) { grad[i] = bevkd::store_from_accum<T>(g[i]); });
+  }
+  return loss;
+}
+
+// ---------------------------------------------------------------------------------------
+// Benchmarks. Arguments: C, threads.
+
+template <class T>
+void bm_fused(benchmark::State& state, loss_case c) {
+  const host_inputs<T>& in = inputs_for<T>(state.range(0));
+  std::vector<T> grad(static_cast<std::size_t>(in.size()));
+  bevkd::host_exec exec(static_cast<int>(state.range(1)));
+  for (auto _ : state) {
+    double loss = fused_call(c, exec, in, grad.data());
+    benchmark::DoNotOptimize(loss);
+    benchmark::ClobberMemory();
+  }
+  set_floor_counter(state, in.floor_bytes());
+}
+
+template <class T>
+void bm_naive(benchmark::State& state, loss_case c) {
+  const host_inputs<T>& in = inputs_for<T>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  std::vector<T> grad(static_cast<std::size_t>(in.size()));
+  naive_buffers buffers;
+  buffers.reserve(in.size(), batch * std::max(pillars, in.channels));
+  {  // Untimed check: the reference computes what the fused call computes.
+    bevkd::host_exec exec(threads);
+    const double fused = fused_call(c, exec, in, grad.data());
+    const double naive = naive_call(c, in, grad.data(), buffers, threads);
+    if (!(std::fabs(fused - naive) <= 1e-3 * std::fabs(fused) + 1e-6)) {
+      state.SkipWithError(("naive loss " + std::to_string(naive) + " != fused " + std::to_string(fused)).c_str());
+      return;
+    }
+  }
+  for (auto _ : state) {
+    double loss = naive_call(c, in, grad.data(), buffers, threads);
+    benchmark::DoNotOptimize(loss);
+    benchmark::ClobberMemory();
+  }
+  set_floor_counter(state, in.floor_bytes());
+}
+
+// STREAM "add" over 64-bit words: reads student and teacher, writes the gradient buffer.
+template <class T>
+void bm_copy(benchmark::State& state) {
+  const host_inputs<T>& in = inputs_for<T>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  const index_t words = in.size() * static_cast<index_t>(sizeof(T)) / 8;
+  std::vector<std::uint64_t> s(static_cast<std::size_t>(words)), t(s.size()), g(s.size());
+  std::memcpy(s.data(), in.student.data(), s.size() * 8);
+  std::memcpy(t.data(), in.teacher.data(), t.size() * 8);
+  const std::uint64_t* BEVKD_RESTRICT sp = s.data();
+  const std::uint64_t* BEVKD_RESTRICT tp = t.data();
+  std::uint64_t* BEVKD_RESTRICT gp = g.data();
+  for (auto _ : state) {
+    for_range(words, threads, [&](index_t i) { gp[i] = sp[i] + tp[i]; });
+    benchmark::ClobberMemory();
+  }
+  set_floor_counter(state, in.floor_bytes());
+}
+
+template <class B>
+void with_sizes(B* b) {
+  // The minimum over repetitions is the figure least disturbed by other work on a shared machine.
+  b->ArgNames({"C", "threads"})->UseRealTime()->Unit(benchmark::kMillisecond);
+  b->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
+  for (index_t C : channel_counts)
+    for (int threads : {1, 2}) b->Args({C, threads});
+}
+
+template <class T>
+void register_dtype() {
+  with_sizes(benchmark::RegisterBenchmark(bench_name<T>("copy").c_str(), bm_copy<T>));
+  for (loss_case c : {loss_case::kl_softmax, loss_case::kl_sigmoid, loss_case::kl_spatial, loss_case::mse,
+                      loss_case::mse_l2}) {
+    with_sizes(benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c));
+    with_sizes(benchmark::RegisterBenchmark(bench_name<T>((std::string("naive_") + case_name(c)).c_str()).c_str(),
+                                            bm_naive<T>, c));
+  }
+}
+
+const bool registered = [] {
+  register_dtype<float>();
+  register_dtype<bevkd::bfloat16>();
+  return true;
+}();
+
+}  // namespace

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""bevkd benchmarks: turn Google Benchmark JSON output into the Markdown ratio tables of bench/RESULTS.md.
+
+Usage: bench_losses --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+           --benchmark_out=out.json --benchmark_out_format=json
+       python3 bench/summarize.py [--cpu] out.json [more.json ...]
+
+Uses the min aggregate when repetitions were run (else the single run). For every fused
+case it prints time, the byte-floor bandwidth, that bandwidth as a share of the copy
+baseline's at the same dtype / C / threads, and the naive reference's time over the fused time.
+--cpu uses the main thread's CPU time instead of wall time: on a machine shared with other
+work it is the steadier figure for single-thread rows (it undercounts multi-thread rows).
+"""
+import json
+import sys
+
+# The statistic reported when repetitions were run: "min" (least disturbed by other load) or "median".
+STAT = "min"
+BATCH, PILLARS = 2, 200 * 200
+DTYPE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2}
+LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2"]
+
+
+def load(paths, field="real_time"):
+    runs = {}
+    context = None
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        context = context or data.get("context")
+        for b in data["benchmarks"]:
+            if b.get("error_occurred"):
+                continue
+            if b.get("run_type") == "aggregate" and b.get("aggregate_name") != STAT:
+                continue
+            name = b.get("run_name", b["name"]).replace("/real_time", "").replace("/manual_time", "")
+            parts = name.split("/")
+            family, dtype = parts[0], parts[1]
+            args = dict(p.split(":") for p in parts[2:])
+            key = (family, dtype, int(args["C"]), int(args.get("threads", 0)))
+            scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
+            ms = b[field] * scale
+            # Bandwidth from the time (a "min" aggregate of the rate counter would be the slowest run).
+            floor_bytes = 3 * BATCH * PILLARS * key[2] * DTYPE_BYTES[dtype]
+            runs[key] = {"ms": ms, "bw": floor_bytes / (ms * 1e-3)}
+    return runs, context
+
+
+def main():
+    args = sys.argv[1:]
+    field = "real_time"
+    if args and args[0] == "--cpu":
+        field = "cpu_time"
+        args = args[1:]
+    runs, context = load(args, field)
+    if context:
+        print(f"<!-- {context.get('date')} host={context.get('host_name')} cpus={context.get('num_cpus')} "
+              f"mhz={context.get('mhz_per_cpu')} -->")
+    configs = sorted({(d, c, t) for (_, d, c, t) in runs}, key=lambda x: (x[0] != "f32", x[1], x[2]))
+    for loss in LOSSES:
+        rows = []
+        for dtype, channels, threads in configs:
+            fused = runs.get((loss, dtype, channels, threads))
+            if not fused:
+                continue
+            copy = runs.get(("copy", dtype, channels, threads))
+            naive = runs.get(("naive_" + loss, dtype, channels, threads))
+            share = f"{100 * fused['bw'] / copy['bw']:.1f} %" if copy else "-"
+            speedup = f"{naive['ms'] / fused['ms']:.2f}x" if naive else "-"
+            naive_ms = f"{naive['ms']:.2f}" if naive else "-"
+            copy_bw = f"{copy['bw'] / 1e9:.1f}" if copy else "-"
+            thr = str(threads) if threads else "-"
+            rows.append(f"| {dtype} | {channels} | {thr} | {fused['ms']:.2f} | {fused['bw'] / 1e9:.2f} | {copy_bw} "
+                        f"| {share} | {naive_ms} | {speedup} |")
+        if not rows:
+            continue
+        print(f"\n### {loss}\n")
+        print("| dtype | C | threads | fused ms | fused GB/s | copy GB/s | % of copy | naive ms | speed-up over naive |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
