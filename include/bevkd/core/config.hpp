@@ -41,6 +41,15 @@
 #define BEVKD_FLATTEN
 #endif
 
+// Row passes compiled as functions of their own on the host: GCC vectorises a pass reliably
+// in isolation, but not always once several passes are inlined into one row function.
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDA_ARCH__)
+#define BEVKD_HOST_NOINLINE __attribute__((noinline))
+#else
+/// @brief Keeps a host row pass out of line (no effect in device code).
+#define BEVKD_HOST_NOINLINE
+#endif
+
 #if defined(_MSC_VER)
 #define BEVKD_RESTRICT __restrict
 #else

@@ -11,6 +11,7 @@
 #include "../../core/math.hpp"
 #include "../../core/team.hpp"
 #include "../../core/view.hpp"
+#include "kl_rows.hpp"
 
 namespace bevkd {
 
@@ -136,6 +137,8 @@ struct attention_problem {
   divergence div = divergence::kl;           ///< Divergence.
   acc_type tau = 1;                          ///< Temperature.
   acc_type inv_tau = 1;                      ///< 1 / tau.
+  bool plain_kl = false;  ///< KL of two logit tensors, nothing pooled or masked inside a row, unit key stride: each
+                          ///< row is a plain softmax row, run by the response KL's kernel (see plain_kl_rows()).
 
   /// @brief Number of rows.
   BEVKD_HOST_DEVICE index_t row_count() const { return student.extent[0] * rows.heads * (rows.joint ? 1 : rows.sources); }
@@ -145,8 +148,17 @@ struct attention_problem {
   BEVKD_HOST_DEVICE index_t keys() const { return student.extent[3]; }
   /// @brief Attention rows are read key by key (no 16-byte vector path).
   bool vector_aligned() const { return false; }
-  /// @brief No host scratch.
-  index_t scratch_bytes() const { return 0; }
+  /// @brief Host scratch: plain KL rows keep two exponentials per key, like the response KL.
+  index_t scratch_bytes() const { return plain_kl ? 2 * columns() * static_cast<index_t>(sizeof(acc_type)) : 0; }
+
+  /// @brief True when every row can run as a plain softmax KL row (decided once per call on the host).
+  bool plain_kl_rows() const {
+    const auto unit_keys = [&](const auto& v) {
+      return v.stride[3] == 1 && (!rows.joint || v.stride[2] == v.extent[3]);  // joint: S x K contiguous
+    };
+    return div == divergence::kl && student_logits && teacher_logits && group == 1 && level_group == 1 &&
+           (!rows.joint || !rows.mask.data) && unit_keys(student) && unit_keys(teacher) && unit_keys(grad);
+  }
 
   /// @brief Writes zeros over row r's gradient.
   template <class Team>
@@ -162,6 +174,7 @@ struct attention_problem {
     using acc = acc_type;
     index_t n, h, s;
     rows.decode(r, n, h, s);
+    if (plain_kl) return softmax_kl_row(team, plain_row(n, h, s), inv_tau, tau, coeff, accumulate);
     const stats maxima = student_logits || teacher_logits ? row_maxima(team, n, h, s) : stats{};
     const stats sums = row_sums(team, n, h, s, maxima);
     const acc log_zs = student_logits ? math::log(sums[0]) : acc(0);
@@ -200,6 +213,10 @@ struct attention_problem {
   }
 
  private:
+  // Row (n, h, s) (joint: all of (n, h)) as one contiguous loss row.
+  BEVKD_HOST_DEVICE loss_row<T, true> plain_row(index_t n, index_t h, index_t s) const {
+    return loss_row<T, true>{{&student(n, h, s, 0), 1}, {&teacher(n, h, s, 0), 1}, {&grad(n, h, s, 0), 1}, columns()};
+  }
   // Source and student key of column c.
   BEVKD_HOST_DEVICE index_t source_of(index_t s, index_t c) const { return rows.joint ? c / keys() : s; }
   BEVKD_HOST_DEVICE index_t key_of(index_t c) const { return rows.joint ? c % keys() : c; }

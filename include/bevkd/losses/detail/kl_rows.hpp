@@ -14,6 +14,36 @@
 namespace bevkd {
 namespace detail {
 
+/// @brief Row maxima of t / tau and s / tau (the log-sum-exp shifts), NaN-propagating.
+template <class Team, class T, bool Unit, class Acc>
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 2> logit_maxima(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau) {
+  using pair = acc_array<Acc, 2>;
+  return team.reduce_values(max_op{}, pair{{-math::infinity<Acc>(), -math::infinity<Acc>()}}, row,
+                            [inv_tau](index_t, Acc s, Acc t) { return pair{{t * inv_tau, s * inv_tau}}; });
+}
+
+/// @brief {z_T, z_S, cross}: z = sum e^(x/tau - max), cross = sum e^(a') (a' - b'); Keep stores the exponentials.
+///
+/// A named function with value captures (not a lambda over references): GCC then proves the
+/// cache stores alias nothing the loop reads, and vectorises it.
+template <bool Keep, class Team, class T, bool Unit, class Acc>
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponential_sums(const Team& team, const loss_row<T, Unit>& row, Acc* cache,
+                                                     Acc inv_tau, Acc max_t, Acc max_s) {
+  using triple = acc_array<Acc, 3>;
+  const index_t n = row.n;
+  return team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
+                            [cache, n, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
+                              const Acc a = t * inv_tau - max_t, b = s * inv_tau - max_s;
+                              const Acc e_t = math::exp(a), e_s = math::exp(b);
+                              if constexpr (Keep) {
+                                cache[c] = e_t;
+                                cache[n + c] = e_s;
+                              }
+                              // A zero teacher probability contributes 0 (not 0 * inf).
+                              return triple{{e_t, e_s, math::select(e_t == Acc(0), Acc(0), e_t * (a - b))}};
+                            });
+}
+
 /// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over one row; writes coeff * tau * (q_S - q_T).
 ///
 /// Three passes over the row (maxima; exponential sums; gradient), two exponentials per
@@ -21,26 +51,12 @@ namespace detail {
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
                                      Acc coeff, bool accumulate) {
-  using pair = acc_array<Acc, 2>;
-  using triple = acc_array<Acc, 3>;
   const index_t n = row.n;
-  const pair maxima = team.reduce_values(max_op{}, pair{{-math::infinity<Acc>(), -math::infinity<Acc>()}}, row,
-                                         [&](index_t, Acc s, Acc t) { return pair{{t * inv_tau, s * inv_tau}}; });
+  const acc_array<Acc, 2> maxima = logit_maxima(team, row, inv_tau);
   const Acc max_t = maxima[0], max_s = maxima[1];
   Acc* cache = team.template scratch<Acc>(2 * n);
-  // z_T = sum e^(a - max_t), z_S = sum e^(b - max_s), cross = sum e^(a - max_t) (a' - b').
-  const auto exponential_sums = [&](auto keep) {
-    return team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row, [&](index_t c, Acc s, Acc t) {
-      const Acc a = t * inv_tau - max_t, b = s * inv_tau - max_s;
-      const Acc e_t = math::exp(a), e_s = math::exp(b);
-      if constexpr (decltype(keep)::value) {
-        cache[c] = e_t;
-        cache[n + c] = e_s;
-      }
-      return triple{{e_t, e_s, math::select(e_t == Acc(0), Acc(0), e_t * (a - b))}};  // zero teacher mass: 0
-    });
-  };
-  const triple sums = cache ? exponential_sums(std::true_type{}) : exponential_sums(std::false_type{});
+  const acc_array<Acc, 3> sums = cache ? exponential_sums<true>(team, row, cache, inv_tau, max_t, max_s)
+                                       : exponential_sums<false>(team, row, cache, inv_tau, max_t, max_s);
   const Acc inv_zt = Acc(1) / sums[0], inv_zs = Acc(1) / sums[1];
   const Acc scale = coeff * tau;
   // Captured by value: a gradient store through a reference capture could alias them, and
@@ -50,9 +66,10 @@ BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& 
     write_grad(grad_row[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
   };
   if (cache) {
-    team.for_columns(n, [&](index_t c) { write(c, cache[c], cache[n + c]); });
+    const Acc* kept = cache;
+    team.for_columns(n, [write, kept, n](index_t c) { write(c, kept[c], kept[n + c]); });
   } else {
-    team.for_values(row, [&](index_t c, Acc s, Acc t) {
+    team.for_values(row, [write, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
       write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
     });
   }
@@ -83,16 +100,17 @@ struct logistic {
 ///
 /// One pass: the gradient needs no row-wide normaliser.
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
-BEVKD_HOST_DEVICE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
                                      Acc coeff, bool accumulate) {
   const Acc scale = coeff * tau;
-  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [&](index_t c, Acc student, Acc teacher) {
+  const auto grad = row.grad;  // value captures: see softmax_kl_row
+  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [grad, inv_tau, scale, accumulate](index_t c, Acc student, Acc teacher) {
     const logistic<Acc> t(teacher * inv_tau);
     const logistic<Acc> s(student * inv_tau);
     // s_T log(s_T/s_S) + (1-s_T) log((1-s_T)/(1-s_S)); each side is 0 where its weight is 0.
     const Acc positive = math::select(t.prob == Acc(0), Acc(0), t.prob * (s.sp_neg - t.sp_neg));
     const Acc negative = math::select(t.prob == Acc(1), Acc(0), (Acc(1) - t.prob) * (s.sp - t.sp));
-    write_grad(row.grad[c], scale * (s.prob - t.prob), accumulate);
+    write_grad(grad[c], scale * (s.prob - t.prob), accumulate);
     return positive + negative;
   });
   return tau * tau * total;

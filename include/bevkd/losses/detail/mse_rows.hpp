@@ -14,12 +14,13 @@ namespace detail {
 
 /// @brief (1/n) sum_c (s_c - t_c)^2 over one row; writes coeff * (2/n) (s_c - t_c). One pass.
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
-BEVKD_HOST_DEVICE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Acc coeff, bool accumulate) {
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Acc coeff, bool accumulate) {
   const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
   const Acc scale = coeff * Acc(2) * inv_n;
-  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [&](index_t c, Acc s, Acc t) {
+  const auto grad = row.grad;  // value captures: a gradient store could alias reference captures
+  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [grad, scale, accumulate](index_t c, Acc s, Acc t) {
     const Acc d = s - t;
-    write_grad(row.grad[c], scale * d, accumulate);
+    write_grad(grad[c], scale * d, accumulate);
     return d * d;
   });
   return total * inv_n;
@@ -30,7 +31,7 @@ BEVKD_HOST_DEVICE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Ac
 /// With s_hat = s / n_s and g = (2/n)(s_hat - t_hat): dl/ds = (g - s_hat (s_hat . g)) / n_s
 /// when ||s|| > eps, and g / eps when the norm is clamped (the map is then linear).
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
-BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Unit>& row, Acc eps, Acc coeff,
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, const loss_row<T, Unit>& row, Acc eps, Acc coeff,
                                          bool accumulate) {
   using triple = acc_array<Acc, 3>;
   const triple dots = team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
@@ -44,10 +45,12 @@ BEVKD_HOST_DEVICE Acc normalized_mse_row(const Team& team, const loss_row<T, Uni
   // by reciprocals keeps one-element rows exactly +-1, so their gradient is exactly 0.
   const Acc projection = clamped ? Acc(0) : Acc(2) * inv_n * (Acc(1) - dots[2] / (div_s * div_t));
   const Acc scale = coeff / div_s;
-  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [&](index_t c, Acc s, Acc t) {
+  const auto grad = row.grad;
+  const Acc total = team.reduce_values(sum_op{}, Acc(0), row,
+                                       [grad, div_s, div_t, scale, inv_n, projection, accumulate](index_t c, Acc s, Acc t) {
     const Acc s_hat = s / div_s;
     const Acc d = s_hat - t / div_t;
-    write_grad(row.grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
+    write_grad(grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
     return d * d;
   });
   return total * inv_n;
