@@ -71,6 +71,16 @@ row_layout channel_rows(index_t channels) {
   return {batch * channels, pillars, channels, pillars * channels, 1, channels};
 }
 
+// BEVFormer-base temporal self-attention: N = 40000 queries, H = 8 heads, S = 2 timestamps,
+// K = 4 levels x 8 points, per_source rows of K contiguous keys. N*H*S*K = 2 * 40000 * 256,
+// so it shares the C = 256 inputs and copy baseline.
+constexpr index_t attn_queries = 40000, attn_heads = 8, attn_sources = 2, attn_keys = 32;
+constexpr index_t attn_channels = attn_heads * attn_sources * attn_keys / batch;
+static_assert(attn_queries == pillars && attn_channels == 256, "attention sizes share the C = 256 inputs");
+row_layout attention_rows() {
+  return {attn_queries * attn_heads * attn_sources, attn_keys, 1, attn_keys, 0, 1};
+}
+
 // Full-size float temporaries of the naive reference, allocated once (PyTorch's caching
 // allocator reuses its blocks too), plus per-row temporaries.
 struct naive_buffers {
@@ -232,13 +242,14 @@ double naive_normalized_mse(const float* s, const float* t, float* grad, const r
 // ---------------------------------------------------------------------------------------
 // Cases: one enum drives the fused call, the naive reference and the names.
 
-enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2 };
+enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl };
 
 const char* case_name(loss_case c) {
   switch (c) {
     case loss_case::kl_softmax: return "kl_softmax";
     case loss_case::kl_sigmoid: return "kl_sigmoid";
     case loss_case::kl_spatial: return "kl_spatial";
+    case loss_case::attention_kl: return "attention_kl";
     case loss_case::mse: return "mse";
     default: return "mse_l2";
   }
@@ -253,6 +264,13 @@ double fused_call(loss_case c, bevkd::host_exec& exec, const host_inputs<T>& in,
   const auto t = bevkd::bev_nhwc<const T>(in.teacher.data(), batch, 1, pillars, C);
   const auto g = bevkd::bev_nhwc<T>(grad, batch, 1, pillars, C);
   switch (c) {
+    case loss_case::attention_kl: {  // [N, H, S, K] per_source KL over the C = 256 buffers
+      const auto view = [](auto* p) {
+        using U = std::remove_pointer_t<decltype(p)>;
+        return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, attn_sources, attn_keys});
+      };
+      return bevkd::attention_distill()(exec, view(in.student.data()), view(in.teacher.data()), view(grad)).loss;
+    }
     case loss_case::kl_softmax:
     case loss_case::kl_sigmoid:
     case loss_case::kl_spatial: {
@@ -298,6 +316,7 @@ double naive_call(loss_case c, const host_inputs<T>& in, T* grad, naive_buffers&
     case loss_case::kl_softmax: loss = naive_softmax_kl(s, t, g, pillar_rows(C), B, threads); break;
     case loss_case::kl_sigmoid: loss = naive_sigmoid_kl(s, t, g, pillar_rows(C), B, threads); break;
     case loss_case::kl_spatial: loss = naive_softmax_kl(s, t, g, channel_rows(C), B, threads); break;
+    case loss_case::attention_kl: loss = naive_softmax_kl(s, t, g, attention_rows(), B, threads); break;
     case loss_case::mse: loss = naive_mse(s, t, g, pillar_rows(C), B, threads); break;
     default: loss = naive_normalized_mse(s, t, g, pillar_rows(C), B, threads, static_cast<float>(l2_eps)); break;
   }
@@ -329,7 +348,7 @@ void bm_naive(benchmark::State& state, loss_case c) {
   const int threads = static_cast<int>(state.range(1));
   std::vector<T> grad(static_cast<std::size_t>(in.size()));
   naive_buffers buffers;
-  buffers.reserve(in.size(), batch * std::max(pillars, in.channels));
+  buffers.reserve(in.size(), std::max(batch * std::max(pillars, in.channels), attention_rows().rows));
   {  // Untimed check: the reference computes what the fused call computes.
     bevkd::host_exec exec(threads);
     const double fused = fused_call(c, exec, in, grad.data());
@@ -383,6 +402,14 @@ void register_dtype() {
     with_sizes(benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c));
     with_sizes(benchmark::RegisterBenchmark(bench_name<T>((std::string("naive_") + case_name(c)).c_str()).c_str(),
                                             bm_naive<T>, c));
+  }
+  // BEVFormer-base temporal self-attention (N = 40000, H = 8, S = 2, K = 32): only C = 256 matches its size.
+  for (auto* b : {benchmark::RegisterBenchmark(bench_name<T>("attention_kl").c_str(), bm_fused<T>, loss_case::attention_kl),
+                  benchmark::RegisterBenchmark(bench_name<T>("naive_attention_kl").c_str(), bm_naive<T>,
+                                               loss_case::attention_kl)}) {
+    b->ArgNames({"C", "threads"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    b->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
+    for (int threads : {1, 2}) b->Args({attn_channels, threads});
   }
 }
 

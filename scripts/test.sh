@@ -67,6 +67,14 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 phase "ctest (sanitize, cpu)" ctest --test-dir build-sanitize --output-on-failure -j "${jobs}" -L cpu -LE packaging
 
+# 3. The safetensors reader fed by libFuzzer under ASan+UBSan for a bounded time: an untrusted
+# checkpoint must give an error, never a crash (scripts/setup.sh installs clang and its runtime).
+if command -v clang++ >/dev/null 2>&1; then
+  phase "fuzz safetensors" bash scripts/fuzz.sh "${BEVKD_FUZZ_SECONDS:-60}"
+else
+  echo "test.sh: no clang++: the safetensors fuzzer is not run"
+fi
+
 echo
 echo "=== test.sh: all phases passed"
 printf '%s\n' "${phases[@]}"
