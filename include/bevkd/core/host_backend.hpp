@@ -22,6 +22,9 @@ namespace detail {
 /// @brief Rows per deterministic partial sum: fixed, so results do not depend on the thread count.
 constexpr index_t host_rows_per_chunk = 256;
 
+/// @brief Fewest row chunks for which a call opens an OpenMP parallel region.
+constexpr index_t parallel_chunks = 8;
+
 }  // namespace detail
 
 /// @brief Executes bevkd calls on the CPU; owns the reusable scratch, so keep one per training loop.
@@ -80,7 +83,7 @@ class host_exec {
     const int nthreads = threads();
     (void)nthreads;
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(nthreads)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (count >= detail::parallel_chunks * detail::host_rows_per_chunk)
 #endif
     for (index_t i = 0; i < count; ++i) f(i);
   }
@@ -97,8 +100,10 @@ class host_exec {
     double* scratch = scratch_.data();
     const index_t scratch_doubles = scratch_bytes / static_cast<index_t>(sizeof(double));
     const int lanes = lanes_, chunk = chunk_;
+    // Small calls stay on the calling thread: starting a parallel region costs more than a few
+    // chunks of work (the partition into chunks, and so the result, is the same either way).
 #if defined(_OPENMP)
-#pragma omp parallel num_threads(nthreads)
+#pragma omp parallel num_threads(nthreads) if (chunks >= detail::parallel_chunks)
 #endif
     {
 #if defined(_OPENMP)
