@@ -71,10 +71,7 @@ TEST_CASE("feature_mse gradient equals central finite differences, including thr
       cs.opts.loss_weight = 1.5;
       cs.randomize(rng);
       cs.random_weights(rng);
-      std::vector<double> grad(cs.student.size()), rows;
-      bevkd::host_exec exec;
-      cs.run(exec, grad, rows);
-      CHECK(relative_error(logical_grad(cs, grad), finite_difference_grad(cs)) < 1e-6);
+      check_gradient_by_finite_differences(cs);
     }
 }
 

@@ -277,4 +277,12 @@ inline std::vector<double> finite_difference_grad(loss_case<double> cs, double h
   return out;
 }
 
+/// @brief Runs a double case and checks its gradient against central finite differences of its loss.
+inline void check_gradient_by_finite_differences(const loss_case<double>& cs, double tol = 1e-6) {
+  std::vector<double> grad(cs.student.size()), rows;
+  bevkd::host_exec exec;
+  cs.run(exec, grad, rows);
+  CHECK(relative_error(logical_grad(cs, grad), finite_difference_grad(cs)) < tol);
+}
+
 }  // namespace bevkd_test

@@ -83,20 +83,15 @@ struct thread_team : column_ops<thread_team> {
   }
 };
 
-/// @brief A warp of 32 lanes per row; reductions with cub::WarpReduce, the result broadcast from lane 0.
-struct warp_team : column_ops<warp_team> {
-  /// @brief Rows processed side by side in one block.
-  static constexpr int teams_per_block = cuda_block_threads / warp_lanes;
-  /// @brief Rows per block: four per warp.
-  static constexpr index_t rows_per_block = 4 * teams_per_block;
-  int lane_;   ///< Lane within the warp.
+/// @brief Lane index, chunk width and the accessors shared by the warp and block teams.
+template <class Team>
+struct lane_team : column_ops<Team> {
+  int lane_;   ///< Lane within the team.
   int chunk_;  ///< Columns per lane chunk: 1, or one 16-byte vector for aligned unit-stride rows.
-  /// @brief Built from the thread's index in the block and the launch's chunk width.
-  BEVKD_DEVICE warp_team(int thread, int chunk) : lane_(thread % warp_lanes), chunk_(chunk) {}
+  /// @brief Built from the lane and the launch's chunk width.
+  BEVKD_DEVICE lane_team(int lane, int chunk) : lane_(lane), chunk_(chunk) {}
   /// @brief This thread's lane.
   BEVKD_DEVICE int lane() const { return lane_; }
-  /// @brief 32 lanes.
-  BEVKD_DEVICE int size() const { return warp_lanes; }
   /// @brief Columns per lane chunk.
   BEVKD_DEVICE int chunk() const { return chunk_; }
   /// @brief Lane 0 performs single writes.
@@ -111,46 +106,40 @@ struct warp_team : column_ops<warp_team> {
   BEVKD_DEVICE void for_each_lane(F&& f) const {
     f(lane_);
   }
+};
+
+/// @brief A warp of 32 lanes per row; reductions with cub::WarpReduce, the result broadcast from lane 0.
+struct warp_team : lane_team<warp_team> {
+  /// @brief Rows processed side by side in one block.
+  static constexpr int teams_per_block = cuda_block_threads / warp_lanes;
+  /// @brief Rows per block: four per warp.
+  static constexpr index_t rows_per_block = 4 * teams_per_block;
+  /// @brief Built from the thread's index in the block and the launch's chunk width.
+  BEVKD_DEVICE warp_team(int thread, int chunk) : lane_team<warp_team>(thread % warp_lanes, chunk) {}
+  /// @brief 32 lanes.
+  BEVKD_DEVICE int size() const { return warp_lanes; }
   /// @brief Warp-wide reduction of f(lane); every lane returns the result.
   template <class Op, class F>
   BEVKD_DEVICE auto reduce(Op op, F&& f) const -> decltype(f(0)) {
     using value_type = decltype(f(0));
     using warp_reduce = cub::WarpReduce<value_type>;
     __shared__ typename warp_reduce::TempStorage storage[teams_per_block];
-    const value_type partial = f(lane_);
+    const value_type partial = f(this->lane_);
     const value_type total = warp_reduce(storage[threadIdx.x / warp_lanes]).Reduce(partial, op);
     return cub::ShuffleIndex<warp_lanes>(total, 0, 0xffffffffu);
   }
 };
 
 /// @brief A whole block per row (long rows: the spatial KL over P pillars); reductions with cub::BlockReduce.
-struct block_team : column_ops<block_team> {
+struct block_team : lane_team<block_team> {
   /// @brief One row at a time per block.
   static constexpr int teams_per_block = 1;
   /// @brief Rows per block.
   static constexpr index_t rows_per_block = 1;
-  int lane_;   ///< Thread index in the block.
-  int chunk_;  ///< Columns per lane chunk.
   /// @brief Built from the thread's index in the block and the launch's chunk width.
-  BEVKD_DEVICE block_team(int thread, int chunk) : lane_(thread), chunk_(chunk) {}
-  /// @brief This thread's lane.
-  BEVKD_DEVICE int lane() const { return lane_; }
+  BEVKD_DEVICE block_team(int thread, int chunk) : lane_team<block_team>(thread, chunk) {}
   /// @brief 256 lanes.
   BEVKD_DEVICE int size() const { return cuda_block_threads; }
-  /// @brief Columns per lane chunk.
-  BEVKD_DEVICE int chunk() const { return chunk_; }
-  /// @brief Thread 0 performs single writes.
-  BEVKD_DEVICE bool leader() const { return lane_ == 0; }
-  /// @brief No scratch on the device: kernels recompute.
-  template <class Acc>
-  BEVKD_DEVICE Acc* scratch(index_t) const {
-    return nullptr;
-  }
-  /// @brief f(this thread).
-  template <class F>
-  BEVKD_DEVICE void for_each_lane(F&& f) const {
-    f(lane_);
-  }
   /// @brief Block-wide reduction of f(lane); every thread returns the result.
   template <class Op, class F>
   BEVKD_DEVICE auto reduce(Op op, F&& f) const -> decltype(f(0)) {
@@ -158,8 +147,8 @@ struct block_team : column_ops<block_team> {
     using block_reduce = cub::BlockReduce<value_type, cuda_block_threads>;
     __shared__ typename block_reduce::TempStorage storage;
     __shared__ value_type result;
-    const value_type total = block_reduce(storage).Reduce(f(lane_), op);
-    if (lane_ == 0) result = total;
+    const value_type total = block_reduce(storage).Reduce(f(this->lane_), op);
+    if (this->lane_ == 0) result = total;
     __syncthreads();
     const value_type out = result;
     __syncthreads();  // storage and result are reused by the next reduction
