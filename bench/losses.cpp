@@ -386,10 +386,16 @@ void bm_copy(benchmark::State& state) {
 }
 
 template <class B>
-void with_sizes(B* b) {
+B* with_timing(B* b) {
   // The minimum over repetitions is the figure least disturbed by other work on a shared machine.
   b->ArgNames({"C", "threads"})->UseRealTime()->Unit(benchmark::kMillisecond);
   b->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
+  return b;
+}
+
+template <class B>
+void with_sizes(B* b) {
+  with_timing(b);
   for (index_t C : channel_counts)
     for (int threads : {1, 2}) b->Args({C, threads});
 }
@@ -407,8 +413,7 @@ void register_dtype() {
   for (auto* b : {benchmark::RegisterBenchmark(bench_name<T>("attention_kl").c_str(), bm_fused<T>, loss_case::attention_kl),
                   benchmark::RegisterBenchmark(bench_name<T>("naive_attention_kl").c_str(), bm_naive<T>,
                                                loss_case::attention_kl)}) {
-    b->ArgNames({"C", "threads"})->UseRealTime()->Unit(benchmark::kMillisecond);
-    b->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
+    with_timing(b);
     for (int threads : {1, 2}) b->Args({attn_channels, threads});
   }
 }
