@@ -32,7 +32,7 @@ TEST_CASE("safetensors: write/read round trip in every dtype, with metadata") {
     const bevkd::tensor_ref& r = file.tensors().at(entry.first);
     CHECK(r.type == entry.second.type);
     CHECK(r.shape == entry.second.shape);
-    CHECK(std::memcmp(r.data, entry.second.bytes.data(), r.bytes()) == 0);
+    CHECK((r.bytes() == 0 || std::memcmp(r.data, entry.second.bytes.data(), r.bytes()) == 0));
   }
 
   // Layout as the reference writer: header padded with spaces to 8 bytes, data in name order.
