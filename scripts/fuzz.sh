@@ -22,4 +22,13 @@ mkdir -p "${corpus}"
 BEVKD_FUZZ_CORPUS="${corpus}" "${build}/tests/test_inherit" --test-case="*written for the fuzzer*" >/dev/null
 
 cd "${build}"
-"${build}/tests/fuzz_safetensors" -max_total_time="${seconds}" -max_len=4096 -print_final_stats=1 "${corpus}"
+# libFuzzer reports every corpus change; keep that in a log and show the summary (or, on a crash, the end).
+log="${build}/fuzz.log"
+if "${build}/tests/fuzz_safetensors" -max_total_time="${seconds}" -max_len=4096 -print_final_stats=1 "${corpus}" \
+    >"${log}" 2>&1; then
+  grep -E "^(Done|stat::)" "${log}"
+else
+  tail -n 60 "${log}"
+  echo "fuzz.sh: the fuzzer failed; full log: ${log}" >&2
+  exit 1
+fi
