@@ -3,12 +3,13 @@
 //
 // The models, the synthetic world and the training loop are in examples/trainer/; this file parses the
 // command line and prints the results. Usage:
-//   distill_trainer [--quick] [--steps N] [--seed S] [--out DIR] [--rules FILE]
+//   distill_trainer [--quick] [--steps N] [--seed S] [--out DIR] [--rules FILE] [--device cpu|cuda]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "trainer/experiment.hpp"
@@ -24,18 +25,26 @@ namespace {
 
 void usage(const char* argv0) {
   std::fprintf(stderr,
-               "usage: %s [--quick] [--steps N] [--seed S] [--out DIR] [--rules FILE]\n"
+               "usage: %s [--quick] [--steps N] [--seed S] [--out DIR] [--rules FILE] [--device cpu|cuda]\n"
                "  --quick      a shortened configuration (a few seconds; used by the tests)\n"
                "  --steps N    training steps of the teacher and of each student run\n"
                "  --seed S     seed of the world, the initialisations and the batches\n"
                "  --out DIR    where the safetensors files go (default: %s)\n"
-               "  --rules FILE the weight-inheritance rules (default: %s)\n",
+               "  --rules FILE the weight-inheritance rules (default: %s)\n"
+               "  --device D   where the bevkd calls run: cpu (default) or cuda (the models stay on the CPU)\n",
                argv0, BEVKD_TRAINER_OUT, BEVKD_TRAINER_RULES);
 }
 
-/// @brief Parses the command line into a configuration; exits with status 1 on a usage error.
-trainer::experiment_config parse_args(int argc, char** argv) {
+/// @brief What the command line asks for: the experiment, and where its bevkd calls run.
+struct options {
   trainer::experiment_config cfg;
+  trainer::device device = trainer::device::cpu;
+};
+
+/// @brief Parses the command line; exits with status 1 on a usage error.
+options parse_args(int argc, char** argv) {
+  options opts;
+  trainer::experiment_config& cfg = opts.cfg;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--quick")) cfg = trainer::experiment_config::quick();
   cfg.rules_path = BEVKD_TRAINER_RULES;
@@ -54,12 +63,16 @@ trainer::experiment_config parse_args(int argc, char** argv) {
       cfg.out_dir = argv[++i];
     } else if (arg == "--rules" && has_value) {
       cfg.rules_path = argv[++i];
+    } else if (arg == "--device" && has_value) {
+      const std::string name = argv[++i];
+      if (name != "cpu" && name != "cuda") usage(argv[0]), std::exit(1);
+      opts.device = name == "cuda" ? trainer::device::cuda : trainer::device::cpu;
     } else {
       usage(argv[0]);
       std::exit(arg == "--help" || arg == "-h" ? 0 : 1);
     }
   }
-  return cfg;
+  return opts;
 }
 
 std::string describe(const trainer::model_config& m) {
@@ -93,16 +106,28 @@ std::string loss_trend(const trainer::row_result& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  trainer::experiment_config cfg = parse_args(argc, argv);
+  const options opts = parse_args(argc, argv);
+  const trainer::experiment_config& cfg = opts.cfg;
+  // The backend comes first, so that an unavailable device fails before anything is printed or trained.
+  std::unique_ptr<trainer::loss_backend> backend;
+  try {
+    backend = trainer::make_loss_backend(opts.device);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "distill_trainer: --device %s: %s\n", opts.device == trainer::device::cuda ? "cuda" : "cpu",
+                 e.what());
+    return 2;
+  }
   try {
     std::filesystem::create_directories(cfg.out_dir);
     std::printf("bevkd distillation trainer: %d training scenes, %d held-out scenes, seed %u\n", cfg.train_scenes,
                 cfg.test_scenes, cfg.seed);
     std::printf("  teacher: %s, %d steps\n", describe(cfg.teacher).c_str(), cfg.teacher_training.steps);
     std::printf("  student: %s, %d steps per row\n", describe(cfg.student).c_str(), cfg.student_training.steps);
+    // Only a non-default backend is named, so the CPU run's output stays what it always was.
+    if (opts.device != trainer::device::cpu) std::printf("  bevkd calls: %s\n", backend->description().c_str());
     std::fflush(stdout);
     const trainer::experiment_result result =
-        trainer::run_experiment(cfg, [](const std::string& what, int step, int steps, double loss) {
+        trainer::run_experiment(cfg, *backend, [](const std::string& what, int step, int steps, double loss) {
           std::fprintf(stderr, "\r[%s] step %d/%d loss %.4f   ", what.c_str(), step, steps, loss);
           if (step == steps) std::fprintf(stderr, "\n");
         });

@@ -90,8 +90,10 @@ struct experiment_result {
 /// @brief Reports progress: (what is training, e.g. "row 3/6", step, steps, loss).
 using experiment_progress = std::function<void(const std::string&, int, int, double)>;
 
-/// @brief Trains the teacher, inherits its weights into the student template, and runs every ablation row.
-inline experiment_result run_experiment(const experiment_config& cfg, const experiment_progress& progress = {}) {
+/// @brief Trains the teacher, inherits its weights into the student template, and runs every ablation row; every
+/// bevkd call (resampling the teacher's targets, the distillation losses) goes through `backend`.
+inline experiment_result run_experiment(const experiment_config& cfg, loss_backend& backend,
+                                        const experiment_progress& progress = {}) {
   const dataset train_set = make_dataset(cfg.train_scenes, cfg.teacher.camera, cfg.student.camera, cfg.seed);
   const dataset test_set = make_dataset(cfg.test_scenes, cfg.teacher.camera, cfg.student.camera, cfg.seed + 1);
   const auto reporter = [&](const std::string& what) -> progress_fn {
@@ -107,8 +109,7 @@ inline experiment_result run_experiment(const experiment_config& cfg, const expe
                                teacher_cfg, nullptr, reporter("teacher"));
   out.teacher = evaluate(teacher, test_set.scenes, test_set.teacher_images);
 
-  bevkd::host_exec exec = small_tensor_exec();
-  const teacher_targets targets = compute_targets(teacher, train_set.teacher_images, cfg.student.grid, exec);
+  const teacher_targets targets = compute_targets(teacher, train_set.teacher_images, cfg.student.grid, backend);
   const model_weights student_init = init_model(cfg.student, cfg.seed + 30);
   const model_weights inherited = inherit_weights(teacher.w, student_init, cfg.rules_path, cfg.out_dir, out.remap_summary);
 
@@ -116,7 +117,8 @@ inline experiment_result run_experiment(const experiment_config& cfg, const expe
   const std::vector<ablation_row> rows = ablation_rows(cfg.distill);
   for (std::size_t i = 0; i < rows.size(); ++i) {
     bev_model student(rows[i].inherit ? inherited : student_init);
-    distillation distill{&targets, rows[i].weights, make_adapter(cfg.teacher.channels, cfg.student.channels, cfg.seed + 40)};
+    distillation distill{&targets, rows[i].weights, make_adapter(cfg.teacher.channels, cfg.student.channels, cfg.seed + 40),
+                         &backend};
     train_config student_cfg = cfg.student_training;
     student_cfg.seed = cfg.seed + 50;  // every row sees the same batches
     const std::string what = "row " + std::to_string(i + 1) + "/" + std::to_string(rows.size());

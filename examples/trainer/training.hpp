@@ -9,9 +9,11 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "loss_backend.hpp"
 #include "model.hpp"
 #include "world.hpp"
 
@@ -32,7 +34,7 @@ struct teacher_targets {
 
 /// @brief Runs the teacher over the scenes (its own sharp images) and resamples its outputs onto the student grid.
 inline teacher_targets compute_targets(const bev_model& teacher, const std::vector<scene_images>& images, int student_grid,
-                                       bevkd::host_exec& exec) {
+                                       loss_backend& backend) {
   const model_config& tc = teacher.cfg();
   const bevkd::index_t G = tc.grid, g = student_grid, Ps = g * g;
   teacher_targets t;
@@ -42,8 +44,8 @@ inline teacher_targets compute_targets(const bev_model& teacher, const std::vect
   const auto to_student_grid = [&](const std::vector<float>& map, bevkd::index_t width, std::vector<float>& out) {
     const std::size_t offset = out.size();
     out.resize(offset + static_cast<std::size_t>(Ps * width));
-    area.forward(exec, bevkd::grid_nhwc<const float>(map.data(), 1, G, G, width),
-                 bevkd::grid_nhwc(out.data() + offset, 1, g, g, width));
+    backend.resample(area, bevkd::grid_nhwc<const float>(map.data(), 1, G, G, width),
+                     bevkd::grid_nhwc(out.data() + offset, 1, g, g, width));
   };
   forward_state st;
   for (const scene_images& img : images) {
@@ -102,13 +104,6 @@ inline training_set make_training_set(const std::vector<scene>& scenes, const st
   return t;
 }
 
-/// @brief The backend for this trainer's loss calls: the host backend on one thread.
-///
-/// A batch here is 512 rows (two of bevkd's 256-row chunks), so an OpenMP region costs more than it saves; on a
-/// shared two-core machine each fork/join waited milliseconds for the second core. Results do not depend on the
-/// thread count (bevkd sums chunks in a fixed order), so this changes speed only.
-inline bevkd::host_exec small_tensor_exec() { return bevkd::host_exec(1); }
-
 namespace detail {
 
 /// @brief Weighted cross-entropy over a batch's pillars, written out: returns the loss, writes d loss / d logits.
@@ -148,7 +143,8 @@ inline void gather(const std::vector<float>& from, std::size_t width, const std:
 
 }  // namespace detail
 
-/// @brief The distillation side of a student run: the teacher's targets, the loss weights, and the feature adapter.
+/// @brief The distillation side of a student run: the teacher's targets, the loss weights, the feature adapter, and
+/// the backend the bevkd losses run on.
 ///
 /// The student's BEV features have fewer channels than the teacher's, so a learned linear adapter [D_T, D_S]
 /// (trained with the student, dropped after training) lifts them to the teacher's width before the feature MSE;
@@ -156,7 +152,8 @@ inline void gather(const std::vector<float>& from, std::size_t width, const std:
 struct distillation {
   const teacher_targets* targets = nullptr;
   distill_weights weights;
-  tensor adapter;  ///< [D_T, D_S]
+  tensor adapter;                   ///< [D_T, D_S]
+  loss_backend* backend = nullptr;  ///< Runs every bevkd loss (host or CUDA); shared by the experiment's runs.
 };
 
 /// @brief Trains a model with Adam on its labels, plus the distillation losses when `distill` is given.
@@ -168,7 +165,7 @@ inline train_result train(bev_model& model, const training_set& data, const trai
   const bevkd::index_t N = B * P;
   std::mt19937 rng(cfg.seed);
   std::uniform_int_distribution<int> pick(0, static_cast<int>(data.labels.size()) - 1);
-  bevkd::host_exec exec = small_tensor_exec();  // one per loop: it owns the losses' reusable scratch
+  if (distill && !distill->backend) throw std::invalid_argument("train: distillation.backend is null");
 
   const bevkd::response_kl kl({bevkd::kl_mode::softmax, cfg.kl_temperature, bevkd::reduction::mean,
                                distill ? distill->weights.response_kl : 0.0, 1.0, /*accumulate=*/true});
@@ -212,9 +209,10 @@ inline train_result train(bev_model& model, const training_set& data, const trai
     if (distill && distill->weights.response_kl > 0) {
       // Student logits [B, 8x8, NC] against the teacher's, resampled to 8x8; accumulates into the label gradient.
       detail::gather(distill->targets->logits, static_cast<std::size_t>(P * num_classes), picks, t_logits);
-      const auto r = kl(exec, bevkd::bev_nhwc<const float>(logits.data(), B, c.grid, c.grid, num_classes),
-                        bevkd::bev_nhwc<const float>(t_logits.data(), B, c.grid, c.grid, num_classes),
-                        bevkd::bev_nhwc(d_logits.data(), B, c.grid, c.grid, num_classes));
+      const auto r = distill->backend->response_kl(
+          kl, bevkd::bev_nhwc<const float>(logits.data(), B, c.grid, c.grid, num_classes),
+          bevkd::bev_nhwc<const float>(t_logits.data(), B, c.grid, c.grid, num_classes),
+          bevkd::bev_nhwc(d_logits.data(), B, c.grid, c.grid, num_classes));
       window.response_kl += r.loss / distill->weights.response_kl;
     }
     if (distill && distill->weights.feature_mse > 0) {
@@ -227,9 +225,10 @@ inline train_result train(bev_model& model, const training_set& data, const trai
       for (bevkd::index_t r = 0; r < N; ++r)
         for (int o = 0; o < DT; ++o)
           for (int d = 0; d < D; ++d) lifted[r * DT + o] += Wa[o * D + d] * bev[r * D + d];
-      const auto m = mse(exec, bevkd::bev_nhwc<const float>(lifted.data(), B, c.grid, c.grid, DT),
-                         bevkd::bev_nhwc<const float>(t_features.data(), B, c.grid, c.grid, DT),
-                         bevkd::bev_nhwc(d_lifted.data(), B, c.grid, c.grid, DT));
+      const auto m = distill->backend->feature_mse(
+          mse, bevkd::bev_nhwc<const float>(lifted.data(), B, c.grid, c.grid, DT),
+          bevkd::bev_nhwc<const float>(t_features.data(), B, c.grid, c.grid, DT),
+          bevkd::bev_nhwc(d_lifted.data(), B, c.grid, c.grid, DT));
       for (bevkd::index_t r = 0; r < N; ++r)
         for (int o = 0; o < DT; ++o)
           for (int d = 0; d < D; ++d) {
@@ -246,11 +245,11 @@ inline train_result train(bev_model& model, const training_set& data, const trai
       detail::gather(distill->targets->attention, static_cast<std::size_t>(P * HT * num_sources * K), picks, t_attention);
       mask.clear();
       for (int b = 0; b < B; ++b) mask.insert(mask.end(), model.geo.hit_mask.begin(), model.geo.hit_mask.end());
-      bevkd::attention_io<float> io;
-      io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(mask.data(), {N, num_sources});
-      const auto r = att(exec, bevkd::contiguous_view<const float, 4>(att_logits.data(), {N, c.heads, num_sources, K}),
-                         bevkd::contiguous_view<const float, 4>(t_attention.data(), {N, HT, num_sources, K}),
-                         bevkd::contiguous_view<float, 4>(d_att_logits.data(), {N, c.heads, num_sources, K}), io);
+      const auto r = distill->backend->attention_distill(
+          att, bevkd::contiguous_view<const float, 4>(att_logits.data(), {N, c.heads, num_sources, K}),
+          bevkd::contiguous_view<const float, 4>(t_attention.data(), {N, HT, num_sources, K}),
+          bevkd::contiguous_view<float, 4>(d_att_logits.data(), {N, c.heads, num_sources, K}),
+          bevkd::contiguous_view<const std::uint8_t, 2>(mask.data(), {N, num_sources}));
       window.attention += r.loss / distill->weights.attention;
     }
     result.gradients_finite = result.gradients_finite && detail::all_finite(d_logits) && detail::all_finite(d_bev) &&

@@ -2,9 +2,16 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -76,7 +83,8 @@ TEST_CASE("the example model's plain backward matches central differences") {
 
 TEST_CASE("a shortened experiment: distillation losses fall, gradients stay finite, runs repeat exactly") {
   const trainer::experiment_config cfg = quick_config();
-  const trainer::experiment_result first = trainer::run_experiment(cfg);
+  trainer::host_loss_backend backend;
+  const trainer::experiment_result first = trainer::run_experiment(cfg, backend);
 
   CHECK(first.remap_summary.find("0 kept, 0 errors") != std::string::npos);
   CHECK(first.teacher_training.gradients_finite);
@@ -101,7 +109,7 @@ TEST_CASE("a shortened experiment: distillation losses fall, gradients stay fini
     CHECK(total(end) < total(start));
   }
 
-  const trainer::experiment_result second = trainer::run_experiment(cfg);
+  const trainer::experiment_result second = trainer::run_experiment(cfg, backend);
   for (int c = 0; c < trainer::num_classes - 1; ++c) CHECK(second.teacher.f1[c] == first.teacher.f1[c]);
   for (std::size_t i = 0; i < first.rows.size(); ++i) {
     CAPTURE(first.rows[i].row.name);
@@ -130,3 +138,142 @@ TEST_CASE("the shipped rules inherit every student tensor from the teacher, with
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].second->shape == b[i].second->shape);
   CHECK(inherited.bev_queries.value != student.bev_queries.value);
 }
+
+namespace {
+
+/// @brief Runs `call(backend, out)` on two backends from the same starting `out`; checks that the loss values and
+/// the outputs agree (float rounding: the CUDA backend sums in a different order).
+template <class Call>
+void check_backends_agree(trainer::loss_backend& host, trainer::loss_backend& device, const std::vector<float>& start,
+                          const Call& call) {
+  std::vector<float> on_host = start, on_device = start;
+  const bevkd::loss_result a = call(host, on_host), b = call(device, on_device);
+  CHECK(b.loss == doctest::Approx(a.loss).epsilon(1e-5));
+  CHECK(b.sum == doctest::Approx(a.sum).epsilon(1e-5));
+  CHECK(b.weight_sum == doctest::Approx(a.weight_sum).epsilon(1e-12));
+  double worst = 0;
+  for (std::size_t i = 0; i < start.size(); ++i)
+    worst = std::max(worst, std::abs(static_cast<double>(on_device[i]) - on_host[i]) / (1e-6 + std::abs(on_host[i])));
+  CHECK(worst < 1e-3);
+}
+
+/// @brief Runs the trainer binary; returns its exit status (-1 when it did not exit), its stdout and stderr in `output`.
+int run_trainer(const std::string& arguments, std::string& output) {
+  output.clear();
+  const std::string command = std::string(BEVKD_TRAINER_EXE) + " " + arguments + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char chunk[512];
+  for (std::size_t n; (n = std::fread(chunk, 1, sizeof chunk, pipe)) > 0;) output.append(chunk, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+// Where the CUDA backend cannot run (this build has no CUDA, or the machine no device) the factory must say why;
+// where it can, every call the trainer makes gives the host's results on the trainer's own shapes.
+TEST_CASE("the CUDA loss backend agrees with the host one, or says why it cannot run") {
+  std::unique_ptr<trainer::loss_backend> device;
+#ifdef BEVKD_TRAINER_HAS_CUDA
+  try {
+    device = trainer::make_loss_backend(trainer::device::cuda);
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()).find("no usable CUDA device") != std::string::npos);
+    MESSAGE("no CUDA device, host/device comparison skipped: " << std::string(e.what()));
+    return;
+  }
+#else
+  CHECK_THROWS_WITH_AS(trainer::make_loss_backend(trainer::device::cuda), doctest::Contains("built without CUDA"),
+                       std::runtime_error);
+  return;
+#endif
+  trainer::host_loss_backend host;
+  CHECK(device->description().find("bevkd::cuda_exec") != std::string::npos);
+  const trainer::experiment_config cfg = quick_config();
+  const int B = cfg.student_training.batch, g = cfg.student.grid, P = g * g, D = cfg.teacher.channels;
+  const int HS = cfg.student.heads, HT = cfg.teacher.heads, S = trainer::num_sources, K = cfg.student.points;
+  const bevkd::index_t N = B * P;
+  std::mt19937 rng(11);
+  const auto random = [&](std::size_t n) { return random_vector(n, rng); };
+
+  SUBCASE("response KL, accumulating into a gradient that holds the label loss's") {
+    const std::vector<float> s = random(N * trainer::num_classes), t = random(s.size()), start = random(s.size());
+    const bevkd::response_kl kl({bevkd::kl_mode::softmax, 2.0, bevkd::reduction::mean, 1.0, 1.0, true});
+    check_backends_agree(host, *device, start, [&](trainer::loss_backend& b, std::vector<float>& grad) {
+      return b.response_kl(kl, bevkd::bev_nhwc<const float>(s.data(), B, g, g, trainer::num_classes),
+                           bevkd::bev_nhwc<const float>(t.data(), B, g, g, trainer::num_classes),
+                           bevkd::bev_nhwc(grad.data(), B, g, g, trainer::num_classes));
+    });
+  }
+  SUBCASE("feature MSE, per-pillar L2") {
+    const std::vector<float> s = random(N * D), t = random(s.size());
+    const bevkd::feature_mse mse({bevkd::mse_normalize::per_pillar_l2, 1e-12, bevkd::reduction::mean, 4.0});
+    const std::vector<float> start(s.size());
+    check_backends_agree(host, *device, start, [&](trainer::loss_backend& b, std::vector<float>& grad) {
+      return b.feature_mse(mse, bevkd::bev_nhwc<const float>(s.data(), B, g, g, D),
+                           bevkd::bev_nhwc<const float>(t.data(), B, g, g, D), bevkd::bev_nhwc(grad.data(), B, g, g, D));
+    });
+  }
+  SUBCASE("attention, per-source KL against teacher probabilities, with the camera-hit mask") {
+    const std::vector<float> s = random(N * HS * S * K);
+    std::vector<float> t = random(N * HT * S * K);
+    for (std::size_t row = 0; row < t.size(); row += K) {  // each (query, head, source) a distribution over K
+      float sum = 0;
+      for (int k = 0; k < K; ++k) sum += t[row + k] = std::exp(t[row + k]);
+      for (int k = 0; k < K; ++k) t[row + k] /= sum;
+    }
+    std::vector<std::uint8_t> mask(static_cast<std::size_t>(N * S));
+    for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = (i * 7 + i / 5) % 3 != 0;
+    bevkd::attention_distill_options options;
+    options.teacher_input = bevkd::attention_input::probabilities;
+    const bevkd::attention_distill att(options);
+    const std::vector<float> start(s.size());
+    check_backends_agree(host, *device, start, [&](trainer::loss_backend& b, std::vector<float>& grad) {
+      return b.attention_distill(att, bevkd::contiguous_view<const float, 4>(s.data(), {N, HS, S, K}),
+                                 bevkd::contiguous_view<const float, 4>(t.data(), {N, HT, S, K}),
+                                 bevkd::contiguous_view<float, 4>(grad.data(), {N, HS, S, K}),
+                                 bevkd::contiguous_view<const std::uint8_t, 2>(mask.data(), {N, S}));
+    });
+  }
+  SUBCASE("area resample of a teacher map onto the student grid") {
+    const int G = cfg.teacher.grid;
+    const std::vector<float> in = random(static_cast<std::size_t>(G * G * D));
+    const bevkd::bev_resample area({bevkd::resample_mode::area});
+    check_backends_agree(host, *device, std::vector<float>(static_cast<std::size_t>(P * D)),
+                         [&](trainer::loss_backend& b, std::vector<float>& out) {
+                           b.resample(area, bevkd::grid_nhwc<const float>(in.data(), 1, G, G, D),
+                                      bevkd::grid_nhwc(out.data(), 1, g, g, D));
+                           return bevkd::loss_result{};
+                         });
+  }
+}
+
+#ifdef BEVKD_TRAINER_EXE
+// The trainer's `--device` option end to end: an unknown device is a usage error, and `--device cuda` either
+// trains (a CUDA build on a machine with a GPU) or fails at once with a message that names the reason.
+TEST_CASE("distill_trainer --device: usage errors, and a clean failure where CUDA cannot run") {
+  const std::string out = std::string(" --out ") + BEVKD_TRAINER_TEST_OUT + "/cli";
+  std::string output;
+  CHECK(run_trainer("--quick --device tpu" + out, output) == 1);
+  CHECK(output.find("--device cpu|cuda") != std::string::npos);
+
+  const int status = run_trainer("--quick --device cuda" + out, output);
+  CAPTURE(output);
+#ifdef BEVKD_TRAINER_HAS_CUDA
+  if (status == 0) {
+    CHECK(output.find("bevkd calls: bevkd::cuda_exec") != std::string::npos);
+    CHECK(output.find("NON-FINITE") == std::string::npos);
+  } else {
+    CHECK(status == 2);
+    CHECK(output.find("distill_trainer: --device cuda: no usable CUDA device") != std::string::npos);
+    CHECK(output.find("training scenes") == std::string::npos);  // it failed before doing anything
+  }
+#else
+  CHECK(status == 2);
+  CHECK(output.find("distill_trainer: --device cuda: the CUDA backend is not available: this trainer was built "
+                    "without CUDA") != std::string::npos);
+  CHECK(output.find("training scenes") == std::string::npos);
+#endif
+}
+#endif

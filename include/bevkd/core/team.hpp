@@ -162,6 +162,8 @@ class host_team {
  private:
   // 16 partial accumulators, column c into partial c % 16, then a pairwise tree. Arrays of
   // accumulators are kept component-major so that each component's 16 partials form one vector.
+  // The row's tail is folded in blocks of 8, 4, then singly, so that short rows (10 classes,
+  // 32 keys + tails) stay mostly vectorised too; the partial a column lands in is the same.
   static constexpr int simd_partials = 16;
 
   template <class Op, class V, class F>
@@ -169,39 +171,59 @@ class host_team {
     if constexpr (is_acc_array<V>::value) {
       return fold_simd_components(op, init, n, f);
     } else {
-      V partial[simd_partials];
-      for (int l = 0; l < simd_partials; ++l) partial[l] = init;
-      index_t c = 0;
-      for (; c + simd_partials <= n; c += simd_partials)
-        for (int l = 0; l < simd_partials; ++l) partial[l] = op(partial[l], f(c + l));
-      for (int l = 0; c + l < n; ++l) partial[l] = op(partial[l], f(c + l));
-      for (int width = simd_partials / 2; width > 0; width /= 2)
-        for (int l = 0; l < width; ++l) partial[l] = op(partial[l], partial[l + width]);
-      return partial[0];
+      acc_array<V, 1> wrapped;
+      wrapped[0] = init;
+      auto as_array = [&f](index_t c) {
+        acc_array<V, 1> v;
+        v[0] = f(c);
+        return v;
+      };
+      return fold_simd_components(op, wrapped, n, as_array)[0];
+    }
+  }
+
+  // Folds columns [c, c + Width) into partials [first, first + Width).
+  template <int Width, class Op, class Acc, int N, class F>
+  BEVKD_FORCEINLINE static void fold_block(Op op, Acc (&partial)[N][simd_partials], int first, index_t c, F& f) {
+    for (int l = 0; l < Width; ++l) {
+      const acc_array<Acc, N> v = f(c + l);
+      BEVKD_UNROLL
+      for (int i = 0; i < N; ++i) partial[i][first + l] = op(partial[i][first + l], v[i]);
     }
   }
 
   template <class Op, class Acc, int N, class F>
-  BEVKD_HOST_DEVICE BEVKD_FLATTEN static acc_array<Acc, N> fold_simd_components(Op op, const acc_array<Acc, N>& init, index_t n,
-                                                                  F& f) {
+  BEVKD_HOST_DEVICE BEVKD_FLATTEN static acc_array<Acc, N> fold_simd_components(Op op, const acc_array<Acc, N>& init,
+                                                                               index_t n, F& f) {
     Acc partial[N][simd_partials];
     for (int i = 0; i < N; ++i)
       for (int l = 0; l < simd_partials; ++l) partial[i][l] = init[i];
     index_t c = 0;
-    for (; c + simd_partials <= n; c += simd_partials)
-      for (int l = 0; l < simd_partials; ++l) {
-        const acc_array<Acc, N> v = f(c + l);
-        BEVKD_UNROLL
-        for (int i = 0; i < N; ++i) partial[i][l] = op(partial[i][l], v[i]);
-      }
-    for (int l = 0; c + l < n; ++l) {
-      const acc_array<Acc, N> v = f(c + l);
-      for (int i = 0; i < N; ++i) partial[i][l] = op(partial[i][l], v[i]);
+    for (; c + simd_partials <= n; c += simd_partials) fold_block<simd_partials>(op, partial, 0, c, f);
+    int first = 0;
+    if (n - c >= 8) {
+      fold_block<8>(op, partial, first, c, f);
+      c += 8;
+      first += 8;
     }
+    if (n - c >= 4) {
+      fold_block<4>(op, partial, first, c, f);
+      c += 4;
+      first += 4;
+    }
+    for (; c < n; ++c, ++first) fold_block<1>(op, partial, first, c, f);
+    // Pairwise tree; partials no column reached still hold `init`, an identity of op, so a short
+    // row combines only the ones it used (the same pairs, minus those with an untouched side).
+    const int used = n < simd_partials ? static_cast<int>(n) : simd_partials;
     acc_array<Acc, N> out;
     for (int i = 0; i < N; ++i) {
-      for (int width = simd_partials / 2; width > 0; width /= 2)
-        for (int l = 0; l < width; ++l) partial[i][l] = op(partial[i][l], partial[i][l + width]);
+      for (int width = simd_partials / 2; width > 0; width /= 2) {
+        if (used == simd_partials) {  // the full tree: straight loops that vectorise
+          for (int l = 0; l < width; ++l) partial[i][l] = op(partial[i][l], partial[i][l + width]);
+        } else {
+          for (int l = 0; l < width && l + width < used; ++l) partial[i][l] = op(partial[i][l], partial[i][l + width]);
+        }
+      }
       out[i] = partial[i][0];
     }
     return out;
