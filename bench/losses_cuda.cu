@@ -45,6 +45,13 @@ bool has_device() {
   return count > 0;
 }
 
+// Marks a benchmark skipped (with the reason) where there is no device; true when it did.
+bool skip_without_device(benchmark::State& state) {
+  if (has_device()) return false;
+  state.SkipWithError("no CUDA device");
+  return true;
+}
+
 /// Device memory for n elements of T, freed on destruction.
 template <class T>
 class device_buffer {
@@ -526,10 +533,7 @@ double naive_call(loss_case c, const device_inputs<T>& in, naive_state& B, cudaS
 
 template <class T>
 void bm_fused(benchmark::State& state, loss_case c) {
-  if (!has_device()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skip_without_device(state)) return;
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
@@ -545,10 +549,7 @@ void bm_fused(benchmark::State& state, loss_case c) {
 
 template <class T>
 void bm_naive(benchmark::State& state, loss_case c) {
-  if (!has_device()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skip_without_device(state)) return;
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
@@ -584,10 +585,7 @@ __global__ void add_words_kernel(const uint4* s, const uint4* t, uint4* g, index
 
 template <class T>
 void bm_copy(benchmark::State& state) {
-  if (!has_device()) {
-    state.SkipWithError("no CUDA device");
-    return;
-  }
+  if (skip_without_device(state)) return;
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
