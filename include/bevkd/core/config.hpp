@@ -57,18 +57,6 @@
 #define BEVKD_RESTRICT __restrict__
 #endif
 
-// Vectorisation hint for the host loops that carry the exponentials: OpenMP's `simd`
-// when the consumer compiles with OpenMP, GCC's `ivdep` otherwise.
-#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
-#define BEVKD_SIMD _Pragma("omp simd")
-#define BEVKD_SIMD_REDUCTION(op, var) _Pragma(BEVKD_STRINGIFY(omp simd reduction(op : var)))
-#elif defined(__GNUC__) && !defined(__clang__) && !defined(__CUDA_ARCH__) && !defined(__CUDACC__)
-#define BEVKD_SIMD _Pragma("GCC ivdep")
-#define BEVKD_SIMD_REDUCTION(op, var)
-#else
-#define BEVKD_SIMD
-#define BEVKD_SIMD_REDUCTION(op, var)
-#endif
 // Full unrolling of the small per-component loops, which GCC must see as straight code to
 // vectorise the loop around them.
 #if defined(__CUDA_ARCH__)

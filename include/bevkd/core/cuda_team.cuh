@@ -71,11 +71,6 @@ struct thread_team : column_ops<thread_team> {
   BEVKD_DEVICE Acc* scratch(index_t) const {
     return nullptr;
   }
-  /// @brief f(0).
-  template <class F>
-  BEVKD_DEVICE void for_each_lane(F&& f) const {
-    f(0);
-  }
   /// @brief f(0): nothing to reduce.
   template <class Op, class F>
   BEVKD_DEVICE auto reduce(Op, F&& f) const -> decltype(f(0)) {
@@ -100,11 +95,6 @@ struct lane_team : column_ops<Team> {
   template <class Acc>
   BEVKD_DEVICE Acc* scratch(index_t) const {
     return nullptr;
-  }
-  /// @brief f(this lane).
-  template <class F>
-  BEVKD_DEVICE void for_each_lane(F&& f) const {
-    f(lane_);
   }
 };
 

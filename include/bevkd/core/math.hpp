@@ -174,23 +174,6 @@ BEVKD_FORCEINLINE T log1p_nonneg(T x) {
   return select(u == T(1), x, result);
 }
 
-/// @brief Stable softplus pair from one exponential: sets sp = log(1+e^x) and sp_neg = log(1+e^-x).
-template <class T>
-BEVKD_FORCEINLINE void softplus_pair(T x, T& sp, T& sp_neg) {
-  const T abs_x = x < T(0) ? -x : x;
-  const T tail = log1p_nonneg(exp(-abs_x));  // log(1 + e^-|x|), in [0, log 2]
-  sp = (x > T(0) ? x : T(0)) + tail;
-  sp_neg = (x < T(0) ? -x : T(0)) + tail;
-}
-
-/// @brief Logistic sigmoid 1/(1+e^-x), stable for any x (one exponential).
-template <class T>
-BEVKD_FORCEINLINE T sigmoid(T x) {
-  const T abs_x = x < T(0) ? -x : x;
-  const T e = exp(-abs_x);
-  const T inv = T(1) / (T(1) + e);
-  return x >= T(0) ? inv : e * inv;
-}
 
 }  // namespace math
 }  // namespace bevkd

@@ -65,8 +65,8 @@ constexpr int warp_lanes = 32;
 
 /// @brief A host team of `size()` lanes executed one after the other (Kokkos-style serial team).
 ///
-/// Team-collective kernels call `reduce(op, f)`, where `f(lane)` returns that lane's
-/// partial over its strided share, and `for_each_lane(f)`. With one lane this is the
+/// Team-collective kernels call `reduce_columns`, `reduce_values`, `for_columns` and
+/// `for_values`; `reduce(op, f)` combines one partial per lane. With one lane this is the
 /// production CPU path; with 7, 32 or 256 lanes the tests execute the exact partitioning,
 /// tails and reduction tree that the CUDA warp and block teams execute.
 class host_team {
@@ -91,12 +91,6 @@ class host_team {
   template <class Acc>
   BEVKD_HOST_DEVICE Acc* scratch(index_t n) const {
     return n * static_cast<index_t>(sizeof(Acc)) <= scratch_bytes_ ? static_cast<Acc*>(scratch_) : nullptr;
-  }
-
-  /// @brief Runs f(lane) for every lane in order.
-  template <class F>
-  BEVKD_HOST_DEVICE void for_each_lane(F&& f) const {
-    for (int lane = 0; lane < lanes_; ++lane) f(lane);
   }
 
   /// @brief Reduces f(c) over the n columns of a row: each lane folds its own columns (see for_lane_columns), then
