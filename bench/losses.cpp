@@ -1,9 +1,11 @@
-// bevkd host benchmarks: fused response KL and feature MSE against a copy of the same bytes and a naive multi-pass reference.
+// bevkd host benchmarks: fused response KL, feature MSE and attention KL against a copy of the same bytes and a naive multi-pass reference.
 // SPDX-License-Identifier: Apache-2.0
 //
 // Every fused call is forward + backward (loss and student gradient in one call). Each case
-// runs at B = 2, P = 200 x 200, C in {10, 64, 256}, fp32 and bf16, with 1 and 2 threads,
-// next to two baselines registered with the same sizes and thread counts:
+// runs at B = 2, P = 200 x 200, C in {10, 64, 256}, fp32 and bf16, with 1 and 2 threads;
+// the attention KL at BEVFormer-base sizes (N = 40000 queries, H = 8, K = 32) over S = 2
+// timestamps (the C = 256 inputs) and over S = 6 cameras, joint and masked to the hit views
+// (the C = 768 inputs). Next to them, two baselines with the same sizes and thread counts:
 //   copy/<dtype>      the byte floor moved as plainly as possible: g = s + t over 64-bit
 //                     words (STREAM's "add": read two arrays, write one), OpenMP static.
 //   naive_*/<dtype>   the loss written the way PyTorch eager runs it: one pass per tensor
@@ -13,7 +15,8 @@
 //                     OpenMP-parallel too). bf16 inputs are first upcast to float buffers
 //                     (`x.float()`), the gradient is downcast at the end.
 // The counter floor_bw is the byte floor (3 tensors once) divided by the time, for every
-// entry, so floor_bw ratios are time ratios. The naive benchmarks check once, untimed,
+// entry, so floor_bw ratios are time ratios (the masked S = 6 case counts whole tensors,
+// although the fused call reads only the hit cameras' keys). The naive benchmarks check once, untimed,
 // that they compute the same loss as the fused call.
 
 #include <benchmark/benchmark.h>
@@ -26,6 +29,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -81,13 +85,42 @@ row_layout attention_rows() {
   return {attn_queries * attn_heads * attn_sources, attn_keys, 1, attn_keys, 0, 1};
 }
 
+// BEVFormer-base spatial cross-attention: the same queries, heads and keys over S = 6 cameras,
+// joint softmax over the S x K keys of the cameras a query's pillar hits (1 to 3 adjacent
+// views, 2 on average: sca_hits()). N*H*S*K = 2 * 40000 * 768: it uses the C = 768 inputs.
+constexpr index_t sca_sources = 6;
+constexpr index_t sca_channels = attn_queries * attn_heads * sca_sources * attn_keys / (batch * pillars);
+static_assert(sca_channels * batch * pillars == attn_queries * attn_heads * sca_sources * attn_keys,
+              "spatial cross-attention sizes fill whole C = 768 inputs");
+row_layout sca_rows() {
+  return {attn_queries * attn_heads, sca_sources * attn_keys, 1, sca_sources * attn_keys, 0, 1};
+}
+
+// The [N, S] camera-hit mask: per query 1, 2 or 3 adjacent cameras (probabilities 1/4, 1/2, 1/4), fixed seed.
+const std::vector<std::uint8_t>& sca_hits() {
+  static const std::vector<std::uint8_t> hits = [] {
+    std::vector<std::uint8_t> m(static_cast<std::size_t>(attn_queries * sca_sources), 0);
+    std::mt19937 gen(77);
+    std::discrete_distribution<int> extra_views({1, 2, 1});
+    std::uniform_int_distribution<index_t> first_view(0, sca_sources - 1);
+    for (index_t n = 0; n < attn_queries; ++n) {
+      const int views = 1 + extra_views(gen);
+      const index_t first = first_view(gen);
+      for (int v = 0; v < views; ++v) m[static_cast<std::size_t>(n * sca_sources + (first + v) % sca_sources)] = 1;
+    }
+    return m;
+  }();
+  return hits;
+}
+
 // Full-size float temporaries of the naive reference, allocated once (PyTorch's caching
 // allocator reuses its blocks too), plus per-row temporaries.
 struct naive_buffers {
-  std::vector<float> s32, t32, grad32, a, b, c, d, e, f, g;
+  std::vector<float> s32, t32, grad32, a, b, c, d, e, f, g, masked_s, masked_t;
   std::vector<float> row_a, row_b, row_c;
   void reserve(index_t n, index_t rows) {
-    for (auto* v : {&s32, &t32, &grad32, &a, &b, &c, &d, &e, &f, &g}) v->assign(static_cast<std::size_t>(n), 0.0f);
+    for (auto* v : {&s32, &t32, &grad32, &a, &b, &c, &d, &e, &f, &g, &masked_s, &masked_t})
+      v->assign(static_cast<std::size_t>(n), 0.0f);
     for (auto* v : {&row_a, &row_b, &row_c}) v->assign(static_cast<std::size_t>(rows), 0.0f);
   }
 };
@@ -158,6 +191,25 @@ double naive_softmax_kl(const float* s, const float* t, float* grad, const row_l
   naive_row_sum(g, B.row_a.data(), L, threads);
   const float* gsum = B.row_a.data();
   naive_row_broadcast(L, threads, [&](index_t i, index_t r) { grad[i] = g[i] - std::exp(ls[i]) * gsum[r]; });
+  return loss;
+}
+
+// Joint attention KL over the cameras a query hits, the way a PyTorch user masks it: masked_fill
+// both logit tensors with -1e30 where the camera is not hit (-inf would make kl_div's target *
+// input 0 * -inf = NaN), the softmax KL over the S x K keys, then masked_fill the gradient with 0.
+double naive_masked_attention_kl(const float* s, const float* t, float* grad, naive_buffers& B, int threads) {
+  const row_layout L = sca_rows();
+  const index_t n = L.rows * L.n;
+  const std::uint8_t* hits = sca_hits().data();
+  const auto hit = [hits, L](index_t i) {
+    const index_t query = i / (attn_heads * L.n), camera = (i % L.n) / attn_keys;
+    return hits[query * sca_sources + camera] != 0;
+  };
+  float *ms = B.masked_s.data(), *mt = B.masked_t.data();
+  for_range(n, threads, [&](index_t i) { ms[i] = hit(i) ? s[i] : -1e30f; });
+  for_range(n, threads, [&](index_t i) { mt[i] = hit(i) ? t[i] : -1e30f; });
+  const double loss = naive_softmax_kl(ms, mt, grad, L, B, threads);
+  for_range(n, threads, [&](index_t i) { grad[i] = hit(i) ? grad[i] : 0.0f; });
   return loss;
 }
 
@@ -242,7 +294,7 @@ double naive_normalized_mse(const float* s, const float* t, float* grad, const r
 // ---------------------------------------------------------------------------------------
 // Cases: one enum drives the fused call, the naive reference and the names.
 
-enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl };
+enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl, attention_sca };
 
 const char* case_name(loss_case c) {
   switch (c) {
@@ -250,6 +302,7 @@ const char* case_name(loss_case c) {
     case loss_case::kl_sigmoid: return "kl_sigmoid";
     case loss_case::kl_spatial: return "kl_spatial";
     case loss_case::attention_kl: return "attention_kl";
+    case loss_case::attention_sca: return "attention_sca";
     case loss_case::mse: return "mse";
     default: return "mse_l2";
   }
@@ -264,12 +317,22 @@ double fused_call(loss_case c, bevkd::host_exec& exec, const host_inputs<T>& in,
   const auto t = bevkd::bev_nhwc<const T>(in.teacher.data(), batch, 1, pillars, C);
   const auto g = bevkd::bev_nhwc<T>(grad, batch, 1, pillars, C);
   switch (c) {
-    case loss_case::attention_kl: {  // [N, H, S, K] per_source KL over the C = 256 buffers
-      const auto view = [](auto* p) {
+    case loss_case::attention_kl:     // [N, H, 2, K] per_source KL over the C = 256 buffers
+    case loss_case::attention_sca: {  // [N, H, 6, K] joint KL over the hit cameras, C = 768 buffers
+      const bool sca = c == loss_case::attention_sca;
+      const index_t sources = sca ? sca_sources : attn_sources;
+      const auto view = [sources](auto* p) {
         using U = std::remove_pointer_t<decltype(p)>;
-        return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, attn_sources, attn_keys});
+        return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, sources, attn_keys});
       };
-      return bevkd::attention_distill()(exec, view(in.student.data()), view(in.teacher.data()), view(grad)).loss;
+      bevkd::attention_distill_options opts;
+      bevkd::attention_io<bevkd::accum_t<T>> io;
+      if (sca) {
+        opts.normalize = bevkd::attention_normalize::joint;
+        io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(sca_hits().data(), {attn_queries, sca_sources});
+      }
+      return bevkd::attention_distill(opts)(exec, view(in.student.data()), view(in.teacher.data()), view(grad), io)
+          .loss;
     }
     case loss_case::kl_softmax:
     case loss_case::kl_sigmoid:
@@ -317,6 +380,7 @@ double naive_call(loss_case c, const host_inputs<T>& in, T* grad, naive_buffers&
     case loss_case::kl_sigmoid: loss = naive_sigmoid_kl(s, t, g, pillar_rows(C), B, threads); break;
     case loss_case::kl_spatial: loss = naive_softmax_kl(s, t, g, channel_rows(C), B, threads); break;
     case loss_case::attention_kl: loss = naive_softmax_kl(s, t, g, attention_rows(), B, threads); break;
+    case loss_case::attention_sca: loss = naive_masked_attention_kl(s, t, g, B, threads); break;
     case loss_case::mse: loss = naive_mse(s, t, g, pillar_rows(C), B, threads); break;
     default: loss = naive_normalized_mse(s, t, g, pillar_rows(C), B, threads, static_cast<float>(l2_eps)); break;
   }
@@ -348,7 +412,7 @@ void bm_naive(benchmark::State& state, loss_case c) {
   const int threads = static_cast<int>(state.range(1));
   std::vector<T> grad(static_cast<std::size_t>(in.size()));
   naive_buffers buffers;
-  buffers.reserve(in.size(), std::max(batch * std::max(pillars, in.channels), attention_rows().rows));
+  buffers.reserve(in.size(), std::max({batch * std::max(pillars, in.channels), attention_rows().rows, sca_rows().rows}));
   {  // Untimed check: the reference computes what the fused call computes.
     bevkd::host_exec exec(threads);
     const double fused = fused_call(c, exec, in, grad.data());
@@ -385,6 +449,11 @@ void bm_copy(benchmark::State& state) {
   set_floor_counter(state, in.floor_bytes());
 }
 
+template <class T>
+std::string naive_name(loss_case c) {
+  return bench_name<T>((std::string("naive_") + case_name(c)).c_str());
+}
+
 template <class B>
 B* with_timing(B* b) {
   // The minimum over repetitions is the figure least disturbed by other work on a shared machine.
@@ -406,16 +475,23 @@ void register_dtype() {
   for (loss_case c : {loss_case::kl_softmax, loss_case::kl_sigmoid, loss_case::kl_spatial, loss_case::mse,
                       loss_case::mse_l2}) {
     with_sizes(benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c));
-    with_sizes(benchmark::RegisterBenchmark(bench_name<T>((std::string("naive_") + case_name(c)).c_str()).c_str(),
+    with_sizes(benchmark::RegisterBenchmark(naive_name<T>(c).c_str(),
                                             bm_naive<T>, c));
   }
-  // BEVFormer-base temporal self-attention (N = 40000, H = 8, S = 2, K = 32): only C = 256 matches its size.
-  for (auto* b : {benchmark::RegisterBenchmark(bench_name<T>("attention_kl").c_str(), bm_fused<T>, loss_case::attention_kl),
-                  benchmark::RegisterBenchmark(bench_name<T>("naive_attention_kl").c_str(), bm_naive<T>,
-                                               loss_case::attention_kl)}) {
-    with_timing(b);
-    for (int threads : {1, 2}) b->Args({attn_channels, threads});
+  // BEVFormer-base attention (N = 40000, H = 8, K = 32): temporal self-attention (S = 2) on the
+  // C = 256 inputs, spatial cross-attention (S = 6, masked) on C = 768 with its own copy baseline.
+  for (auto [c, channels] : {std::pair{loss_case::attention_kl, attn_channels},
+                             std::pair{loss_case::attention_sca, sca_channels}}) {
+    auto* fused = benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c);
+    auto* naive = benchmark::RegisterBenchmark(naive_name<T>(c).c_str(),
+                                               bm_naive<T>, c);
+    for (auto* b : {fused, naive}) {
+      with_timing(b);
+      for (int threads : {1, 2}) b->Args({channels, threads});
+    }
   }
+  auto* sca_copy = with_timing(benchmark::RegisterBenchmark(bench_name<T>("copy").c_str(), bm_copy<T>));
+  for (int threads : {1, 2}) sca_copy->Args({sca_channels, threads});
 }
 
 const bool registered = [] {

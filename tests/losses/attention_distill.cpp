@@ -243,15 +243,20 @@ TEST_CASE("attention_distill on host teams of 1, 7, 32 and 256 lanes") {
       bevkd::host_exec exec;
       exec.simulate_team(lanes, chunk);
       for (auto normalize : both_normalizations)
-        for (index_t K : {1, 5, 32, 70}) {
-          auto cs = make_case<float>(normalize, divergence::js, attention_input::logits, attention_input::logits);
-          cs.K = K;
-          cs.group = 2;
-          cs.randomize(rng);
-          cs.random_mask(rng);
-          INFO("lanes ", lanes, " chunk ", chunk, " K ", K);
-          check_attention_case(cs, exec);
-        }
+        for (divergence div : {divergence::js, divergence::kl})
+          for (bool masked : {false, true})
+            for (index_t K : {1, 5, 32, 70}) {
+              auto cs = make_case<float>(normalize, div, attention_input::logits, attention_input::logits);
+              cs.K = K;
+              // JS pools two teacher heads (the general kernel); KL with an unpooled teacher runs the
+              // response KL's softmax over key runs: one run of S x K keys, or one per valid source.
+              cs.group = div == divergence::js ? 2 : 1;
+              cs.heads_outer = K % 2 == 0;
+              cs.randomize(rng);
+              if (masked) cs.random_mask(rng);
+              INFO("lanes ", lanes, " chunk ", chunk, " K ", K, " masked ", masked);
+              check_attention_case(cs, exec);
+            }
     }
 }
 

@@ -156,7 +156,8 @@ class attention_distill {
     problem.div = options.div;
     problem.tau = static_cast<acc>(options.temperature);
     problem.inv_tau = static_cast<acc>(1.0 / options.temperature);
-    problem.plain_kl = problem.plain_kl_rows();
+    problem.softmax_runs = problem.softmax_run_rows();
+    problem.one_run = problem.one_run_rows();
     const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate, n};
     return exec.run_loss(problem, call);
   }

@@ -137,8 +137,9 @@ struct attention_problem {
   divergence div = divergence::kl;           ///< Divergence.
   acc_type tau = 1;                          ///< Temperature.
   acc_type inv_tau = 1;                      ///< 1 / tau.
-  bool plain_kl = false;  ///< KL of two logit tensors, nothing pooled or masked inside a row, unit key stride: each
-                          ///< row is a plain softmax row, run by the response KL's kernel (see plain_kl_rows()).
+  bool softmax_runs = false;  ///< KL of two logit tensors, nothing pooled, unit key stride: each row is a softmax over
+                             ///< contiguous key runs, run by the response KL's kernel (see softmax_run_rows()).
+  bool one_run = false;       ///< A joint row's S x K keys are one contiguous, unmasked run in all three tensors.
 
   /// @brief Number of rows.
   BEVKD_HOST_DEVICE index_t row_count() const { return student.extent[0] * rows.heads * (rows.joint ? 1 : rows.sources); }
@@ -148,16 +149,20 @@ struct attention_problem {
   BEVKD_HOST_DEVICE index_t keys() const { return student.extent[3]; }
   /// @brief Attention rows are read key by key (no 16-byte vector path).
   bool vector_aligned() const { return false; }
-  /// @brief Host scratch: plain KL rows keep two exponentials per key, like the response KL.
-  index_t scratch_bytes() const { return plain_kl ? 2 * columns() * static_cast<index_t>(sizeof(acc_type)) : 0; }
+  /// @brief Host scratch: softmax-run rows keep two exponentials per key, like the response KL.
+  index_t scratch_bytes() const { return softmax_runs ? 2 * columns() * static_cast<index_t>(sizeof(acc_type)) : 0; }
 
-  /// @brief True when every row can run as a plain softmax KL row (decided once per call on the host).
-  bool plain_kl_rows() const {
-    const auto unit_keys = [&](const auto& v) {
-      return v.stride[3] == 1 && (!rows.joint || v.stride[2] == v.extent[3]);  // joint: S x K contiguous
-    };
+  /// @brief True when every row can run as softmax KL over key runs (decided once per call on the host).
+  bool softmax_run_rows() const {
+    const auto unit_keys = [](const auto& v) { return v.stride[3] == 1; };
     return div == divergence::kl && student_logits && teacher_logits && group == 1 && level_group == 1 &&
-           (!rows.joint || !rows.mask.data) && unit_keys(student) && unit_keys(teacher) && unit_keys(grad);
+           unit_keys(student) && unit_keys(teacher) && unit_keys(grad);
+  }
+
+  /// @brief True when a joint row's S x K keys form one contiguous run in all three tensors and nothing is masked.
+  bool one_run_rows() const {
+    const auto adjacent = [](const auto& v) { return v.stride[2] == v.extent[3]; };
+    return rows.joint && !rows.mask.data && adjacent(student) && adjacent(teacher) && adjacent(grad);
   }
 
   /// @brief Writes zeros over row r's gradient.
@@ -174,7 +179,7 @@ struct attention_problem {
     using acc = acc_type;
     index_t n, h, s;
     rows.decode(r, n, h, s);
-    if (plain_kl) return softmax_kl_row(team, plain_row(n, h, s), inv_tau, tau, coeff, accumulate);
+    if (softmax_runs) return softmax_kl_over_runs(team, n, h, s, coeff, accumulate);
     const stats maxima = student_logits || teacher_logits ? row_maxima(team, n, h, s) : stats{};
     const stats sums = row_sums(team, n, h, s, maxima);
     const acc log_zs = student_logits ? math::log(sums[0]) : acc(0);
@@ -213,9 +218,37 @@ struct attention_problem {
   }
 
  private:
-  // Row (n, h, s) (joint: all of (n, h)) as one contiguous loss row.
-  BEVKD_HOST_DEVICE loss_row<T, true> plain_row(index_t n, index_t h, index_t s) const {
-    return loss_row<T, true>{{&student(n, h, s, 0), 1}, {&teacher(n, h, s, 0), 1}, {&grad(n, h, s, 0), 1}, columns()};
+  // The contiguous keys [0, count) of (n, h) starting at source s, as one loss row.
+  BEVKD_HOST_DEVICE loss_row<T, true> key_run(index_t n, index_t h, index_t s, index_t count) const {
+    return loss_row<T, true>{{&student(n, h, s, 0), 1}, {&teacher(n, h, s, 0), 1}, {&grad(n, h, s, 0), 1}, count};
+  }
+
+  // The K keys of each valid source of a joint row (n, h), as runs.
+  struct source_runs {
+    const attention_problem* problem;
+    index_t n, h;
+
+    BEVKD_HOST_DEVICE index_t columns() const { return problem->columns(); }  // an upper bound: sizes the scratch
+    template <class F>
+    BEVKD_HOST_DEVICE void for_each(F&& f) const {
+      for (index_t t = 0; t < problem->rows.sources; ++t)
+        if (problem->rows.valid(n, t)) f(problem->key_run(n, h, t, problem->keys()));
+    }
+  };
+
+  // KL of a row through the response KL's softmax kernel: one run (a per_source row, or a joint
+  // row stored as one), or a run per valid source, whose masked sources' keys get gradient 0.
+  template <class Team>
+  BEVKD_HOST_DEVICE acc_type softmax_kl_over_runs(const Team& team, index_t n, index_t h, index_t s, acc_type coeff,
+                                                  bool accumulate) const {
+    if (!rows.joint || one_run) return softmax_kl_row(team, key_run(n, h, s, columns()), inv_tau, tau, coeff, accumulate);
+    const acc_type loss = softmax_kl_segments(team, source_runs{this, n, h}, inv_tau, tau, coeff, accumulate);
+    for (index_t t = 0; t < rows.sources; ++t) {
+      if (rows.valid(n, t)) continue;
+      const row_ref<T, true> masked{&grad(n, h, t, 0), 1};
+      team.for_columns(keys(), [masked, accumulate](index_t c) { write_grad(masked[c], acc_type(0), accumulate); });
+    }
+    return loss;
   }
   // Source and student key of column c.
   BEVKD_HOST_DEVICE index_t source_of(index_t s, index_t c) const { return rows.joint ? c / keys() : s; }

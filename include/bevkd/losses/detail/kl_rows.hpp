@@ -44,37 +44,86 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponential_sums(const T
                             });
 }
 
-/// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over one row; writes coeff * tau * (q_S - q_T).
-///
-/// Three passes over the row (maxima; exponential sums; gradient), two exponentials per
-/// element: teams with scratch keep them for the gradient pass, others recompute them.
-template <class Team, class T, bool Unit, class Acc = accum_t<T>>
-BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
-                                     Acc coeff, bool accumulate) {
-  const index_t n = row.n;
-  const acc_array<Acc, 2> maxima = logit_maxima(team, row, inv_tau);
-  const Acc max_t = maxima[0], max_s = maxima[1];
-  Acc* cache = team.template scratch<Acc>(2 * n);
-  const acc_array<Acc, 3> sums = cache ? exponential_sums<true>(team, row, cache, inv_tau, max_t, max_s)
-                                       : exponential_sums<false>(team, row, cache, inv_tau, max_t, max_s);
-  const Acc inv_zt = Acc(1) / sums[0], inv_zs = Acc(1) / sums[1];
-  const Acc scale = coeff * tau;
+/// @brief Writes coeff tau (q_S - q_T) over one segment of a softmax row, from kept or recomputed exponentials.
+template <class Team, class T, bool Unit, class Acc>
+BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>& row, const Acc* kept, Acc inv_tau,
+                                       Acc max_t, Acc max_s, Acc inv_zt, Acc inv_zs, Acc scale, bool accumulate) {
   // Captured by value: a gradient store through a reference capture could alias them, and
   // GCC would then reload them after every store instead of vectorising the loop.
   const auto grad_row = row.grad;
   const auto write = [grad_row, scale, inv_zs, inv_zt, accumulate](index_t c, Acc e_t, Acc e_s) {
     write_grad(grad_row[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
   };
-  if (cache) {
-    const Acc* kept = cache;
+  if (kept) {
+    const index_t n = row.n;
     team.for_columns(n, [write, kept, n](index_t c) { write(c, kept[c], kept[n + c]); });
   } else {
     team.for_values(row, [write, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
       write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
     });
   }
+}
+
+/// @brief One softmax row held in one contiguous piece (the segments of softmax_kl_segments).
+template <class T, bool Unit>
+struct single_segment {
+  loss_row<T, Unit> row;  ///< The whole row.
+
+  /// @brief Columns of the row.
+  BEVKD_HOST_DEVICE index_t columns() const { return row.n; }
+  /// @brief Calls f(segment) for the row's one segment.
+  template <class F>
+  BEVKD_HOST_DEVICE void for_each(F&& f) const {
+    f(row);
+  }
+};
+
+/// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over a row made of segments; writes coeff * tau * (q_S - q_T).
+///
+/// `Segments` has columns() (the row's total) and for_each(f), which calls f(loss_row) on
+/// each piece in order: the softmax spans all of them (a masked joint attention row is its
+/// valid sources). Three passes (maxima; exponential sums; gradient), two exponentials per
+/// element: teams with scratch keep them for the gradient pass, others recompute them.
+template <class Team, class Segments, class Acc>
+BEVKD_HOST_DEVICE Acc softmax_kl_segments(const Team& team, const Segments& segments, Acc inv_tau, Acc tau, Acc coeff,
+                                          bool accumulate) {
+  // Each combination starts from the first segment's own result, so a single segment is
+  // exactly the plain row (no +0 folded into a -0 sum, no -inf into a NaN maximum).
+  acc_array<Acc, 2> maxima{};
+  bool first = true;
+  segments.for_each([&](const auto& row) {
+    const acc_array<Acc, 2> m = logit_maxima(team, row, inv_tau);
+    maxima = first ? m : max_op{}(maxima, m);
+    first = false;
+  });
+  const Acc max_t = maxima[0], max_s = maxima[1];
+  Acc* cache = team.template scratch<Acc>(2 * segments.columns());
+  acc_array<Acc, 3> sums{};
+  index_t offset = 0;  // each segment keeps its exponentials in its own 2 n block of the scratch
+  first = true;
+  segments.for_each([&](const auto& row) {
+    const acc_array<Acc, 3> z = cache ? exponential_sums<true>(team, row, cache + 2 * offset, inv_tau, max_t, max_s)
+                                      : exponential_sums<false>(team, row, cache, inv_tau, max_t, max_s);
+    sums = first ? z : sum_op{}(sums, z);
+    first = false;
+    offset += row.n;
+  });
+  const Acc inv_zt = Acc(1) / sums[0], inv_zs = Acc(1) / sums[1];
+  offset = 0;
+  segments.for_each([&](const auto& row) {
+    softmax_kl_grad(team, row, cache ? cache + 2 * offset : nullptr, inv_tau, max_t, max_s, inv_zt, inv_zs,
+                    coeff * tau, accumulate);
+    offset += row.n;
+  });
   const Acc kl = sums[2] * inv_zt - math::log(sums[0]) + math::log(sums[1]);
   return tau * tau * kl;
+}
+
+/// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over one contiguous row; writes coeff * tau * (q_S - q_T).
+template <class Team, class T, bool Unit, class Acc = accum_t<T>>
+BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
+                                     Acc coeff, bool accumulate) {
+  return softmax_kl_segments(team, single_segment<T, Unit>{row}, inv_tau, tau, coeff, accumulate);
 }
 
 /// @brief The pieces of one logit x that a Bernoulli KL needs, from one exponential and one log1p.
