@@ -5,7 +5,7 @@
 // runs at B = 2, P = 200 x 200, C in {10, 64, 256}, fp32 and bf16, with 1 and 2 threads;
 // the attention KL at BEVFormer-base sizes (N = 40000 queries, H = 8, K = 32) over S = 2
 // timestamps (the C = 256 inputs) and over S = 6 cameras, joint and masked to the hit views
-// (the C = 768 inputs). Next to them, two baselines with the same sizes and thread counts:
+// (the C = 768 inputs). Next to them, three baselines with the same sizes and thread counts:
 //   copy/<dtype>      the byte floor moved as plainly as possible: g = s + t over 64-bit
 //                     words (STREAM's "add": read two arrays, write one), OpenMP static.
 //   naive_*/<dtype>   the loss written the way PyTorch eager runs it: one pass per tensor
@@ -14,10 +14,12 @@
 //                     same thread count as the fused call (PyTorch's CPU kernels are
 //                     OpenMP-parallel too). bf16 inputs are first upcast to float buffers
 //                     (`x.float()`), the gradient is downcast at the end.
+//   exp_floor/<dtype> two math::exp per element and a sum, nothing else: the compute floor
+//                     of every exact softmax loss on this CPU.
 // The counter floor_bw is the byte floor (3 tensors once) divided by the time, for every
 // entry, so floor_bw ratios are time ratios (the masked S = 6 case counts whole tensors,
-// although the fused call reads only the hit cameras' keys). The naive benchmarks check once, untimed,
-// that they compute the same loss as the fused call.
+// although its fused call reads only the hit cameras' keys). The naive benchmarks check
+// once, untimed, that they compute the same loss as the fused call.
 
 #include <benchmark/benchmark.h>
 
@@ -449,6 +451,34 @@ void bm_copy(benchmark::State& state) {
   set_floor_counter(state, in.floor_bytes());
 }
 
+// The compute floor of a softmax KL: the two bevkd::math::exp per element (teacher, student)
+// that it cannot avoid, summed, and nothing else: no maxima, logs, divisions or stores. Next to
+// copy/ it shows how much of the copy bandwidth any exact fused softmax loss can reach here.
+template <class T>
+void bm_exp_floor(benchmark::State& state) {
+  const host_inputs<T>& in = inputs_for<T>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  constexpr index_t block = 4096, lanes = 16;
+  const index_t blocks = in.size() / block;  // every size here is a multiple of 4096
+  std::vector<float> block_sums(static_cast<std::size_t>(blocks));
+  const T* s = in.student.data();
+  const T* t = in.teacher.data();
+  for (auto _ : state) {
+    for_range(blocks, threads, [&](index_t b) {
+      float partial[lanes] = {};
+      for (index_t i = b * block; i < (b + 1) * block; i += lanes)
+        for (index_t l = 0; l < lanes; ++l)
+          partial[l] += bevkd::math::exp(bevkd::load_as_accum(s[i + l])) + bevkd::math::exp(bevkd::load_as_accum(t[i + l]));
+      float total = 0;
+      for (float p : partial) total += p;
+      block_sums[static_cast<std::size_t>(b)] = total;
+    });
+    benchmark::DoNotOptimize(block_sums.data());
+    benchmark::ClobberMemory();
+  }
+  set_floor_counter(state, in.floor_bytes());
+}
+
 template <class T>
 std::string naive_name(loss_case c) {
   return bench_name<T>((std::string("naive_") + case_name(c)).c_str());
@@ -472,6 +502,7 @@ void with_sizes(B* b) {
 template <class T>
 void register_dtype() {
   with_sizes(benchmark::RegisterBenchmark(bench_name<T>("copy").c_str(), bm_copy<T>));
+  with_sizes(benchmark::RegisterBenchmark(bench_name<T>("exp_floor").c_str(), bm_exp_floor<T>));
   for (loss_case c : {loss_case::kl_softmax, loss_case::kl_sigmoid, loss_case::kl_spatial, loss_case::mse,
                       loss_case::mse_l2}) {
     with_sizes(benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c));

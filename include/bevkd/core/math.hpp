@@ -85,8 +85,9 @@ BEVKD_FORCEINLINE float exp(float x) {
   constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   constexpr std::uint32_t clamp_bits = 0x42d00000u;  // 104.0f
   const std::uint32_t bits = detail::float_bits(x);
-  const std::uint32_t magnitude = bits & 0x7fffffffu;
-  const bool clamp = magnitude > clamp_bits && magnitude <= 0x7f800000u;  // NaN payloads pass through
+  // Signed compares of the (sign-cleared) magnitude: SSE2 has no unsigned 32-bit compare.
+  const std::int32_t magnitude = static_cast<std::int32_t>(bits & 0x7fffffffu);
+  const bool clamp = magnitude > std::int32_t{clamp_bits} && magnitude <= std::int32_t{0x7f800000};  // NaN passes
   const float c = detail::bits_float(clamp ? ((bits & 0x80000000u) | clamp_bits) : bits);
   const float shifted = c * log2e + round_magic;
   const float n = shifted - round_magic;
@@ -102,7 +103,8 @@ BEVKD_FORCEINLINE float exp(float x) {
   p = p * r + 1.0f;
   // 2^n in two factors keeps each one a normal float down to the subnormal results (|n| <= 150).
   const std::uint32_t ni = detail::float_bits(shifted) - detail::float_bits(round_magic);
-  const std::uint32_t n1 = static_cast<std::uint32_t>(static_cast<std::int32_t>(ni) / 2);
+  // Any split works while both halves stay in [-126, 127]; the shift's floor is cheaper than a division.
+  const std::uint32_t n1 = static_cast<std::uint32_t>(static_cast<std::int32_t>(ni) >> 1);
   const std::uint32_t n2 = ni - n1;
   const float s1 = detail::bits_float((n1 + 127u) << 23);
   const float s2 = detail::bits_float((n2 + 127u) << 23);

@@ -28,35 +28,48 @@ struct is_acc_array : std::false_type {};
 template <class Acc, int N>
 struct is_acc_array<acc_array<Acc, N>> : std::true_type {};
 
-/// @brief Component-wise sum (the reduction operator of team sums).
-struct sum_op {
+/// @brief Gives a scalar reduction operator its component-wise form over acc_array (CRTP base).
+template <class Op>
+struct componentwise_op {
+  /// @brief Op applied component by component.
+  template <class Acc, int N>
+  BEVKD_FORCEINLINE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
+    acc_array<Acc, N> out;
+    for (int i = 0; i < N; ++i) out[i] = static_cast<const Op&>(*this)(a[i], b[i]);
+    return out;
+  }
+};
+
+/// @brief Sum (the reduction operator of team sums).
+struct sum_op : componentwise_op<sum_op> {
+  using componentwise_op<sum_op>::operator();
   /// @brief a + b.
   template <class Acc>
   BEVKD_FORCEINLINE Acc operator()(const Acc& a, const Acc& b) const {
     return a + b;
   }
-  /// @brief Component-wise a + b.
-  template <class Acc, int N>
-  BEVKD_FORCEINLINE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
-    acc_array<Acc, N> out;
-    for (int i = 0; i < N; ++i) out[i] = a[i] + b[i];
-    return out;
-  }
 };
 
-/// @brief Component-wise maximum that propagates NaN (a NaN lane makes the result NaN, as PyTorch's max does).
-struct max_op {
+/// @brief Maximum that propagates NaN (a NaN lane makes the result NaN, as PyTorch's max does).
+struct max_op : componentwise_op<max_op> {
+  using componentwise_op<max_op>::operator();
   /// @brief max(a, b), NaN if either is NaN.
   template <class Acc>
   BEVKD_FORCEINLINE Acc operator()(const Acc& a, const Acc& b) const {
     return math::select(math::is_nan(a) | (a > b), a, b);
   }
-  /// @brief Component-wise max.
-  template <class Acc, int N>
-  BEVKD_FORCEINLINE acc_array<Acc, N> operator()(const acc_array<Acc, N>& a, const acc_array<Acc, N>& b) const {
-    acc_array<Acc, N> out;
-    for (int i = 0; i < N; ++i) out[i] = (*this)(a[i], b[i]);
-    return out;
+};
+
+/// @brief Maximum for a softmax's shift, where NaN needs no propagation: a NaN input reaches the exponential sums itself.
+///
+/// `a > b ? a : b` is one SIMD max instruction; with a NaN operand the result is either side
+/// (deterministically, for a fixed reduction order), and is the true maximum when there is none.
+struct shift_max_op : componentwise_op<shift_max_op> {
+  using componentwise_op<shift_max_op>::operator();
+  /// @brief a > b ? a : b.
+  template <class Acc>
+  BEVKD_FORCEINLINE Acc operator()(const Acc& a, const Acc& b) const {
+    return a > b ? a : b;
   }
 };
 

@@ -14,11 +14,11 @@
 namespace bevkd {
 namespace detail {
 
-/// @brief Row maxima of t / tau and s / tau (the log-sum-exp shifts), NaN-propagating.
+/// @brief Row maxima of t / tau and s / tau (the log-sum-exp shifts; a NaN in the row makes the sums NaN by itself).
 template <class Team, class T, bool Unit, class Acc>
 BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 2> logit_maxima(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau) {
   using pair = acc_array<Acc, 2>;
-  return team.reduce_values(max_op{}, pair{{-math::infinity<Acc>(), -math::infinity<Acc>()}}, row,
+  return team.reduce_values(shift_max_op{}, pair{{-math::infinity<Acc>(), -math::infinity<Acc>()}}, row,
                             [inv_tau](index_t, Acc s, Acc t) { return pair{{t * inv_tau, s * inv_tau}}; });
 }
 
@@ -51,17 +51,24 @@ BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>
   // Captured by value: a gradient store through a reference capture could alias them, and
   // GCC would then reload them after every store instead of vectorising the loop.
   const auto grad_row = row.grad;
-  const auto write = [grad_row, scale, inv_zs, inv_zt, accumulate](index_t c, Acc e_t, Acc e_s) {
-    write_grad(grad_row[c], scale * (e_s * inv_zs - e_t * inv_zt), accumulate);
+  // The mode as a constant: an overwriting loop then neither reads the gradient nor selects.
+  const auto pass = [&](auto accumulating) {
+    const auto write = [grad_row, scale, inv_zs, inv_zt, accumulating](index_t c, Acc e_t, Acc e_s) {
+      write_grad(grad_row[c], scale * (e_s * inv_zs - e_t * inv_zt), decltype(accumulating)::value);
+    };
+    if (kept) {
+      const index_t n = row.n;
+      team.for_columns(n, [write, kept, n](index_t c) { write(c, kept[c], kept[n + c]); });
+    } else {
+      team.for_values(row, [write, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
+        write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
+      });
+    }
   };
-  if (kept) {
-    const index_t n = row.n;
-    team.for_columns(n, [write, kept, n](index_t c) { write(c, kept[c], kept[n + c]); });
-  } else {
-    team.for_values(row, [write, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
-      write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
-    });
-  }
+  if (accumulate)
+    pass(std::true_type{});
+  else
+    pass(std::false_type{});
 }
 
 /// @brief One softmax row held in one contiguous piece (the segments of softmax_kl_segments).
@@ -93,7 +100,7 @@ BEVKD_HOST_DEVICE Acc softmax_kl_segments(const Team& team, const Segments& segm
   bool first = true;
   segments.for_each([&](const auto& row) {
     const acc_array<Acc, 2> m = logit_maxima(team, row, inv_tau);
-    maxima = first ? m : max_op{}(maxima, m);
+    maxima = first ? m : shift_max_op{}(maxima, m);
     first = false;
   });
   const Acc max_t = maxima[0], max_s = maxima[1];
