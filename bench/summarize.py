@@ -7,7 +7,9 @@ Usage: bench_losses --benchmark_repetitions=3 --benchmark_report_aggregates_only
 
 Uses the min aggregate when repetitions were run (else the single run). For every fused
 case it prints time, the byte-floor bandwidth, that bandwidth as a share of the copy
-baseline's at the same dtype / C / threads, and the naive reference's time over the fused time.
+baseline's at the same dtype / C / threads, the naive reference's time over the fused time, and
+the exp_floor entry (two exponentials per element, nothing else) as a share of the copy: the most
+of the copy bandwidth any exact softmax loss of that size can reach on the machine.
 --cpu uses the main thread's CPU time instead of wall time: on a machine shared with other
 work it is the steadier figure for single-thread rows (it undercounts multi-thread rows).
 """
@@ -18,7 +20,7 @@ import sys
 STAT = "min"
 BATCH, PILLARS = 2, 200 * 200
 DTYPE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2}
-LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2"]
+LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2", "attention_kl", "attention_sca"]
 
 
 def load(paths, field="real_time"):
@@ -66,17 +68,20 @@ def main():
             copy = runs.get(("copy", dtype, channels, threads))
             naive = runs.get(("naive_" + loss, dtype, channels, threads))
             share = f"{100 * fused['bw'] / copy['bw']:.1f} %" if copy else "-"
+            floor = runs.get(("exp_floor", dtype, channels, threads))
+            floor_share = f"{100 * floor['bw'] / copy['bw']:.1f} %" if floor and copy else "-"
             speedup = f"{naive['ms'] / fused['ms']:.2f}x" if naive else "-"
             naive_ms = f"{naive['ms']:.2f}" if naive else "-"
             copy_bw = f"{copy['bw'] / 1e9:.1f}" if copy else "-"
             thr = str(threads) if threads else "-"
             rows.append(f"| {dtype} | {channels} | {thr} | {fused['ms']:.2f} | {fused['bw'] / 1e9:.2f} | {copy_bw} "
-                        f"| {share} | {naive_ms} | {speedup} |")
+                        f"| {share} | {naive_ms} | {speedup} | {floor_share} |")
         if not rows:
             continue
         print(f"\n### {loss}\n")
-        print("| dtype | C | threads | fused ms | fused GB/s | copy GB/s | % of copy | naive ms | speed-up over naive |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| dtype | C | threads | fused ms | fused GB/s | copy GB/s | % of copy | naive ms | speed-up over naive "
+              "| exp floor, % of copy |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
 
 

@@ -132,6 +132,11 @@ inline std::vector<malformed_case> malformed_corpus() {
        "too large"},
       {"metadata_not_strings", file(ok_entry + R"(,"__metadata__":{"k":1})"), "__metadata__"},
       {"truncated_data", file(ok_entry, std::string(4, '\1')), "past the data"},
+      // Two entries named "a": another reader may keep the first, nlohmann the second.
+      {"repeated_tensor_name", file(ok_entry + R"(,"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]})"),
+       "repeats the key \"a\""},
+      {"repeated_field", file(R"("a":{"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]})"),
+       "repeats the key \"dtype\""},
   };
   return c;
 }

@@ -69,6 +69,20 @@ TEST_CASE("rules JSON: schema errors name the field") {
   CHECK(fails(R"({})", "rules"));
 }
 
+TEST_CASE("rules file: a key repeated in one object is rejected, naming the key") {
+  inherit_test::temp_dir dir;
+  const std::string path = dir.file("repeated.json");
+  inherit_test::write_bytes(path, R"({"rules": [{"student": "a", "teacher": "b", /* kept? */ "teacher": "c"}]})");
+  try {
+    bevkd::load_rules(path);
+    FAIL("accepted");
+  } catch (const bevkd::format_error& e) {
+    CHECK(std::string(e.what()).find("repeats the key \"teacher\"") != std::string::npos);
+  }
+  inherit_test::write_bytes(path, R"({"rules": [{"student": "a", "teacher": "b"}, {"student": "a", "teacher": "b"}]})");
+  CHECK(bevkd::load_rules(path).rules.size() == 2);  // equal keys in different objects are fine
+}
+
 TEST_CASE("remap: exact, adapted, kept, error, unused teacher tensors and the inherited share") {
   std::mt19937 rng(3);
   bevkd::tensor_map teacher, student;

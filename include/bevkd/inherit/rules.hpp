@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <string>
@@ -303,9 +304,8 @@ inline rule_set parse_rules(const nlohmann::json& json, const std::string& sourc
 inline rule_set load_rules(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw format_error(path, "cannot open the rules file");
-  const nlohmann::json json = nlohmann::json::parse(in, nullptr, false, true);
-  if (json.is_discarded()) throw format_error(path, "rules file is not valid JSON");
-  return parse_rules(json, path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return parse_rules(detail::parse_json_unique_keys(text.begin(), text.end(), path, "rules file", true), path);
 }
 
 }  // namespace bevkd

@@ -15,6 +15,7 @@
 
 #include "detail/atomic_file.hpp"
 #include "detail/checked.hpp"
+#include "detail/json_reader.hpp"
 #include "format_error.hpp"
 #include "tensor.hpp"
 
@@ -143,7 +144,8 @@ inline std::pair<const unsigned char*, std::uint64_t> header_of(const unsigned c
 
 /// @brief Parses and validates a whole safetensors buffer, treating it as untrusted; tensors borrow the buffer.
 ///
-/// Checks: 8-byte header length <= 100 MB and <= size - 8; the header is a JSON object;
+/// Checks: 8-byte header length <= 100 MB and <= size - 8; the header is a JSON object
+/// with no key repeated in any object;
 /// every dtype is known; shapes are arrays of at most 16 non-negative integers; offsets
 /// are integers with begin <= end <= data section size; byte ranges do not overlap;
 /// end - begin == product(shape) x dtype size; every product and sum is overflow-checked.
@@ -154,8 +156,8 @@ inline std::pair<const unsigned char*, std::uint64_t> header_of(const unsigned c
 inline safetensors_content parse_safetensors(const unsigned char* data, std::size_t size,
                                              const std::string& source = "safetensors") {
   const auto header = detail::header_of(data, size, source);
-  const nlohmann::json json = nlohmann::json::parse(header.first, header.first + header.second, nullptr, false);
-  if (json.is_discarded()) throw format_error(source, "header is not valid JSON");
+  const nlohmann::json json =
+      detail::parse_json_unique_keys(header.first, header.first + header.second, source, "header");
   if (!json.is_object()) throw format_error(source, "header must be a JSON object");
   const unsigned char* section = header.first + header.second;
   const std::uint64_t section_size = size - 8 - header.second;

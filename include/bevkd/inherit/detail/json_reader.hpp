@@ -1,7 +1,8 @@
-// bevkd internal: typed, path-naming access to a JSON object (for the rules file).
+// bevkd internal: JSON parsing that rejects repeated keys, and typed, path-naming access to a JSON object.
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -13,6 +14,35 @@
 
 namespace bevkd {
 namespace detail {
+
+/// @brief Parses the JSON text [first, last), rejecting a key repeated within one object (with the key named).
+///
+/// Parsers disagree on which of two equal keys wins, so a file could show one tensor (or
+/// rule) to another tool and a different one to bevkd; nlohmann alone keeps the last.
+/// @param ignore_comments Accept // and /* */ comments (the rules file).
+/// @throw bevkd::format_error naming `source`: invalid JSON, or the repeated key.
+template <class Iterator>
+nlohmann::json parse_json_unique_keys(Iterator first, Iterator last, const std::string& source, const char* what,
+                                      bool ignore_comments = false) {
+  using event = nlohmann::json::parse_event_t;
+  std::vector<std::vector<std::string>> open_objects;  // keys seen so far in each enclosing object
+  std::string repeated;
+  const auto watch = [&](int, event e, nlohmann::json& value) {
+    if (e == event::object_start) open_objects.emplace_back();
+    if (e == event::object_end && !open_objects.empty()) open_objects.pop_back();
+    if (e == event::key && !open_objects.empty() && repeated.empty()) {
+      std::vector<std::string>& keys = open_objects.back();
+      const std::string& key = value.get_ref<const std::string&>();
+      if (std::find(keys.begin(), keys.end(), key) != keys.end()) repeated = key;
+      keys.push_back(key);
+    }
+    return true;
+  };
+  nlohmann::json json = nlohmann::json::parse(first, last, watch, false, ignore_comments);
+  if (json.is_discarded()) throw format_error(source, std::string(what) + " is not valid JSON");
+  if (!repeated.empty()) throw format_error(source, std::string(what) + " repeats the key \"" + repeated + "\" in one object");
+  return json;
+}
 
 /// @brief Reads fields of one JSON object, rejecting unknown keys and wrong types with the field's path in the message.
 class json_reader {
