@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "support/loss_harness.hpp"
@@ -222,20 +223,73 @@ TEST_CASE("response_kl scales: loss_weight, grad_scale, accumulate") {
 
 TEST_CASE("response_kl is deterministic: repeated runs and 1 vs 2 threads are bitwise equal") {
   std::mt19937 rng(fresh_seed());
-  for (kl_mode mode : all_modes) {
-    auto cs = kl_case<float>(mode, 1.3, 2, 1500, 19);
-    cs.randomize(rng);
-    cs.random_weights(rng);
-    std::vector<float> g1(cs.student.size()), g2(cs.student.size()), g3(cs.student.size()), rows;
-    bevkd::host_exec one(1), two(2);
-    const auto r1 = cs.run(one, g1, rows);
-    const auto r2 = cs.run(two, g2, rows);
-    const auto r3 = cs.run(two, g3, rows);
-    CHECK(std::memcmp(&r1.loss, &r2.loss, sizeof(double)) == 0);
-    CHECK(std::memcmp(&r2.loss, &r3.loss, sizeof(double)) == 0);
-    CHECK(g1 == g2);
-    CHECK(g2 == g3);
+  // The second shape gives the spatial mode 80 rows of 9000 pillars: chunks of 7 long rows,
+  // enough of them for both threads to work.
+  const std::pair<index_t, index_t> shapes[] = {{1500, 19}, {9000, 40}};  // pillars, channels
+  for (kl_mode mode : all_modes)
+    for (auto [pillars, channels] : shapes) {
+      auto cs = kl_case<float>(mode, 1.3, 2, pillars, channels);
+      cs.randomize(rng);
+      cs.random_weights(rng);
+      std::vector<float> g1(cs.student.size()), g2(cs.student.size()), g3(cs.student.size()), rows;
+      bevkd::host_exec one(1), two(2);
+      const auto r1 = cs.run(one, g1, rows);
+      const auto r2 = cs.run(two, g2, rows);
+      const auto r3 = cs.run(two, g3, rows);
+      INFO("mode ", static_cast<int>(mode), " P ", pillars, " C ", channels);
+      CHECK(std::memcmp(&r1.loss, &r2.loss, sizeof(double)) == 0);
+      CHECK(std::memcmp(&r2.loss, &r3.loss, sizeof(double)) == 0);
+      CHECK(g1 == g2);
+      CHECK(g2 == g3);
+    }
+}
+
+TEST_CASE("host_exec stages strided rows: the same results as the in-place row kernels, padding untouched") {
+  std::mt19937 rng(fresh_seed());
+  std::vector<loss_kind> kinds;
+  for (kl_mode mode : all_modes) kinds.push_back(kl_case<float>(mode, 1.4).kind);
+  for (auto normalize : {bevkd::mse_normalize::none, bevkd::mse_normalize::per_pillar_l2}) {
+    loss_kind mse;
+    mse.is_kl = false;
+    mse.normalize = normalize;
+    kinds.push_back(mse);
   }
+  bevkd::host_exec staging, in_place;
+  in_place.stage_strided_rows(false);
+  CHECK(staging.stages_strided_rows());
+  CHECK(!in_place.stages_strided_rows());
+  for (const loss_kind& kind : kinds)
+    for (layout lay : all_layouts)
+      for (bool accumulate : {false, true}) {
+        loss_case<float> cs = kl_case<float>(kind.mode, kind.tau, 2, 37, 11);
+        cs.kind = kind;
+        cs.lay = lay;
+        cs.opts.accumulate = accumulate;
+        cs.randomize(rng);
+        cs.random_weights(rng);
+        const auto prior = random_values<float>(storage_size(lay, cs.B, cs.P, cs.C), rng);
+        std::vector<float> staged = prior, direct = prior, rows;
+        const double staged_loss = cs.run(staging, staged, rows).loss;
+        const double direct_loss = cs.run(in_place, direct, rows).loss;
+        INFO("kl ", kind.is_kl, " mode ", static_cast<int>(kind.mode), " layout ", layout_name(lay), " accumulate ",
+             accumulate);
+        CHECK(relative_error(staged_loss, direct_loss) < 1e-6);
+        CHECK(relative_error(std::vector<double>(staged.begin(), staged.end()),
+                             std::vector<double>(direct.begin(), direct.end())) < 1e-6);
+      }
+}
+
+TEST_CASE("a staged call that fails in the run (a negative weight) leaves the gradient untouched") {
+  std::mt19937 rng(fresh_seed());
+  auto cs = kl_case<float>(kl_mode::softmax, 1.0, 2, 9, 4);
+  cs.lay = layout::nchw;  // strided rows: staged
+  cs.randomize(rng);
+  cs.random_weights(rng);
+  cs.weights[5] = -1.0f;
+  std::vector<float> grad(cs.student.size(), 3.0f), rows;
+  bevkd::host_exec exec;
+  CHECK_THROWS_AS(cs.run(exec, grad, rows), bevkd::invalid_argument);
+  CHECK(grad == std::vector<float>(cs.student.size(), 3.0f));
 }
 
 TEST_CASE("response_kl rejects bad input before writing anything, naming the argument") {

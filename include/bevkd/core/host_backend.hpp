@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -19,8 +20,21 @@
 namespace bevkd {
 namespace detail {
 
-/// @brief Rows per deterministic partial sum: fixed, so results do not depend on the thread count.
+/// @brief Most rows per deterministic partial sum.
 constexpr index_t host_rows_per_chunk = 256;
+
+/// @brief Elements a chunk of long rows aims at: enough work per chunk to pay for its scheduling.
+constexpr index_t host_chunk_elements = 1 << 16;
+
+/// @brief Rows per chunk for rows of `columns` elements: 256, fewer when rows are long.
+///
+/// A call with a few long rows (the spatial KL: B x C rows of P pillars) then still spreads
+/// over the threads. A function of the shape alone, so the partition, and with it the
+/// result, does not depend on the thread count.
+inline index_t rows_per_chunk(index_t columns) {
+  const index_t rows = host_chunk_elements / (columns > 1 ? columns : 1);
+  return rows < 1 ? 1 : rows > host_rows_per_chunk ? host_rows_per_chunk : rows;
+}
 
 /// @brief Fewest row chunks for which a call opens an OpenMP parallel region.
 constexpr index_t parallel_chunks = 8;
@@ -29,9 +43,10 @@ constexpr index_t parallel_chunks = 8;
 
 /// @brief Executes bevkd calls on the CPU; owns the reusable scratch, so keep one per training loop.
 ///
-/// Rows are split into fixed chunks of 256; each chunk's weighted loss is summed in row
-/// order and the chunk sums in chunk order, so results are bit-identical for any thread
-/// count. The production team is one lane; tests set wider simulated teams.
+/// Rows are split into fixed chunks (256 rows, fewer for rows of more than 256 elements,
+/// see detail::rows_per_chunk); each chunk's weighted loss is summed in row order and the
+/// chunk sums in chunk order, so results are bit-identical for any thread count. The
+/// production team is one lane; tests set wider simulated teams.
 class host_exec {
  public:
   /// @brief The value a loss call returns on this backend.
@@ -53,6 +68,32 @@ class host_exec {
     return *this;
   }
 
+  /// @brief Whether loss calls copy rows with strided columns into contiguous buffers first (default on).
+  ///
+  /// Rows whose elements are strided (NCHW in softmax mode, NHWC in spatial mode) touch a
+  /// cache line per element and per pass; staged, the row kernels read them like NHWC
+  /// rows. Costs three tensors of buffer, kept between calls.
+  host_exec& stage_strided_rows(bool on) {
+    stage_ = on;
+    return *this;
+  }
+
+  /// @brief True when strided rows are staged: switched on and the production team of one (simulated teams read in
+  /// place, as the GPU does).
+  bool stages_strided_rows() const { return stage_ && lanes_ == 1 && chunk_ == 1; }
+
+  /// @brief Reusable buffer `slot` (0, 1 or 2) of at least `count` elements of T (library internal: row staging).
+  template <class T>
+  T* staging(int slot, index_t count) {
+    staging_buffer& buffer = staging_[slot];
+    const std::size_t bytes = static_cast<std::size_t>(count) * sizeof(T);
+    if (buffer.bytes < bytes) {  // grows only: steady training steps allocate nothing
+      buffer.data.reset(new unsigned char[bytes]);
+      buffer.bytes = bytes;
+    }
+    return reinterpret_cast<T*>(buffer.data.get());
+  }
+
   /// @brief Number of threads a parallel region will use.
   int threads() const {
 #if defined(_OPENMP)
@@ -71,28 +112,33 @@ class host_exec {
     const double normaliser = detail::reduction_normaliser(call.red, weight_sum, static_cast<double>(call.batch));
     const auto scaling = detail::make_row_scaling<acc>(call.loss_weight, call.grad_scale, normaliser, call.accumulate);
     const index_t scratch_bytes = scratch_enabled_ ? problem.scratch_bytes() : 0;
-    const double total = sum_over_chunks(rows, scratch_bytes, [&](index_t r, const host_team& team) {
+    const index_t chunk_rows = detail::rows_per_chunk(problem.columns());
+    const double total = sum_over_chunks(rows, chunk_rows, scratch_bytes, [&](index_t r, const host_team& team) {
       return static_cast<double>(detail::run_row(problem, team, r, scaling));
     });
     return loss_result{detail::finish_loss(total, call.loss_weight, normaliser), call.loss_weight * total, weight_sum};
   }
 
-  /// @brief Runs f(i) for i in [0, count) in parallel (deterministic elementwise work; library internal).
+  /// @brief Runs f(i) for i in [0, count) in parallel (deterministic work; library internal).
+  /// @param elements_per_item About how many elements one f(i) touches (a tile of a copy: thousands), so that
+  ///        a few large items still go parallel.
   template <class F>
-  void parallel_for(index_t count, F&& f) {
+  void parallel_for(index_t count, F&& f, index_t elements_per_item = 1) {
     const int nthreads = threads();
+    const bool parallel = count > 1 && count * elements_per_item >= detail::parallel_chunks * detail::host_rows_per_chunk;
     (void)nthreads;
+    (void)parallel;
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (count >= detail::parallel_chunks * detail::host_rows_per_chunk)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (parallel)
 #endif
     for (index_t i = 0; i < count; ++i) f(i);
   }
 
  private:
-  // Sum of row_value(r, team) over rows, chunk by chunk, independent of the thread count.
+  // Sum of row_value(r, team) over rows, chunk by chunk of chunk_rows rows, independent of the thread count.
   template <class RowValue>
-  double sum_over_chunks(index_t rows, index_t scratch_bytes, RowValue&& row_value) {
-    const index_t chunks = (rows + detail::host_rows_per_chunk - 1) / detail::host_rows_per_chunk;
+  double sum_over_chunks(index_t rows, index_t chunk_rows, index_t scratch_bytes, RowValue&& row_value) {
+    const index_t chunks = (rows + chunk_rows - 1) / chunk_rows;
     const int nthreads = threads();
     partials_.assign(static_cast<std::size_t>(chunks), 0.0);
     scratch_.resize(static_cast<std::size_t>(scratch_bytes * nthreads) / sizeof(double) + 1);
@@ -116,8 +162,8 @@ class host_exec {
 #pragma omp for schedule(static)
 #endif
       for (index_t k = 0; k < chunks; ++k) {
-        const index_t first = k * detail::host_rows_per_chunk;
-        const index_t last = first + detail::host_rows_per_chunk < rows ? first + detail::host_rows_per_chunk : rows;
+        const index_t first = k * chunk_rows;
+        const index_t last = first + chunk_rows < rows ? first + chunk_rows : rows;
         double partial = 0;
         for (index_t r = first; r < last; ++r) partial += row_value(r, team);
         partials[k] = partial;
@@ -132,7 +178,7 @@ class host_exec {
   double sum_weights(const Problem& problem) {
     const index_t rows = problem.row_count();
     std::atomic<bool> negative{false};
-    const double total = sum_over_chunks(rows, 0, [&](index_t r, const host_team&) {
+    const double total = sum_over_chunks(rows, detail::host_rows_per_chunk, 0, [&](index_t r, const host_team&) {
       const double w = static_cast<double>(problem.rows.weight(r));
       if (w < 0) negative.store(true, std::memory_order_relaxed);
       return w;
@@ -145,8 +191,14 @@ class host_exec {
   int lanes_ = 1;
   int chunk_ = 1;
   bool scratch_enabled_ = true;
+  bool stage_ = true;
   std::vector<double> partials_;
   std::vector<double> scratch_;
+  struct staging_buffer {
+    std::unique_ptr<unsigned char[]> data;  // new[] storage: aligned for every element type
+    std::size_t bytes = 0;
+  };
+  staging_buffer staging_[3];
 };
 
 }  // namespace bevkd

@@ -84,12 +84,12 @@ class feature_mse {
     const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate,
                                  student.extent[0]};
     const bool normalized = options.normalize == mse_normalize::per_pillar_l2;
-    return detail::dispatch_bool(detail::unit_columns(student, teacher, grad), [&](auto unit) {
+    return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, [&](auto unit, auto s, auto t, auto g) {
       return detail::dispatch_bool(normalized, [&](auto norm) {
         detail::feature_mse_problem<T, decltype(unit)::value, decltype(norm)::value> problem;
-        problem.student = student;
-        problem.teacher = teacher;
-        problem.grad = grad;
+        problem.student = s;
+        problem.teacher = t;
+        problem.grad = g;
         problem.rows = detail::make_row_weighting(io, student.extent[1]);
         problem.eps = static_cast<accum_t<T>>(options.eps);
         return exec.run_loss(problem, call);

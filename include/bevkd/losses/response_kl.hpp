@@ -100,12 +100,12 @@ class response_kl {
                                  student.extent[0]};
     using acc = accum_t<T>;
     const bool sigmoid = options.mode == kl_mode::sigmoid;
-    return detail::dispatch_bool(detail::unit_columns(student, teacher, grad), [&](auto unit) {
+    return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, [&](auto unit, auto s, auto t, auto g) {
       return detail::dispatch_bool(sigmoid, [&](auto sig) {
         detail::response_kl_problem<T, decltype(unit)::value, decltype(sig)::value> problem;
-        problem.student = student;
-        problem.teacher = teacher;
-        problem.grad = grad;
+        problem.student = s;
+        problem.teacher = t;
+        problem.grad = g;
         problem.rows = detail::make_row_weighting(io, student.extent[1]);
         problem.tau = static_cast<acc>(options.temperature);
         problem.inv_tau = static_cast<acc>(1.0 / options.temperature);
