@@ -7,6 +7,7 @@
 #include <bevkd/core/dtype.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <random>
@@ -75,6 +76,70 @@ const host_inputs<T>& inputs_for(index_t channels) {
 inline void set_floor_counter(benchmark::State& state, double floor_bytes) {
   state.counters["floor_bw"] =
       benchmark::Counter(floor_bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::OneK::kIs1000);
+}
+
+/// @brief Rows of a [B, P, C] NHWC tensor (or an attention tensor): element i of row r is at base(r) + i * stride.
+struct row_layout {
+  index_t rows, n, inner, outer_stride, inner_stride, stride;
+  /// @brief Offset of row r's element 0: (r / inner) * outer_stride + (r % inner) * inner_stride.
+  BEVKD_HOST_DEVICE index_t base(index_t r) const { return (r / inner) * outer_stride + (r % inner) * inner_stride; }
+  /// @brief The row an element offset belongs to.
+  BEVKD_HOST_DEVICE index_t row_of(index_t offset) const {
+    return stride == 1 ? offset / n : (offset / outer_stride) * inner + offset % stride;
+  }
+};
+
+/// @brief Softmax over C per pillar: rows (b, p).
+inline row_layout pillar_rows(index_t channels) {
+  return {batch * pillars, channels, pillars, pillars * channels, channels, 1};
+}
+/// @brief Softmax over P per channel (CWD): rows (b, c).
+inline row_layout channel_rows(index_t channels) {
+  return {batch * channels, pillars, channels, pillars * channels, 1, channels};
+}
+
+/// @brief BEVFormer-base attention: N = 40000 queries, H = 8 heads, K = 4 levels x 8 points.
+constexpr index_t attn_queries = 40000, attn_heads = 8, attn_keys = 32;
+/// @brief Temporal self-attention: S = 2 timestamps, per_source rows of K contiguous keys; N*H*S*K = 2 * 40000 * 256,
+/// so it uses the C = 256 inputs and copy baseline.
+constexpr index_t attn_sources = 2;
+/// @brief The C whose inputs hold the temporal self-attention tensors.
+constexpr index_t attn_channels = attn_heads * attn_sources * attn_keys / batch;
+static_assert(attn_queries == pillars && attn_channels == 256, "attention sizes share the C = 256 inputs");
+/// @brief Rows (n, h, s) of the temporal self-attention.
+inline row_layout attention_rows() { return {attn_queries * attn_heads * attn_sources, attn_keys, 1, attn_keys, 0, 1}; }
+
+/// @brief Spatial cross-attention: S = 6 cameras, a joint softmax over the S x K keys of the cameras a query's pillar
+/// hits (sca_hits()); N*H*S*K = 2 * 40000 * 768, so it uses the C = 768 inputs.
+constexpr index_t sca_sources = 6;
+/// @brief The C whose inputs hold the spatial cross-attention tensors.
+constexpr index_t sca_channels = attn_queries * attn_heads * sca_sources * attn_keys / (batch * pillars);
+static_assert(sca_channels * batch * pillars == attn_queries * attn_heads * sca_sources * attn_keys,
+              "spatial cross-attention sizes fill whole C = 768 inputs");
+/// @brief Rows (n, h) of the spatial cross-attention, S x K keys each.
+inline row_layout sca_rows() {
+  return {attn_queries * attn_heads, sca_sources * attn_keys, 1, sca_sources * attn_keys, 0, 1};
+}
+/// @brief The camera of element i of the [N, H, 6, K] spatial cross-attention tensor.
+BEVKD_HOST_DEVICE index_t sca_camera_of(index_t i) { return (i / attn_keys) % sca_sources; }
+/// @brief The query of element i of the [N, H, 6, K] spatial cross-attention tensor.
+BEVKD_HOST_DEVICE index_t sca_query_of(index_t i) { return i / (attn_heads * sca_sources * attn_keys); }
+
+/// @brief The [N, S] camera-hit mask: per query 1, 2 or 3 adjacent cameras (probabilities 1/4, 1/2, 1/4), fixed seed.
+inline const std::vector<std::uint8_t>& sca_hits() {
+  static const std::vector<std::uint8_t> hits = [] {
+    std::vector<std::uint8_t> m(static_cast<std::size_t>(attn_queries * sca_sources), 0);
+    std::mt19937 gen(77);
+    std::discrete_distribution<int> extra_views({1, 2, 1});
+    std::uniform_int_distribution<index_t> first_view(0, sca_sources - 1);
+    for (index_t n = 0; n < attn_queries; ++n) {
+      const int views = 1 + extra_views(gen);
+      const index_t first = first_view(gen);
+      for (int v = 0; v < views; ++v) m[static_cast<std::size_t>(n * sca_sources + (first + v) % sca_sources)] = 1;
+    }
+    return m;
+  }();
+  return hits;
 }
 
 /// @brief "family/dtype" benchmark name; Google Benchmark appends "/C:../threads:..".

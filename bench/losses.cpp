@@ -62,59 +62,6 @@ double sum_of(const float* x, index_t count, int threads) {
   return total;
 }
 
-// Rows of a [B, P, C] NHWC tensor: element i of row r is at
-// (r / inner) * outer_stride + (r % inner) * inner_stride + i * stride.
-struct row_layout {
-  index_t rows, n, inner, outer_stride, inner_stride, stride;
-  index_t base(index_t r) const { return (r / inner) * outer_stride + (r % inner) * inner_stride; }
-};
-
-// Softmax over C per pillar (rows (b, p)), or over P per channel (CWD; rows (b, c)).
-row_layout pillar_rows(index_t channels) {
-  return {batch * pillars, channels, pillars, pillars * channels, channels, 1};
-}
-row_layout channel_rows(index_t channels) {
-  return {batch * channels, pillars, channels, pillars * channels, 1, channels};
-}
-
-// BEVFormer-base temporal self-attention: N = 40000 queries, H = 8 heads, S = 2 timestamps,
-// K = 4 levels x 8 points, per_source rows of K contiguous keys. N*H*S*K = 2 * 40000 * 256,
-// so it shares the C = 256 inputs and copy baseline.
-constexpr index_t attn_queries = 40000, attn_heads = 8, attn_sources = 2, attn_keys = 32;
-constexpr index_t attn_channels = attn_heads * attn_sources * attn_keys / batch;
-static_assert(attn_queries == pillars && attn_channels == 256, "attention sizes share the C = 256 inputs");
-row_layout attention_rows() {
-  return {attn_queries * attn_heads * attn_sources, attn_keys, 1, attn_keys, 0, 1};
-}
-
-// BEVFormer-base spatial cross-attention: the same queries, heads and keys over S = 6 cameras,
-// joint softmax over the S x K keys of the cameras a query's pillar hits (1 to 3 adjacent
-// views, 2 on average: sca_hits()). N*H*S*K = 2 * 40000 * 768: it uses the C = 768 inputs.
-constexpr index_t sca_sources = 6;
-constexpr index_t sca_channels = attn_queries * attn_heads * sca_sources * attn_keys / (batch * pillars);
-static_assert(sca_channels * batch * pillars == attn_queries * attn_heads * sca_sources * attn_keys,
-              "spatial cross-attention sizes fill whole C = 768 inputs");
-row_layout sca_rows() {
-  return {attn_queries * attn_heads, sca_sources * attn_keys, 1, sca_sources * attn_keys, 0, 1};
-}
-
-// The [N, S] camera-hit mask: per query 1, 2 or 3 adjacent cameras (probabilities 1/4, 1/2, 1/4), fixed seed.
-const std::vector<std::uint8_t>& sca_hits() {
-  static const std::vector<std::uint8_t> hits = [] {
-    std::vector<std::uint8_t> m(static_cast<std::size_t>(attn_queries * sca_sources), 0);
-    std::mt19937 gen(77);
-    std::discrete_distribution<int> extra_views({1, 2, 1});
-    std::uniform_int_distribution<index_t> first_view(0, sca_sources - 1);
-    for (index_t n = 0; n < attn_queries; ++n) {
-      const int views = 1 + extra_views(gen);
-      const index_t first = first_view(gen);
-      for (int v = 0; v < views; ++v) m[static_cast<std::size_t>(n * sca_sources + (first + v) % sca_sources)] = 1;
-    }
-    return m;
-  }();
-  return hits;
-}
-
 // Full-size float temporaries of the naive reference, allocated once (PyTorch's caching
 // allocator reuses its blocks too), plus per-row temporaries.
 struct naive_buffers {
@@ -203,10 +150,7 @@ double naive_masked_attention_kl(const float* s, const float* t, float* grad, na
   const row_layout L = sca_rows();
   const index_t n = L.rows * L.n;
   const std::uint8_t* hits = sca_hits().data();
-  const auto hit = [hits, L](index_t i) {
-    const index_t query = i / (attn_heads * L.n), camera = (i % L.n) / attn_keys;
-    return hits[query * sca_sources + camera] != 0;
-  };
+  const auto hit = [hits](index_t i) { return hits[sca_query_of(i) * sca_sources + sca_camera_of(i)] != 0; };
   float *ms = B.masked_s.data(), *mt = B.masked_t.data();
   for_range(n, threads, [&](index_t i) { ms[i] = hit(i) ? s[i] : -1e30f; });
   for_range(n, threads, [&](index_t i) { mt[i] = hit(i) ? t[i] : -1e30f; });

@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // Same sizes and names as bench/losses.cpp (B = 2, P = 200 x 200, C in {10, 64, 256},
-// fp32 and bf16; the "threads" argument does not exist here). Every iteration flushes the
+// fp32 and bf16, and the BEVFormer-base attention cases on the C = 256 and C = 768 inputs;
+// the "threads" argument does not exist here). Every iteration flushes the
 // L2 cache (a memset of a buffer larger than it) outside the timed region, then times one
 // fused call (loss + gradient, result left on the device) with an RAII event pair on the
 // call's stream (UseManualTime). Baselines in the same binary:
@@ -22,11 +23,13 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/device/device_reduce.cuh>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -162,21 +165,6 @@ struct device_inputs {
 constexpr int block_threads = 256;
 
 unsigned blocks_for(index_t count) { return static_cast<unsigned>((count + block_threads - 1) / block_threads); }
-
-/// Rows of a [B, P, C] NHWC tensor (as in losses.cpp): element i of row r at base(r) + i * stride.
-struct row_layout {
-  index_t rows, n, inner, outer_stride, inner_stride, stride;
-  __host__ __device__ index_t base(index_t r) const { return (r / inner) * outer_stride + (r % inner) * inner_stride; }
-  /// The row an element offset belongs to.
-  __host__ __device__ index_t row_of(index_t offset) const {
-    return stride == 1 ? offset / n : (offset / outer_stride) * inner + offset % stride;
-  }
-};
-
-row_layout pillar_rows(index_t channels) { return {batch * pillars, channels, pillars, pillars * channels, channels, 1}; }
-row_layout channel_rows(index_t channels) {
-  return {batch * channels, pillars, channels, pillars * channels, 1, channels};
-}
 
 /// out[i] = op(i) for every element (op is a functor with pointers: no extended lambdas needed).
 template <class Op>
@@ -345,14 +333,38 @@ struct row_map_op {
   }
 };
 
+/// masked_fill of the spatial cross-attention: out[i] = in[i] where element i's camera is hit, else `fill`.
+struct camera_mask_op {
+  const float* in;
+  float* out;
+  const std::uint8_t* hits;  // [N, 6] on the device
+  float fill;
+  __device__ void operator()(index_t i) const {
+    out[i] = hits[sca_query_of(i) * sca_sources + sca_camera_of(i)] != 0 ? in[i] : fill;
+  }
+};
+
+/// The camera-hit mask sca_hits() on the device.
+class device_camera_hits {
+ public:
+  device_camera_hits() : buffer_(sca_hits().size()) {
+    BEVKD_CUDA_CHECK(cudaMemcpy(buffer_.get(), sca_hits().data(), sca_hits().size(), cudaMemcpyHostToDevice));
+  }
+  const std::uint8_t* get() const { return buffer_.get(); }
+
+ private:
+  device_buffer<std::uint8_t> buffer_;
+};
+
 /// Temporaries and CUB scratch of the naive reference, allocated once per benchmark.
 struct naive_state {
-  device_buffer<float> s32, t32, grad32, a, b, c, d, e, f, g, row_a, row_b, row_c;
+  device_buffer<float> s32, t32, grad32, a, b, c, d, e, f, g, masked_s, masked_t, row_a, row_b, row_c;
   device_buffer<double> total;
   device_buffer<unsigned char> cub_temp;
   std::size_t cub_bytes = 0;
   naive_state(index_t n, index_t rows) {
-    for (auto* v : {&s32, &t32, &grad32, &a, &b, &c, &d, &e, &f, &g}) v->resize(static_cast<std::size_t>(n));
+    for (auto* v : {&s32, &t32, &grad32, &a, &b, &c, &d, &e, &f, &g, &masked_s, &masked_t})
+      v->resize(static_cast<std::size_t>(n));
     for (auto* v : {&row_a, &row_b, &row_c}) v->resize(static_cast<std::size_t>(rows));
     total.resize(1);
     BEVKD_CUDA_CHECK(cub::DeviceReduce::Sum(nullptr, cub_bytes, a.get(), total.get(), n));
@@ -377,6 +389,17 @@ void naive_softmax_kl(const float* s, const float* t, float* grad, const row_lay
   launch_binary<binary::neg_scale>(n, pt, nullptr, g, 1.0f / static_cast<float>(L.rows), st);
   launch_rows<row_op::sum>(g, B.row_a.get(), L, st);
   launch_map(n, log_softmax_backward_op{g, ls, B.row_a.get(), grad, L}, st);
+}
+
+// Joint attention KL over the hit cameras as a PyTorch user masks it (see losses.cpp).
+void naive_masked_attention_kl(const float* s, const float* t, float* grad, const std::uint8_t* hits, naive_state& B,
+                               cudaStream_t st) {
+  const row_layout L = sca_rows();
+  const index_t n = L.rows * L.n;
+  launch_map(n, camera_mask_op{s, B.masked_s.get(), hits, -1e30f}, st);
+  launch_map(n, camera_mask_op{t, B.masked_t.get(), hits, -1e30f}, st);
+  naive_softmax_kl(B.masked_s.get(), B.masked_t.get(), grad, L, B, st);
+  launch_map(n, camera_mask_op{grad, grad, hits, 0.0f}, st);
 }
 
 void naive_sigmoid_kl(const float* s, const float* t, float* grad, const row_layout& L, naive_state& B,
@@ -442,10 +465,12 @@ void naive_normalized_mse(const float* s, const float* t, float* grad, const row
 // ---------------------------------------------------------------------------------------
 // Cases (as in losses.cpp).
 
-enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2 };
+enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl, attention_sca };
 
 const char* case_name(loss_case c) {
   switch (c) {
+    case loss_case::attention_kl: return "attention_kl";
+    case loss_case::attention_sca: return "attention_sca";
     case loss_case::kl_softmax: return "kl_softmax";
     case loss_case::kl_sigmoid: return "kl_sigmoid";
     case loss_case::kl_spatial: return "kl_spatial";
@@ -456,13 +481,33 @@ const char* case_name(loss_case c) {
 
 constexpr double l2_eps = 1e-12;
 
+/// The fused call; `hits` is the device camera mask (used by attention_sca only).
 template <class T>
-bevkd::device_loss_result fused_call(loss_case c, bevkd::cuda_exec& exec, const device_inputs<T>& in) {
+bevkd::device_loss_result fused_call(loss_case c, bevkd::cuda_exec& exec, const device_inputs<T>& in,
+                                     const std::uint8_t* hits) {
   const index_t C = in.host.channels;
   const auto s = bevkd::bev_nhwc<const T>(in.student.get(), batch, 1, pillars, C);
   const auto t = bevkd::bev_nhwc<const T>(in.teacher.get(), batch, 1, pillars, C);
   const auto g = bevkd::bev_nhwc<T>(in.grad.get(), batch, 1, pillars, C);
   switch (c) {
+    case loss_case::attention_kl:
+    case loss_case::attention_sca: {  // as in losses.cpp
+      const bool sca = c == loss_case::attention_sca;
+      const index_t sources = sca ? sca_sources : attn_sources;
+      const auto view = [sources](auto* p) {
+        using U = std::remove_pointer_t<decltype(p)>;
+        return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, sources, attn_keys});
+      };
+      bevkd::attention_distill_options opts;
+      bevkd::attention_io<bevkd::accum_t<T>> io;
+      if (sca) {
+        opts.normalize = bevkd::attention_normalize::joint;
+        io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(hits, {attn_queries, sca_sources});
+      }
+      const T* student = in.student.get();
+      const T* teacher = in.teacher.get();
+      return bevkd::attention_distill(opts)(exec, view(student), view(teacher), view(in.grad.get()), io);
+    }
     case loss_case::kl_softmax:
     case loss_case::kl_sigmoid:
     case loss_case::kl_spatial: {
@@ -484,7 +529,8 @@ bevkd::device_loss_result fused_call(loss_case c, bevkd::cuda_exec& exec, const 
 
 /// Enqueues the naive reference; the weighted loss sum lands in B.total (divide as returned by the scale).
 template <class T>
-double naive_call(loss_case c, const device_inputs<T>& in, naive_state& B, cudaStream_t st) {
+double naive_call(loss_case c, const device_inputs<T>& in, const std::uint8_t* hits, naive_state& B,
+                  cudaStream_t st) {
   const index_t n = in.host.size(), C = in.host.channels;
   const float* s;
   const float* t;
@@ -502,6 +548,14 @@ double naive_call(loss_case c, const device_inputs<T>& in, naive_state& B, cudaS
   }
   double divisor = 1;
   switch (c) {
+    case loss_case::attention_kl:
+      naive_softmax_kl(s, t, g, attention_rows(), B, st);
+      divisor = static_cast<double>(attention_rows().rows);
+      break;
+    case loss_case::attention_sca:
+      naive_masked_attention_kl(s, t, g, hits, B, st);
+      divisor = static_cast<double>(sca_rows().rows);  // every query hits at least one camera
+      break;
     case loss_case::kl_softmax:
       naive_softmax_kl(s, t, g, pillar_rows(C), B, st);
       divisor = static_cast<double>(batch * pillars);
@@ -537,11 +591,12 @@ void bm_fused(benchmark::State& state, loss_case c) {
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
+  const device_camera_hits hits;
   bevkd::cuda_exec exec(stream.get());
-  fused_call(c, exec, in).get();  // warm-up: the workspace grows once
+  fused_call(c, exec, in, hits.get()).get();  // warm-up: the workspace grows once
   for (auto _ : state) {
     cuda_event_timer timer(state, stream.get(), flusher);
-    const bevkd::device_loss_result result = fused_call(c, exec, in);
+    const bevkd::device_loss_result result = fused_call(c, exec, in, hits.get());
     benchmark::DoNotOptimize(result);
   }
   set_floor_counter(state, in.host.floor_bytes());
@@ -553,11 +608,12 @@ void bm_naive(benchmark::State& state, loss_case c) {
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
-  naive_state buffers(in.host.size(), batch * (pillars > in.host.channels ? pillars : in.host.channels));
+  const device_camera_hits hits;
+  naive_state buffers(in.host.size(), std::max({batch * pillars, batch * in.host.channels, attention_rows().rows}));
   {  // Untimed check: the reference computes what the fused call computes.
     bevkd::cuda_exec exec(stream.get());
-    const double fused = fused_call(c, exec, in).get().loss;
-    const double divisor = naive_call(c, in, buffers, stream.get());
+    const double fused = fused_call(c, exec, in, hits.get()).get().loss;
+    const double divisor = naive_call(c, in, hits.get(), buffers, stream.get());
     double total = 0;
     BEVKD_CUDA_CHECK(cudaMemcpyAsync(&total, buffers.total.get(), sizeof total, cudaMemcpyDeviceToHost, stream.get()));
     BEVKD_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
@@ -569,7 +625,7 @@ void bm_naive(benchmark::State& state, loss_case c) {
   }
   for (auto _ : state) {
     cuda_event_timer timer(state, stream.get(), flusher);
-    naive_call(c, in, buffers, stream.get());
+    naive_call(c, in, hits.get(), buffers, stream.get());
   }
   set_floor_counter(state, in.host.floor_bytes());
 }
@@ -607,9 +663,20 @@ void bm_copy(benchmark::State& state) {
 }
 
 template <class B>
-void with_sizes(B* b) {
+B* with_timing(B* b) {
   b->ArgNames({"C"})->UseManualTime()->Unit(benchmark::kMillisecond);
+  return b;
+}
+
+template <class B>
+void with_sizes(B* b) {
+  with_timing(b);
   for (index_t C : channel_counts) b->Args({C});
+}
+
+template <class T>
+std::string naive_name(loss_case c) {
+  return bench_name<T>((std::string("naive_") + case_name(c)).c_str());
 }
 
 template <class T>
@@ -618,9 +685,15 @@ void register_dtype() {
   for (loss_case c : {loss_case::kl_softmax, loss_case::kl_sigmoid, loss_case::kl_spatial, loss_case::mse,
                       loss_case::mse_l2}) {
     with_sizes(benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c));
-    with_sizes(benchmark::RegisterBenchmark(bench_name<T>((std::string("naive_") + case_name(c)).c_str()).c_str(),
-                                            bm_naive<T>, c));
+    with_sizes(benchmark::RegisterBenchmark(naive_name<T>(c).c_str(), bm_naive<T>, c));
   }
+  // BEVFormer-base attention (as in losses.cpp): TSA on the C = 256 inputs, SCA on C = 768 with its own copy.
+  for (auto [c, channels] : {std::pair{loss_case::attention_kl, attn_channels},
+                             std::pair{loss_case::attention_sca, sca_channels}}) {
+    with_timing(benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c))->Args({channels});
+    with_timing(benchmark::RegisterBenchmark(naive_name<T>(c).c_str(), bm_naive<T>, c))->Args({channels});
+  }
+  with_timing(benchmark::RegisterBenchmark(bench_name<T>("copy").c_str(), bm_copy<T>))->Args({sca_channels});
 }
 
 const bool registered = [] {
