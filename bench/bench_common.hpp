@@ -5,6 +5,8 @@
 #include <benchmark/benchmark.h>
 
 #include <bevkd/core/dtype.hpp>
+#include <bevkd/core/view.hpp>
+#include <bevkd/losses/attention_distill.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace bevkd_bench {
@@ -140,6 +143,25 @@ inline const std::vector<std::uint8_t>& sca_hits() {
     return m;
   }();
   return hits;
+}
+
+/// @brief The attention benchmarks' call: TSA (per_source over S = 2) or SCA (joint over the hit cameras of S = 6).
+/// @param hits The [N, 6] camera mask in the executor's memory (SCA only).
+template <class Exec, class T>
+typename Exec::result_type attention_call(Exec& exec, bool sca, const T* student, const T* teacher, T* grad,
+                                          const std::uint8_t* hits) {
+  const index_t sources = sca ? sca_sources : attn_sources;
+  const auto view = [sources](auto* p) {
+    using U = std::remove_pointer_t<decltype(p)>;
+    return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, sources, attn_keys});
+  };
+  bevkd::attention_distill_options opts;
+  bevkd::attention_io<bevkd::accum_t<T>> io;
+  if (sca) {
+    opts.normalize = bevkd::attention_normalize::joint;
+    io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(hits, {attn_queries, sca_sources});
+  }
+  return bevkd::attention_distill(opts)(exec, view(student), view(teacher), view(grad), io);
 }
 
 /// @brief "family/dtype" benchmark name; Google Benchmark appends "/C:../threads:..".

@@ -263,23 +263,11 @@ double fused_call(loss_case c, bevkd::host_exec& exec, const host_inputs<T>& in,
   const auto t = bevkd::bev_nhwc<const T>(in.teacher.data(), batch, 1, pillars, C);
   const auto g = bevkd::bev_nhwc<T>(grad, batch, 1, pillars, C);
   switch (c) {
-    case loss_case::attention_kl:     // [N, H, 2, K] per_source KL over the C = 256 buffers
-    case loss_case::attention_sca: {  // [N, H, 6, K] joint KL over the hit cameras, C = 768 buffers
-      const bool sca = c == loss_case::attention_sca;
-      const index_t sources = sca ? sca_sources : attn_sources;
-      const auto view = [sources](auto* p) {
-        using U = std::remove_pointer_t<decltype(p)>;
-        return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, sources, attn_keys});
-      };
-      bevkd::attention_distill_options opts;
-      bevkd::attention_io<bevkd::accum_t<T>> io;
-      if (sca) {
-        opts.normalize = bevkd::attention_normalize::joint;
-        io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(sca_hits().data(), {attn_queries, sca_sources});
-      }
-      return bevkd::attention_distill(opts)(exec, view(in.student.data()), view(in.teacher.data()), view(grad), io)
+    case loss_case::attention_kl:   // [N, H, 2, K] per_source KL over the C = 256 buffers
+    case loss_case::attention_sca:  // [N, H, 6, K] joint KL over the hit cameras, C = 768 buffers
+      return attention_call(exec, c == loss_case::attention_sca, in.student.data(), in.teacher.data(), grad,
+                            sca_hits().data())
           .loss;
-    }
     case loss_case::kl_softmax:
     case loss_case::kl_sigmoid:
     case loss_case::kl_spatial: {

@@ -491,23 +491,9 @@ bevkd::device_loss_result fused_call(loss_case c, bevkd::cuda_exec& exec, const 
   const auto g = bevkd::bev_nhwc<T>(in.grad.get(), batch, 1, pillars, C);
   switch (c) {
     case loss_case::attention_kl:
-    case loss_case::attention_sca: {  // as in losses.cpp
-      const bool sca = c == loss_case::attention_sca;
-      const index_t sources = sca ? sca_sources : attn_sources;
-      const auto view = [sources](auto* p) {
-        using U = std::remove_pointer_t<decltype(p)>;
-        return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, sources, attn_keys});
-      };
-      bevkd::attention_distill_options opts;
-      bevkd::attention_io<bevkd::accum_t<T>> io;
-      if (sca) {
-        opts.normalize = bevkd::attention_normalize::joint;
-        io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(hits, {attn_queries, sca_sources});
-      }
-      const T* student = in.student.get();
-      const T* teacher = in.teacher.get();
-      return bevkd::attention_distill(opts)(exec, view(student), view(teacher), view(in.grad.get()), io);
-    }
+    case loss_case::attention_sca:
+      return attention_call(exec, c == loss_case::attention_sca, static_cast<const T*>(in.student.get()),
+                            static_cast<const T*>(in.teacher.get()), in.grad.get(), hits);
     case loss_case::kl_softmax:
     case loss_case::kl_sigmoid:
     case loss_case::kl_spatial: {
