@@ -236,12 +236,14 @@ TEST_CASE("attention_distill per_source on [N, H, 1, K] equals response_kl on [B
         1e-6);
 }
 
-TEST_CASE("attention_distill on host teams of 1, 7, 32 and 256 lanes") {
+TEST_CASE("attention_distill on host teams of 1, 7, 32 and 256 lanes, with and without row scratch") {
   std::mt19937 rng(fresh_seed());
   for (int lanes : {1, 7, 32, 256})
     for (int chunk : {1, 4}) {
+      // Without scratch the softmax kernel recomputes its exponentials, as on the device.
+      const bool scratch = chunk == 1;
       bevkd::host_exec exec;
-      exec.simulate_team(lanes, chunk);
+      exec.simulate_team(lanes, chunk, scratch);
       for (auto normalize : both_normalizations)
         for (divergence div : {divergence::js, divergence::kl})
           for (bool masked : {false, true})
@@ -254,7 +256,7 @@ TEST_CASE("attention_distill on host teams of 1, 7, 32 and 256 lanes") {
               cs.heads_outer = K % 2 == 0;
               cs.randomize(rng);
               if (masked) cs.random_mask(rng);
-              INFO("lanes ", lanes, " chunk ", chunk, " K ", K, " masked ", masked);
+              INFO("lanes ", lanes, " chunk ", chunk, " scratch ", scratch, " K ", K, " masked ", masked);
               check_attention_case(cs, exec);
             }
     }
