@@ -2,10 +2,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <type_traits>
+
 #include "../core/config.hpp"
 #include "../core/detail/bev_rows.hpp"
 #include "../core/dtype.hpp"
 #include "../core/error.hpp"
+#include "../core/host_backend.hpp"
 #include "../core/view.hpp"
 #include "detail/resample_kernels.hpp"
 
@@ -133,7 +136,14 @@ class bev_resample {
                                               detail::make_resample_axis<acc>(in_ext[2], out_ext[2], rule, align),
                                               detail::make_grid_walk(dst),
                                               options.accumulate};
-    exec.parallel_for(dst.size(), Kernel{problem});
+    const Kernel kernel{problem};
+    if constexpr (std::is_same<Exec, host_exec>::value) {
+      // The CPU walks pixels and computes each pixel's taps once for all its channels.
+      const index_t pixels = dst.extent[0] * dst.extent[1] * dst.extent[2];
+      exec.parallel_for(pixels, [&kernel](index_t q) { kernel.pixel(q); }, dst.extent[3]);
+    } else {
+      exec.parallel_for(dst.size(), kernel);  // one element per thread on the device
+    }
   }
 };
 

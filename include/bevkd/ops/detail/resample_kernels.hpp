@@ -175,11 +175,42 @@ struct resample_problem {
   }
 };
 
+/// @brief Channels per block of the host's pixel loops (their accumulators live on the stack).
+constexpr index_t resample_channel_block = 64;
+
 /// @brief Forward element kernel: out[b, y, x, c] = sum over taps of wy * wx * in[b, iy, ix, c] (divided in area mode).
 template <class T>
 struct resample_forward_kernel {
   using acc = accum_t<T>;  ///< Accumulation type.
   resample_problem<T> p;   ///< Views, axes and walk.
+
+  /// @brief Host path: every channel of output pixel q = (b, y, x), taps computed once per pixel; each element gets
+  /// exactly operator()'s arithmetic, in the same order, so the two paths agree bit for bit.
+  void pixel(index_t q) const {
+    index_t idx[4] = {q / (p.dst.extent[1] * p.dst.extent[2]), q / p.dst.extent[2] % p.dst.extent[1],
+                      q % p.dst.extent[2], 0};
+    const axis_taps<acc> ty = p.rows.taps(idx[1]), tx = p.cols.taps(idx[2]);
+    const index_t channels = p.dst.extent[3], step = p.src.stride[3];
+    for (index_t c0 = 0; c0 < channels; c0 += resample_channel_block) {
+      const index_t n = channels - c0 < resample_channel_block ? channels - c0 : resample_channel_block;
+      const T* base = p.src.data + idx[0] * p.src.stride[0] + c0 * step;
+      acc sum[resample_channel_block] = {};
+      for (index_t ky = 0; ky < ty.count; ++ky) {
+        acc inner[resample_channel_block] = {};
+        for (index_t kx = 0; kx < tx.count; ++kx) {
+          const T* cell = base + (ty.first + ky) * p.src.stride[1] + (tx.first + kx) * p.src.stride[2];
+          const acc w = tx.weight(kx);
+          for (index_t c = 0; c < n; ++c) inner[c] += w * load_as_accum(cell[c * step]);
+        }
+        const acc w = ty.weight(ky);
+        for (index_t c = 0; c < n; ++c) sum[c] += w * inner[c];
+      }
+      for (index_t c = 0; c < n; ++c) {
+        idx[3] = c0 + c;
+        p.store(idx, sum[c] / ty.divisor / tx.divisor);
+      }
+    }
+  }
 
   /// @brief Computes destination element i of the walk.
   BEVKD_HOST_DEVICE void operator()(index_t i) const {
@@ -204,6 +235,39 @@ template <class T>
 struct resample_backward_kernel {
   using acc = accum_t<T>;  ///< Accumulation type.
   resample_problem<T> p;   ///< Views (src = grad_out, dst = grad_in), axes and walk.
+
+  /// @brief Host path: every channel of input pixel q = (b, y, x), the covering outputs found once per channel
+  /// block; each element gets exactly operator()'s arithmetic, in the same order.
+  void pixel(index_t q) const {
+    index_t idx[4] = {q / (p.dst.extent[1] * p.dst.extent[2]), q / p.dst.extent[2] % p.dst.extent[1],
+                      q % p.dst.extent[2], 0};
+    const index_t y = idx[1], x = idx[2];
+    const index_t jy0 = p.rows.first_covering(y), jx0 = p.cols.first_covering(x);
+    const index_t channels = p.dst.extent[3], step = p.src.stride[3];
+    for (index_t c0 = 0; c0 < channels; c0 += resample_channel_block) {
+      const index_t n = channels - c0 < resample_channel_block ? channels - c0 : resample_channel_block;
+      const T* base = p.src.data + idx[0] * p.src.stride[0] + c0 * step;
+      acc sum[resample_channel_block] = {};
+      for (index_t jy = jy0; jy < p.rows.out; ++jy) {
+        const axis_taps<acc> ty = p.rows.taps(jy);
+        if (ty.first > y) break;
+        acc inner[resample_channel_block] = {};
+        for (index_t jx = jx0; jx < p.cols.out; ++jx) {
+          const axis_taps<acc> tx = p.cols.taps(jx);
+          if (tx.first > x) break;
+          const T* cell = base + jy * p.src.stride[1] + jx * p.src.stride[2];
+          const acc w = tx.coefficient(x);
+          for (index_t c = 0; c < n; ++c) inner[c] += w * load_as_accum(cell[c * step]);
+        }
+        const acc w = ty.coefficient(y);
+        for (index_t c = 0; c < n; ++c) sum[c] += w * inner[c];
+      }
+      for (index_t c = 0; c < n; ++c) {
+        idx[3] = c0 + c;
+        p.store(idx, sum[c]);
+      }
+    }
+  }
 
   /// @brief Computes grad_in element i of the walk; each element owns its sum, so no atomics are needed.
   BEVKD_HOST_DEVICE void operator()(index_t i) const {
