@@ -5,7 +5,8 @@
 // runs at B = 2, P = 200 x 200, C in {10, 64, 256}, fp32 and bf16, with 1 and 2 threads;
 // the attention KL at BEVFormer-base sizes (N = 40000 queries, H = 8, K = 32) over S = 2
 // timestamps (the C = 256 inputs) and over S = 6 cameras, joint and masked to the hit views
-// (the C = 768 inputs). Next to them, three baselines with the same sizes and thread counts:
+// (the C = 768 inputs); the BEV resample (see resample_benches). Next to them, three baselines
+// with the same sizes and thread counts:
 //   copy/<dtype>      the byte floor moved as plainly as possible: g = s + t over 64-bit
 //                     words (STREAM's "add": read two arrays, write one), OpenMP static.
 //   naive_*/<dtype>   the loss written the way PyTorch eager runs it: one pass per tensor
@@ -457,9 +458,93 @@ void register_dtype() {
   for (int threads : {1, 2}) sca_copy->Args({sca_channels, threads});
 }
 
+// ---------------------------------------------------------------------------------------
+// BEV resample, fp32, forward and backward: the host's per-pixel loops against the device's
+// partition run on the CPU (one element per call, taps recomputed each time: "naive") and a
+// copy of the byte floor (the read grid once, the written grid once).
+
+struct resample_bench {
+  const char* name;
+  bevkd::resample_mode mode;
+  index_t from, to, channels;  // square grids from x from -> to x to
+};
+// The teacher's BEVFormer-base TSA maps (H*S*K = 512) onto the student's grid; a 50x50 map up to 200x200.
+const resample_bench resample_benches[] = {{"area_200_to_50", bevkd::resample_mode::area, 200, 50, 512},
+                                           {"bilinear_50_to_200", bevkd::resample_mode::bilinear, 50, 200, 64}};
+
+// The device's partition on the host: one element per call, OpenMP over elements.
+struct element_exec {
+  int threads;
+  template <class F>
+  void parallel_for(index_t count, const F& f) const {
+    for_range(count, threads, f);
+  }
+};
+
+// Arguments: case index, backward (0/1), threads.
+void bm_resample(benchmark::State& state, bool per_element) {
+  const resample_bench& rb = resample_benches[state.range(0)];
+  const bool backward = state.range(1) != 0;
+  const int threads = static_cast<int>(state.range(2));
+  const index_t small = batch * rb.from * rb.from * rb.channels, large = batch * rb.to * rb.to * rb.channels;
+  std::vector<float> in(static_cast<std::size_t>(small)), out(static_cast<std::size_t>(large));
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  for (float& v : in) v = value(gen);
+  for (float& v : out) v = value(gen);
+  const auto in_grid = [&](auto* p) { return bevkd::grid_nhwc(p, batch, rb.from, rb.from, rb.channels); };
+  const auto out_grid = [&](auto* p) { return bevkd::grid_nhwc(p, batch, rb.to, rb.to, rb.channels); };
+  const bevkd::bev_resample op({rb.mode});
+  bevkd::host_exec host(threads);
+  element_exec elements{threads};
+  const auto call = [&](auto& exec) {
+    if (backward)
+      op.backward(exec, out_grid(static_cast<const float*>(out.data())), in_grid(in.data()));
+    else
+      op.forward(exec, in_grid(static_cast<const float*>(in.data())), out_grid(out.data()));
+  };
+  for (auto _ : state) {
+    if (per_element)
+      call(elements);
+    else
+      call(host);
+    benchmark::ClobberMemory();
+  }
+  set_floor_counter(state, static_cast<double>(small + large) * sizeof(float));
+}
+
+// A copy of the resample's byte floor: (small + large) / 2 floats read and as many written.
+void bm_resample_copy(benchmark::State& state) {
+  const resample_bench& rb = resample_benches[state.range(0)];
+  const int threads = static_cast<int>(state.range(2));
+  const index_t n = batch * (rb.from * rb.from + rb.to * rb.to) * rb.channels / 2;
+  std::vector<float> src(static_cast<std::size_t>(n), 1.0f), dst(src.size());
+  const float* BEVKD_RESTRICT sp = src.data();
+  float* BEVKD_RESTRICT dp = dst.data();
+  for (auto _ : state) {
+    for_range(n, threads, [&](index_t i) { dp[i] = sp[i]; });
+    benchmark::ClobberMemory();
+  }
+  set_floor_counter(state, 2.0 * static_cast<double>(n) * sizeof(float));
+}
+
+void register_resample() {
+  const auto sizes = [](benchmark::internal::Benchmark* b, bool directions) {
+    b->ArgNames({"case", "backward", "threads"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    b->ComputeStatistics("min", [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); });
+    for (index_t k = 0; k < 2; ++k)
+      for (index_t backward = 0; backward < (directions ? 2 : 1); ++backward)
+        for (int threads : {1, 2}) b->Args({k, backward, threads});
+  };
+  sizes(benchmark::RegisterBenchmark("resample/f32", bm_resample, false), true);
+  sizes(benchmark::RegisterBenchmark("naive_resample/f32", bm_resample, true), true);
+  sizes(benchmark::RegisterBenchmark("copy_resample/f32", bm_resample_copy), false);
+}
+
 const bool registered = [] {
   register_dtype<float>();
   register_dtype<bevkd::bfloat16>();
+  register_resample();
   return true;
 }();
 

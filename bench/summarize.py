@@ -23,8 +23,13 @@ DTYPE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2}
 LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2", "attention_kl", "attention_sca"]
 
 
+# The resample cases of bench/losses.cpp (resample_benches), by index.
+RESAMPLE_CASES = ["area 200x200 -> 50x50, C = 512", "bilinear 50x50 -> 200x200, C = 64"]
+
+
 def load(paths, field="real_time"):
     runs = {}
+    resample = {}
     context = None
     for path in paths:
         with open(path) as f:
@@ -39,13 +44,17 @@ def load(paths, field="real_time"):
             parts = name.split("/")
             family, dtype = parts[0], parts[1]
             args = dict(p.split(":") for p in parts[2:])
-            key = (family, dtype, int(args["C"]), int(args.get("threads", 0)))
             scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
             ms = b[field] * scale
+            if "C" not in args:  # the resample cases: their byte floor is the binary's counter
+                key = (family, int(args["case"]), int(args.get("backward", 0)), int(args.get("threads", 0)))
+                resample[key] = ms
+                continue
+            key = (family, dtype, int(args["C"]), int(args.get("threads", 0)))
             # Bandwidth from the time (a "min" aggregate of the rate counter would be the slowest run).
             floor_bytes = 3 * BATCH * PILLARS * key[2] * DTYPE_BYTES[dtype]
             runs[key] = {"ms": ms, "bw": floor_bytes / (ms * 1e-3)}
-    return runs, context
+    return runs, resample, context
 
 
 def main():
@@ -54,7 +63,7 @@ def main():
     if args and args[0] == "--cpu":
         field = "cpu_time"
         args = args[1:]
-    runs, context = load(args, field)
+    runs, resample, context = load(args, field)
     if context:
         print(f"<!-- {context.get('date')} host={context.get('host_name')} cpus={context.get('num_cpus')} "
               f"mhz={context.get('mhz_per_cpu')} -->")
@@ -83,6 +92,27 @@ def main():
               "| exp floor, % of copy |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
+
+    print_resample(resample)
+
+
+def print_resample(resample):
+    """The resample table: host per-pixel loops against the device's per-element partition and a copy."""
+    rows = []
+    for (family, case, backward, threads), ms in sorted(resample.items()):
+        if family != "resample":
+            continue
+        naive = resample.get(("naive_resample", case, backward, threads))
+        copy = resample.get(("copy_resample", case, 0, threads))
+        rows.append(f"| {RESAMPLE_CASES[case]} | {'backward' if backward else 'forward'} | {threads} | {ms:.2f} "
+                    f"| {f'{naive:.2f}' if naive else '-'} | {f'{naive / ms:.1f}x' if naive else '-'} "
+                    f"| {f'{copy:.2f}' if copy else '-'} | {f'{100 * copy / ms:.1f} %' if copy else '-'} |")
+    if not rows:
+        return
+    print("\n### resample (fp32, B = 2, NHWC)\n")
+    print("| case | direction | threads | ms | per-element ms | speed-up | copy ms | % of copy |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
