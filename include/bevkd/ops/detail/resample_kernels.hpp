@@ -173,10 +173,38 @@ struct resample_problem {
     T& slot = dst(idx[0], idx[1], idx[2], idx[3]);
     slot = store_from_accum<T>(accumulate ? load_as_accum(slot) + value : value);
   }
+
+  /// @brief Host: (b, y, x, 0) of pixel q of the written view.
+  void pixel_index(index_t q, index_t (&idx)[4]) const {
+    idx[0] = q / (dst.extent[1] * dst.extent[2]);
+    idx[1] = q / dst.extent[2] % dst.extent[1];
+    idx[2] = q % dst.extent[2];
+    idx[3] = 0;
+  }
+
+  /// @brief Host: stores every channel of pixel idx, a block of up to resample_channel_block channels at a time:
+  /// block(base, n, sums) fills the n zeroed sums from the read view, channel c at base[c * src.stride[3]].
+  template <class Block>
+  void store_channel_blocks(index_t (&idx)[4], const Block& block) const;
 };
 
 /// @brief Channels per block of the host's pixel loops (their accumulators live on the stack).
 constexpr index_t resample_channel_block = 64;
+
+template <class T>
+template <class Block>
+void resample_problem<T>::store_channel_blocks(index_t (&idx)[4], const Block& block) const {
+  const index_t channels = dst.extent[3];
+  for (index_t c0 = 0; c0 < channels; c0 += resample_channel_block) {
+    const index_t n = channels - c0 < resample_channel_block ? channels - c0 : resample_channel_block;
+    acc_type sums[resample_channel_block] = {};
+    block(src.data + idx[0] * src.stride[0] + c0 * src.stride[3], n, sums);
+    for (index_t c = 0; c < n; ++c) {
+      idx[3] = c0 + c;
+      store(idx, sums[c]);
+    }
+  }
+}
 
 /// @brief Forward element kernel: out[b, y, x, c] = sum over taps of wy * wx * in[b, iy, ix, c] (divided in area mode).
 template <class T>
@@ -187,14 +215,11 @@ struct resample_forward_kernel {
   /// @brief Host path: every channel of output pixel q = (b, y, x), taps computed once per pixel; each element gets
   /// exactly operator()'s arithmetic, in the same order, so the two paths agree bit for bit.
   void pixel(index_t q) const {
-    index_t idx[4] = {q / (p.dst.extent[1] * p.dst.extent[2]), q / p.dst.extent[2] % p.dst.extent[1],
-                      q % p.dst.extent[2], 0};
+    index_t idx[4];
+    p.pixel_index(q, idx);
     const axis_taps<acc> ty = p.rows.taps(idx[1]), tx = p.cols.taps(idx[2]);
-    const index_t channels = p.dst.extent[3], step = p.src.stride[3];
-    for (index_t c0 = 0; c0 < channels; c0 += resample_channel_block) {
-      const index_t n = channels - c0 < resample_channel_block ? channels - c0 : resample_channel_block;
-      const T* base = p.src.data + idx[0] * p.src.stride[0] + c0 * step;
-      acc sum[resample_channel_block] = {};
+    const index_t step = p.src.stride[3];
+    p.store_channel_blocks(idx, [&](const T* base, index_t n, acc* sums) {
       for (index_t ky = 0; ky < ty.count; ++ky) {
         acc inner[resample_channel_block] = {};
         for (index_t kx = 0; kx < tx.count; ++kx) {
@@ -203,13 +228,10 @@ struct resample_forward_kernel {
           for (index_t c = 0; c < n; ++c) inner[c] += w * load_as_accum(cell[c * step]);
         }
         const acc w = ty.weight(ky);
-        for (index_t c = 0; c < n; ++c) sum[c] += w * inner[c];
+        for (index_t c = 0; c < n; ++c) sums[c] += w * inner[c];
       }
-      for (index_t c = 0; c < n; ++c) {
-        idx[3] = c0 + c;
-        p.store(idx, sum[c] / ty.divisor / tx.divisor);
-      }
-    }
+      for (index_t c = 0; c < n; ++c) sums[c] = sums[c] / ty.divisor / tx.divisor;
+    });
   }
 
   /// @brief Computes destination element i of the walk.
@@ -239,15 +261,12 @@ struct resample_backward_kernel {
   /// @brief Host path: every channel of input pixel q = (b, y, x), the covering outputs found once per channel
   /// block; each element gets exactly operator()'s arithmetic, in the same order.
   void pixel(index_t q) const {
-    index_t idx[4] = {q / (p.dst.extent[1] * p.dst.extent[2]), q / p.dst.extent[2] % p.dst.extent[1],
-                      q % p.dst.extent[2], 0};
+    index_t idx[4];
+    p.pixel_index(q, idx);
     const index_t y = idx[1], x = idx[2];
     const index_t jy0 = p.rows.first_covering(y), jx0 = p.cols.first_covering(x);
-    const index_t channels = p.dst.extent[3], step = p.src.stride[3];
-    for (index_t c0 = 0; c0 < channels; c0 += resample_channel_block) {
-      const index_t n = channels - c0 < resample_channel_block ? channels - c0 : resample_channel_block;
-      const T* base = p.src.data + idx[0] * p.src.stride[0] + c0 * step;
-      acc sum[resample_channel_block] = {};
+    const index_t step = p.src.stride[3];
+    p.store_channel_blocks(idx, [&](const T* base, index_t n, acc* sums) {
       for (index_t jy = jy0; jy < p.rows.out; ++jy) {
         const axis_taps<acc> ty = p.rows.taps(jy);
         if (ty.first > y) break;
@@ -260,13 +279,9 @@ struct resample_backward_kernel {
           for (index_t c = 0; c < n; ++c) inner[c] += w * load_as_accum(cell[c * step]);
         }
         const acc w = ty.coefficient(y);
-        for (index_t c = 0; c < n; ++c) sum[c] += w * inner[c];
+        for (index_t c = 0; c < n; ++c) sums[c] += w * inner[c];
       }
-      for (index_t c = 0; c < n; ++c) {
-        idx[3] = c0 + c;
-        p.store(idx, sum[c]);
-      }
-    }
+    });
   }
 
   /// @brief Computes grad_in element i of the walk; each element owns its sum, so no atomics are needed.
