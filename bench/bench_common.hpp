@@ -7,6 +7,8 @@
 #include <bevkd/core/dtype.hpp>
 #include <bevkd/core/view.hpp>
 #include <bevkd/losses/attention_distill.hpp>
+#include <bevkd/losses/feature_mse.hpp>
+#include <bevkd/losses/response_kl.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -145,29 +147,73 @@ inline const std::vector<std::uint8_t>& sca_hits() {
   return hits;
 }
 
-/// @brief The attention benchmarks' call: TSA (per_source over S = 2) or SCA (joint over the hit cameras of S = 6).
-/// @param hits The [N, 6] camera mask in the executor's memory (SCA only).
-template <class Exec, class T>
-typename Exec::result_type attention_call(Exec& exec, bool sca, const T* student, const T* teacher, T* grad,
-                                          const std::uint8_t* hits) {
-  const index_t sources = sca ? sca_sources : attn_sources;
-  const auto view = [sources](auto* p) {
-    using U = std::remove_pointer_t<decltype(p)>;
-    return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, sources, attn_keys});
-  };
-  bevkd::attention_distill_options opts;
-  bevkd::attention_io<bevkd::accum_t<T>> io;
-  if (sca) {
-    opts.normalize = bevkd::attention_normalize::joint;
-    io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(hits, {attn_queries, sca_sources});
+/// @brief The cases both benchmark binaries run; one enum drives the fused call, the naive reference and the names.
+enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl, attention_sca };
+
+/// @brief Family name of a case in benchmark names.
+inline const char* case_name(loss_case c) {
+  switch (c) {
+    case loss_case::kl_softmax: return "kl_softmax";
+    case loss_case::kl_sigmoid: return "kl_sigmoid";
+    case loss_case::kl_spatial: return "kl_spatial";
+    case loss_case::attention_kl: return "attention_kl";
+    case loss_case::attention_sca: return "attention_sca";
+    case loss_case::mse: return "mse";
+    default: return "mse_l2";
   }
-  return bevkd::attention_distill(opts)(exec, view(student), view(teacher), view(grad), io);
+}
+
+/// @brief eps of the normalised MSE cases.
+constexpr double l2_eps = 1e-12;
+
+/// @brief The fused call of a case (loss and gradient, reduction mean) on the [B, P, C] NHWC buffers of C channels.
+///
+/// The attention cases read the same buffers as [N, H, S, K]: TSA per_source over S = 2 (C = 256), SCA joint over
+/// the hit cameras of S = 6 (C = 768). `hits` is the [N, 6] camera mask in the executor's memory (SCA only).
+template <class Exec, class T>
+typename Exec::result_type fused_loss_call(Exec& exec, loss_case c, index_t channels, const T* student,
+                                           const T* teacher, T* grad, const std::uint8_t* hits) {
+  if (c == loss_case::attention_kl || c == loss_case::attention_sca) {
+    const bool sca = c == loss_case::attention_sca;
+    const index_t sources = sca ? sca_sources : attn_sources;
+    const auto view = [sources](auto* p) {
+      using U = std::remove_pointer_t<decltype(p)>;
+      return bevkd::contiguous_view<U, 4>(p, {attn_queries, attn_heads, sources, attn_keys});
+    };
+    bevkd::attention_distill_options opts;
+    bevkd::attention_io<bevkd::accum_t<T>> io;
+    if (sca) {
+      opts.normalize = bevkd::attention_normalize::joint;
+      io.source_mask = bevkd::contiguous_view<const std::uint8_t, 2>(hits, {attn_queries, sca_sources});
+    }
+    return bevkd::attention_distill(opts)(exec, view(student), view(teacher), view(grad), io);
+  }
+  const auto s = bevkd::bev_nhwc<const T>(student, batch, 1, pillars, channels);
+  const auto t = bevkd::bev_nhwc<const T>(teacher, batch, 1, pillars, channels);
+  const auto g = bevkd::bev_nhwc<T>(grad, batch, 1, pillars, channels);
+  if (c == loss_case::mse || c == loss_case::mse_l2) {
+    bevkd::feature_mse_options opts;
+    opts.normalize = c == loss_case::mse ? bevkd::mse_normalize::none : bevkd::mse_normalize::per_pillar_l2;
+    opts.eps = l2_eps;
+    opts.reduce = bevkd::reduction::mean;
+    return bevkd::feature_mse(opts)(exec, s, t, g);
+  }
+  const bevkd::kl_mode mode = c == loss_case::kl_softmax   ? bevkd::kl_mode::softmax
+                              : c == loss_case::kl_sigmoid ? bevkd::kl_mode::sigmoid
+                                                           : bevkd::kl_mode::spatial;
+  return bevkd::response_kl({mode, 1.0, bevkd::reduction::mean})(exec, s, t, g);
 }
 
 /// @brief "family/dtype" benchmark name; Google Benchmark appends "/C:../threads:..".
 template <class T>
 std::string bench_name(const char* family) {
   return std::string(family) + "/" + dtype_label<T>();
+}
+
+/// @brief "naive_family/dtype" name of a case's naive reference.
+template <class T>
+std::string naive_name(loss_case c) {
+  return bench_name<T>((std::string("naive_") + case_name(c)).c_str());
 }
 
 }  // namespace bevkd_bench

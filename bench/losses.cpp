@@ -239,53 +239,11 @@ double naive_normalized_mse(const float* s, const float* t, float* grad, const r
 }
 
 // ---------------------------------------------------------------------------------------
-// Cases: one enum drives the fused call, the naive reference and the names.
-
-enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl, attention_sca };
-
-const char* case_name(loss_case c) {
-  switch (c) {
-    case loss_case::kl_softmax: return "kl_softmax";
-    case loss_case::kl_sigmoid: return "kl_sigmoid";
-    case loss_case::kl_spatial: return "kl_spatial";
-    case loss_case::attention_kl: return "attention_kl";
-    case loss_case::attention_sca: return "attention_sca";
-    case loss_case::mse: return "mse";
-    default: return "mse_l2";
-  }
-}
-
-constexpr double l2_eps = 1e-12;
+// Cases (bench_common.hpp): the fused call and the naive reference.
 
 template <class T>
 double fused_call(loss_case c, bevkd::host_exec& exec, const host_inputs<T>& in, T* grad) {
-  const index_t C = in.channels;
-  const auto s = bevkd::bev_nhwc<const T>(in.student.data(), batch, 1, pillars, C);
-  const auto t = bevkd::bev_nhwc<const T>(in.teacher.data(), batch, 1, pillars, C);
-  const auto g = bevkd::bev_nhwc<T>(grad, batch, 1, pillars, C);
-  switch (c) {
-    case loss_case::attention_kl:   // [N, H, 2, K] per_source KL over the C = 256 buffers
-    case loss_case::attention_sca:  // [N, H, 6, K] joint KL over the hit cameras, C = 768 buffers
-      return attention_call(exec, c == loss_case::attention_sca, in.student.data(), in.teacher.data(), grad,
-                            sca_hits().data())
-          .loss;
-    case loss_case::kl_softmax:
-    case loss_case::kl_sigmoid:
-    case loss_case::kl_spatial: {
-      const bevkd::kl_mode mode = c == loss_case::kl_softmax   ? bevkd::kl_mode::softmax
-                                  : c == loss_case::kl_sigmoid ? bevkd::kl_mode::sigmoid
-                                                               : bevkd::kl_mode::spatial;
-      const bevkd::response_kl kl({mode, 1.0, bevkd::reduction::mean});
-      return kl(exec, s, t, g).loss;
-    }
-    default: {
-      bevkd::feature_mse_options opts;
-      opts.normalize = c == loss_case::mse ? bevkd::mse_normalize::none : bevkd::mse_normalize::per_pillar_l2;
-      opts.eps = l2_eps;
-      opts.reduce = bevkd::reduction::mean;
-      return bevkd::feature_mse(opts)(exec, s, t, g).loss;
-    }
-  }
+  return fused_loss_call(exec, c, in.channels, in.student.data(), in.teacher.data(), grad, sca_hits().data()).loss;
 }
 
 template <class T>
@@ -410,11 +368,6 @@ void bm_exp_floor(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   set_floor_counter(state, in.floor_bytes());
-}
-
-template <class T>
-std::string naive_name(loss_case c) {
-  return bench_name<T>((std::string("naive_") + case_name(c)).c_str());
 }
 
 template <class B>

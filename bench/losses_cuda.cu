@@ -463,54 +463,14 @@ void naive_normalized_mse(const float* s, const float* t, float* grad, const row
 }
 
 // ---------------------------------------------------------------------------------------
-// Cases (as in losses.cpp).
-
-enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl, attention_sca };
-
-const char* case_name(loss_case c) {
-  switch (c) {
-    case loss_case::attention_kl: return "attention_kl";
-    case loss_case::attention_sca: return "attention_sca";
-    case loss_case::kl_softmax: return "kl_softmax";
-    case loss_case::kl_sigmoid: return "kl_sigmoid";
-    case loss_case::kl_spatial: return "kl_spatial";
-    case loss_case::mse: return "mse";
-    default: return "mse_l2";
-  }
-}
-
-constexpr double l2_eps = 1e-12;
+// Cases (bench_common.hpp): the fused call and the naive reference.
 
 /// The fused call; `hits` is the device camera mask (used by attention_sca only).
 template <class T>
 bevkd::device_loss_result fused_call(loss_case c, bevkd::cuda_exec& exec, const device_inputs<T>& in,
                                      const std::uint8_t* hits) {
-  const index_t C = in.host.channels;
-  const auto s = bevkd::bev_nhwc<const T>(in.student.get(), batch, 1, pillars, C);
-  const auto t = bevkd::bev_nhwc<const T>(in.teacher.get(), batch, 1, pillars, C);
-  const auto g = bevkd::bev_nhwc<T>(in.grad.get(), batch, 1, pillars, C);
-  switch (c) {
-    case loss_case::attention_kl:
-    case loss_case::attention_sca:
-      return attention_call(exec, c == loss_case::attention_sca, static_cast<const T*>(in.student.get()),
-                            static_cast<const T*>(in.teacher.get()), in.grad.get(), hits);
-    case loss_case::kl_softmax:
-    case loss_case::kl_sigmoid:
-    case loss_case::kl_spatial: {
-      const bevkd::kl_mode mode = c == loss_case::kl_softmax   ? bevkd::kl_mode::softmax
-                                  : c == loss_case::kl_sigmoid ? bevkd::kl_mode::sigmoid
-                                                               : bevkd::kl_mode::spatial;
-      const bevkd::response_kl kl({mode, 1.0, bevkd::reduction::mean});
-      return kl(exec, s, t, g);
-    }
-    default: {
-      bevkd::feature_mse_options opts;
-      opts.normalize = c == loss_case::mse ? bevkd::mse_normalize::none : bevkd::mse_normalize::per_pillar_l2;
-      opts.eps = l2_eps;
-      opts.reduce = bevkd::reduction::mean;
-      return bevkd::feature_mse(opts)(exec, s, t, g);
-    }
-  }
+  return fused_loss_call(exec, c, in.host.channels, static_cast<const T*>(in.student.get()),
+                         static_cast<const T*>(in.teacher.get()), in.grad.get(), hits);
 }
 
 /// Enqueues the naive reference; the weighted loss sum lands in B.total (divide as returned by the scale).
@@ -658,11 +618,6 @@ template <class B>
 void with_sizes(B* b) {
   with_timing(b);
   for (index_t C : channel_counts) b->Args({C});
-}
-
-template <class T>
-std::string naive_name(loss_case c) {
-  return bench_name<T>((std::string("naive_") + case_name(c)).c_str());
 }
 
 template <class T>

@@ -138,7 +138,9 @@ auto run_on_rows(Exec& exec, const strided_view<const T, 3>& student, const stri
   if constexpr (stages_rows<Exec>::value) {
     if (exec.stages_strided_rows()) {
       const std::array<index_t, 3> extent{student.extent[0], student.extent[1], student.extent[2]};
-      const auto staged = [&](int slot) { return contiguous_view<T, 3>(exec.template staging<T>(slot, student.size()), extent); };
+      const auto staged = [&](int slot) {
+        return contiguous_view<T, 3>(exec.template staging<T>(slot, student.size()), extent);
+      };
       const strided_view<T, 3> s = staged(0), t = staged(1), g = staged(2);
       copy_tiles(exec, student, s);
       copy_tiles(exec, teacher, t);

@@ -40,7 +40,8 @@ nlohmann::json parse_json_unique_keys(Iterator first, Iterator last, const std::
   };
   nlohmann::json json = nlohmann::json::parse(first, last, watch, false, ignore_comments);
   if (json.is_discarded()) throw format_error(source, std::string(what) + " is not valid JSON");
-  if (!repeated.empty()) throw format_error(source, std::string(what) + " repeats the key \"" + repeated + "\" in one object");
+  if (!repeated.empty())
+    throw format_error(source, std::string(what) + " repeats the key \"" + repeated + "\" in one object");
   return json;
 }
 
