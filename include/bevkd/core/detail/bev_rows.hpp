@@ -8,11 +8,11 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
-#include <utility>
 
 #include "../config.hpp"
 #include "../dtype.hpp"
 #include "../error.hpp"
+#include "../host_backend.hpp"
 #include "../reduction.hpp"
 #include "../view.hpp"
 #include "lanes.hpp"
@@ -99,17 +99,10 @@ bool unit_columns(const strided_view<const T, 3>& s, const strided_view<const T,
   return s.stride[2] == 1 && t.stride[2] == 1 && g.stride[2] == 1;
 }
 
-/// @brief True for backends that can stage strided rows (host_exec: see host_exec::stage_strided_rows).
-template <class Exec, class = void>
-struct stages_rows : std::false_type {};
-/// @brief Detected through Exec::stages_strided_rows().
-template <class Exec>
-struct stages_rows<Exec, std::void_t<decltype(std::declval<const Exec&>().stages_strided_rows())>> : std::true_type {};
-
 /// @brief Copies a [R0, R1, N] view into one of the same extents in 64 x 64 tiles of (R1, N), so that both sides'
-/// cache lines are reused whatever their strides (a host backend's parallel_for runs the tiles).
-template <class Exec, class T>
-void copy_tiles(Exec& exec, const strided_view<const T, 3>& src, const strided_view<T, 3>& dst) {
+/// cache lines are reused whatever their strides (host_exec's parallel_for runs the tiles).
+template <class T>
+void copy_tiles(host_exec& exec, const strided_view<const T, 3>& src, const strided_view<T, 3>& dst) {
   constexpr index_t tile = 64;
   const index_t tiles_1 = (src.extent[1] + tile - 1) / tile, tiles_2 = (src.extent[2] + tile - 1) / tile;
   // The inner loop writes along the destination's shorter stride: sequential stores (measured on
@@ -129,13 +122,14 @@ void copy_tiles(Exec& exec, const strided_view<const T, 3>& src, const strided_v
 }
 
 /// @brief Calls run(unit, student, teacher, grad) with `unit` a std::bool_constant saying whether every column
-/// stride is 1; on a staging backend, strided rows are first copied into contiguous buffers and the gradient
-/// copied back after the run (gathered first when accumulating), so the unit-stride kernels read them.
+/// stride is 1; on the host (see host_exec::stage_strided_rows), strided rows are first copied into contiguous
+/// buffers and the gradient copied back after the run (gathered first when accumulating), so the unit-stride
+/// kernels read them.
 template <class Exec, class T, class Run>
 auto run_on_rows(Exec& exec, const strided_view<const T, 3>& student, const strided_view<const T, 3>& teacher,
                  const strided_view<T, 3>& grad, bool accumulate, Run&& run) {
   if (unit_columns(student, teacher, grad)) return run(std::true_type{}, student, teacher, grad);
-  if constexpr (stages_rows<Exec>::value) {
+  if constexpr (std::is_same<Exec, host_exec>::value) {
     if (exec.stages_strided_rows()) {
       const std::array<index_t, 3> extent{student.extent[0], student.extent[1], student.extent[2]};
       const auto staged = [&](int slot) {
@@ -144,9 +138,9 @@ auto run_on_rows(Exec& exec, const strided_view<const T, 3>& student, const stri
       const strided_view<T, 3> s = staged(0), t = staged(1), g = staged(2);
       copy_tiles(exec, student, s);
       copy_tiles(exec, teacher, t);
-      if (accumulate) copy_tiles<Exec, T>(exec, grad, g);
+      if (accumulate) copy_tiles<T>(exec, grad, g);
       auto result = run(std::true_type{}, strided_view<const T, 3>(s), strided_view<const T, 3>(t), g);
-      copy_tiles<Exec, T>(exec, g, grad);  // only once the run succeeded: a throwing call leaves grad untouched
+      copy_tiles<T>(exec, g, grad);  // only once the run succeeded: a throwing call leaves grad untouched
       return result;
     }
   }
