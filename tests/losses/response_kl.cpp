@@ -279,6 +279,86 @@ TEST_CASE("host_exec stages strided rows: the same results as the in-place row k
       }
 }
 
+TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excluded rows exactly 0 or untouched", T,
+                   float, bevkd::bfloat16) {
+  using acc = bevkd::accum_t<T>;
+  std::mt19937 rng(fresh_seed());
+  bevkd::host_exec blocks, per_row;
+  per_row.run_row_blocks(false);
+  CHECK(blocks.runs_row_blocks());
+  CHECK(!per_row.runs_row_blocks());
+  CHECK(!bevkd::host_exec().simulate_team(32).runs_row_blocks());
+  // 74 rows: four full blocks and a tail of 10; C = 257 is past max_block_columns (per-row either way).
+  for (index_t channels : {index_t{1}, index_t{10}, index_t{37}, index_t{64}, index_t{256}, index_t{257}})
+    for (layout lay : all_layouts)
+      for (bool accumulate : {false, true})
+        for (reduction red : {reduction::mean, reduction::none}) {
+          auto cs = kl_case<T>(kl_mode::softmax, 1.7, 2, 37, channels);
+          cs.lay = lay;
+          cs.opts.accumulate = accumulate;
+          cs.opts.reduce = red;
+          cs.opts.loss_weight = 0.8;
+          cs.randomize(rng, 4.0);
+          cs.random_weights(rng);
+          if (red == reduction::none) cs.random_upstream(rng);
+          const auto prior = random_values<T>(storage_size(lay, cs.B, cs.P, cs.C), rng);
+          std::vector<T> in_blocks = prior, by_row = prior;
+          std::vector<acc> block_losses, row_losses;
+          const double block_loss = cs.run(blocks, in_blocks, block_losses).loss;
+          const double row_loss = cs.run(per_row, by_row, row_losses).loss;
+          INFO("C ", channels, " layout ", layout_name(lay), " accumulate ", accumulate, " reduction ",
+               static_cast<int>(red));
+          CHECK(relative_error(block_loss, row_loss) < 2e-6);
+          CHECK(relative_error(std::vector<double>(block_losses.begin(), block_losses.end()),
+                               std::vector<double>(row_losses.begin(), row_losses.end())) < 2e-6);
+          const double tolerance = std::is_same<T, float>::value ? 2e-6 : 1e-2;  // bf16 stores round at 2^-8
+          const auto as_doubles = [](const std::vector<T>& v) {
+            std::vector<double> out;
+            for (T x : v) out.push_back(to_double(x));
+            return out;
+          };
+          CHECK(relative_error(as_doubles(in_blocks), as_doubles(by_row)) < tolerance);
+          // A row of weight 0 is bitwise what the per-row kernel leaves: +0 written, or the prior value kept.
+          const auto view = view_of<T>(lay, in_blocks.data(), cs.B, cs.P, cs.C);
+          for (index_t r = 0; r < cs.row_count(); ++r) {
+            if (cs.weights[static_cast<std::size_t>(r)] != acc(0)) continue;
+            for (index_t c = 0; c < cs.C; ++c) {
+              const auto at = static_cast<std::size_t>(view.offset(r / cs.P, r % cs.P, c));
+              CHECK(std::memcmp(&in_blocks[at], accumulate ? &prior[at] : &by_row[at], sizeof(T)) == 0);
+            }
+          }
+        }
+}
+
+TEST_CASE("host row blocks keep a NaN, -inf or huge logit in its own row") {
+  std::mt19937 rng(fresh_seed());
+  auto cs = kl_case<float>(kl_mode::softmax, 1.0, 1, 40, 64);
+  cs.randomize(rng);
+  const index_t nan_row = 3, inf_row = 17, huge_row = 33;
+  cs.student[static_cast<std::size_t>(nan_row * 64 + 5)] = std::nanf("");
+  for (index_t c = 0; c < 64; c += 2) cs.teacher[static_cast<std::size_t>(inf_row * 64 + c)] = -HUGE_VALF;
+  for (index_t c = 0; c < 64; ++c) cs.student[static_cast<std::size_t>(huge_row * 64 + c)] = c % 3 ? 1e4f : -1e4f;
+  cs.opts.reduce = reduction::none;
+  std::vector<float> grad(cs.student.size()), by_row(cs.student.size());
+  std::vector<float> losses, row_losses;
+  bevkd::host_exec blocks, per_row;
+  per_row.run_row_blocks(false);
+  cs.run(blocks, grad, losses);
+  cs.run(per_row, by_row, row_losses);
+  for (index_t r = 0; r < 40; ++r) {
+    INFO("row ", r);
+    CHECK(std::isnan(losses[static_cast<std::size_t>(r)]) == (r == nan_row));
+    if (r != nan_row)
+      CHECK(losses[static_cast<std::size_t>(r)] == doctest::Approx(row_losses[static_cast<std::size_t>(r)]).epsilon(1e-5));
+    for (index_t c = 0; c < 64; ++c) {
+      const float g = grad[static_cast<std::size_t>(r * 64 + c)];
+      CHECK(std::isnan(g) == (r == nan_row));
+      // q_S - q_T cancels: compare against the gradient's scale (1 / rows), not each element's size.
+      if (r != nan_row) CHECK(std::fabs(g - by_row[static_cast<std::size_t>(r * 64 + c)]) < 1e-5f / 40);
+    }
+  }
+}
+
 TEST_CASE("a staged call that fails in the run (a negative weight) leaves the gradient untouched") {
   std::mt19937 rng(fresh_seed());
   auto cs = kl_case<float>(kl_mode::softmax, 1.0, 2, 9, 4);

@@ -12,6 +12,7 @@
 #endif
 
 #include "config.hpp"
+#include "detail/row_blocks.hpp"
 #include "detail/row_driver.hpp"
 #include "error.hpp"
 #include "reduction.hpp"
@@ -78,6 +79,19 @@ class host_exec {
     return *this;
   }
 
+  /// @brief Whether short softmax rows run in row blocks, sixteen side by side with one row per SIMD lane (default on).
+  ///
+  /// Off, every row runs through the per-row team kernel (as with a simulated team). Results
+  /// of the two agree to rounding, not bitwise: a block sums a row's columns in order, the
+  /// row kernel pairwise. Either way they do not depend on the thread count.
+  host_exec& run_row_blocks(bool on) {
+    blocks_ = on;
+    return *this;
+  }
+
+  /// @brief True when row blocks are used: switched on and the production team of one.
+  bool runs_row_blocks() const { return blocks_ && lanes_ == 1 && chunk_ == 1; }
+
   /// @brief True when strided rows are staged: switched on and the production team of one (simulated teams read in
   /// place, as the GPU does).
   bool stages_strided_rows() const { return stage_ && lanes_ == 1 && chunk_ == 1; }
@@ -111,11 +125,7 @@ class host_exec {
     const double weight_sum = problem.rows.has_weights() ? sum_weights(problem) : static_cast<double>(rows);
     const double normaliser = detail::reduction_normaliser(call.red, weight_sum, static_cast<double>(call.batch));
     const auto scaling = detail::make_row_scaling<acc>(call.loss_weight, call.grad_scale, normaliser, call.accumulate);
-    const index_t scratch_bytes = scratch_enabled_ ? problem.scratch_bytes() : 0;
-    const index_t chunk_rows = detail::rows_per_chunk(problem.columns());
-    const double total = sum_over_chunks(rows, chunk_rows, scratch_bytes, [&](index_t r, const host_team& team) {
-      return static_cast<double>(detail::run_row(problem, team, r, scaling));
-    });
+    const double total = sum_row_losses(problem, scaling);
     return loss_result{detail::finish_loss(total, call.loss_weight, normaliser), call.loss_weight * total, weight_sum};
   }
 
@@ -135,9 +145,40 @@ class host_exec {
   }
 
  private:
-  // Sum of row_value(r, team) over rows, chunk by chunk of chunk_rows rows, independent of the thread count.
-  template <class RowValue>
-  double sum_over_chunks(index_t rows, index_t chunk_rows, index_t scratch_bytes, RowValue&& row_value) {
+  // Sum of w_r * l_r over all rows (each row's gradient written on the way): in row blocks where the problem has a
+  // block kernel for rows this short, else row by row through the team kernel.
+  template <class Problem, class Acc>
+  double sum_row_losses(const Problem& problem, const detail::row_scaling<Acc>& scaling) {
+    const index_t rows = problem.row_count();
+    const index_t chunk_rows = detail::rows_per_chunk(problem.columns());
+    if constexpr (detail::has_row_blocks<Problem>::value) {
+      if (runs_row_blocks() && problem.columns() <= detail::max_block_columns) {
+        const index_t bytes = problem.block_scratch_bytes();
+        return sum_over_chunks(rows, chunk_rows, bytes, [&](index_t first, index_t last, const host_team& team) {
+          Acc* scratch = team.template scratch<Acc>(bytes / static_cast<index_t>(sizeof(Acc)));
+          Acc weighted[detail::block_rows];
+          double partial = 0;
+          for (index_t r = first; r < last; r += detail::block_rows) {
+            const int count = static_cast<int>(last - r < detail::block_rows ? last - r : detail::block_rows);
+            detail::run_block(problem, r, count, last, scaling, scratch, weighted);
+            for (int l = 0; l < count; ++l) partial += static_cast<double>(weighted[l]);
+          }
+          return partial;
+        });
+      }
+    }
+    const index_t scratch_bytes = scratch_enabled_ ? problem.scratch_bytes() : 0;
+    return sum_over_chunks(rows, chunk_rows, scratch_bytes, [&](index_t first, index_t last, const host_team& team) {
+      double partial = 0;
+      for (index_t r = first; r < last; ++r) partial += static_cast<double>(detail::run_row(problem, team, r, scaling));
+      return partial;
+    });
+  }
+
+  // Sum of chunk_value(first, last, team) over the chunks [first, last) of chunk_rows rows, in chunk order: the
+  // partition, and with it the result, does not depend on the thread count.
+  template <class ChunkValue>
+  double sum_over_chunks(index_t rows, index_t chunk_rows, index_t scratch_bytes, ChunkValue&& chunk_value) {
     const index_t chunks = (rows + chunk_rows - 1) / chunk_rows;
     const int nthreads = threads();
     partials_.assign(static_cast<std::size_t>(chunks), 0.0);
@@ -164,9 +205,7 @@ class host_exec {
       for (index_t k = 0; k < chunks; ++k) {
         const index_t first = k * chunk_rows;
         const index_t last = first + chunk_rows < rows ? first + chunk_rows : rows;
-        double partial = 0;
-        for (index_t r = first; r < last; ++r) partial += row_value(r, team);
-        partials[k] = partial;
+        partials[k] = chunk_value(first, last, team);
       }
     }
     double total = 0;
@@ -178,11 +217,16 @@ class host_exec {
   double sum_weights(const Problem& problem) {
     const index_t rows = problem.row_count();
     std::atomic<bool> negative{false};
-    const double total = sum_over_chunks(rows, detail::host_rows_per_chunk, 0, [&](index_t r, const host_team&) {
-      const double w = static_cast<double>(problem.rows.weight(r));
-      if (w < 0) negative.store(true, std::memory_order_relaxed);
-      return w;
-    });
+    const double total = sum_over_chunks(rows, detail::host_rows_per_chunk, 0,
+                                         [&](index_t first, index_t last, const host_team&) {
+                                           double partial = 0;
+                                           for (index_t r = first; r < last; ++r) {
+                                             const double w = static_cast<double>(problem.rows.weight(r));
+                                             if (w < 0) negative.store(true, std::memory_order_relaxed);
+                                             partial += w;
+                                           }
+                                           return partial;
+                                         });
     detail::require(!negative.load(), "weights", "must be >= 0 everywhere (a negative weight was found)");
     return total;
   }
@@ -192,6 +236,7 @@ class host_exec {
   int chunk_ = 1;
   bool scratch_enabled_ = true;
   bool stage_ = true;
+  bool blocks_ = true;
   std::vector<double> partials_;
   std::vector<double> scratch_;
   struct staging_buffer {

@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <type_traits>
+
 #include "../core/config.hpp"
 #include "../core/detail/bev_rows.hpp"
 #include "../core/dtype.hpp"
@@ -40,6 +42,27 @@ struct response_kl_problem : row_problem<T, Unit> {
   /// @brief Host scratch a row may use: the softmax pass keeps two exponentials per column.
   index_t scratch_bytes() const {
     return Sigmoid ? 0 : 2 * this->columns() * static_cast<index_t>(sizeof(acc_type));
+  }
+
+  /// @brief Softmax rows with float accumulators also run in host row blocks (rows no longer than max_block_columns).
+  static constexpr bool row_blocks = !Sigmoid && std::is_same<acc_type, float>::value;
+
+  /// @brief Host scratch of one row block: student and teacher in lane layout.
+  index_t block_scratch_bytes() const {
+    return 2 * block_rows * this->columns() * static_cast<index_t>(sizeof(acc_type));
+  }
+
+  /// @brief Loss of each row of a host row block (loss[l]); writes coeff[l] * dl/dS (rows with skip: see run_block).
+  template <class Block>
+  void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
+                           acc_type* scratch, acc_type* loss) const {
+    acc_type* s = scratch;
+    acc_type* t = scratch + block_rows * block.n;
+    block.gather(s, t);
+    acc_type scale[block_rows];
+    for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
+    softmax_kl_block(block, s, t, scale, inv_tau, tau, loss);
+    block.scatter(s, skip, accumulate);
   }
 
   /// @brief Team-collective loss of row r; writes coeff * dl_r/dS.

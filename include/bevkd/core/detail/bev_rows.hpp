@@ -60,8 +60,22 @@ struct row_problem {
   BEVKD_HOST_DEVICE index_t columns() const { return student.extent[2]; }
 
   /// @brief The three row references of row r.
-  BEVKD_HOST_DEVICE loss_row<T, Unit> row(index_t r) const {
-    const index_t i0 = r / student.extent[1], i1 = r % student.extent[1];
+  BEVKD_HOST_DEVICE loss_row<T, Unit> row(index_t r) const { return row_at(r / student.extent[1], r % student.extent[1]); }
+
+  /// @brief The row references of rows [first, first + count) into out (one division for all of them).
+  void row_range(index_t first, int count, loss_row<T, Unit>* out) const {
+    index_t i0 = first / student.extent[1], i1 = first % student.extent[1];
+    for (int l = 0; l < count; ++l) {
+      out[l] = row_at(i0, i1);
+      if (++i1 == student.extent[1]) {
+        i1 = 0;
+        ++i0;
+      }
+    }
+  }
+
+  /// @brief The three row references of row (i0, i1).
+  BEVKD_HOST_DEVICE loss_row<T, Unit> row_at(index_t i0, index_t i1) const {
     return loss_row<T, Unit>{{student.data + student.offset(i0, i1, 0), student.stride[2]},
                              {teacher.data + teacher.offset(i0, i1, 0), teacher.stride[2]},
                              {grad.data + grad.offset(i0, i1, 0), grad.stride[2]},

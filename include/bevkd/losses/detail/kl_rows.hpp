@@ -6,6 +6,7 @@
 
 #include "../../core/config.hpp"
 #include "../../core/detail/lanes.hpp"
+#include "../../core/detail/row_blocks.hpp"
 #include "../../core/detail/row_driver.hpp"
 #include "../../core/dtype.hpp"
 #include "../../core/math.hpp"
@@ -22,6 +23,35 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 2> logit_maxima(const Team&
                             [inv_tau](index_t, Acc s, Acc t) { return pair{{t * inv_tau, s * inv_tau}}; });
 }
 
+/// @brief What one column adds to a softmax KL row: both shifted exponentials and e_T (a' - b').
+template <class Acc>
+struct softmax_terms {
+  Acc e_t;    ///< e^(t/tau - max_T).
+  Acc e_s;    ///< e^(s/tau - max_S).
+  Acc cross;  ///< e_t (a' - b'), 0 where e_t is 0.
+
+  /// @brief The terms of the column with student logit s and teacher logit t.
+  BEVKD_FORCEINLINE softmax_terms(Acc s, Acc t, Acc inv_tau, Acc max_t, Acc max_s) {
+    const Acc a = t * inv_tau - max_t, b = s * inv_tau - max_s;
+    e_t = math::exp(a);
+    e_s = math::exp(b);
+    // A zero teacher probability contributes 0 (not 0 * inf).
+    cross = math::select(e_t == Acc(0), Acc(0), e_t * (a - b));
+  }
+};
+
+/// @brief tau^2 KL of a softmax row from its sums z_T, z_S and cross (inv_zt = 1 / z_T).
+template <class Acc>
+BEVKD_FORCEINLINE Acc softmax_kl_value(Acc z_t, Acc z_s, Acc cross, Acc inv_zt, Acc tau) {
+  return tau * tau * (cross * inv_zt - math::log(z_t) + math::log(z_s));
+}
+
+/// @brief One gradient element of a softmax KL row, scale (q_S - q_T), from its exponentials.
+template <class Acc>
+BEVKD_FORCEINLINE Acc softmax_kl_grad_value(Acc scale, Acc e_t, Acc e_s, Acc inv_zt, Acc inv_zs) {
+  return scale * (e_s * inv_zs - e_t * inv_zt);
+}
+
 /// @brief {z_T, z_S, cross}: z = sum e^(x/tau - max), cross = sum e^(a') (a' - b'); Keep stores the exponentials.
 ///
 /// A named function with value captures (not a lambda over references): GCC then proves the
@@ -33,14 +63,12 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponential_sums(const T
   const index_t n = row.n;
   return team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
                             [cache, n, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
-                              const Acc a = t * inv_tau - max_t, b = s * inv_tau - max_s;
-                              const Acc e_t = math::exp(a), e_s = math::exp(b);
+                              const softmax_terms<Acc> x(s, t, inv_tau, max_t, max_s);
                               if constexpr (Keep) {
-                                cache[c] = e_t;
-                                cache[n + c] = e_s;
+                                cache[c] = x.e_t;
+                                cache[n + c] = x.e_s;
                               }
-                              // A zero teacher probability contributes 0 (not 0 * inf).
-                              return triple{{e_t, e_s, math::select(e_t == Acc(0), Acc(0), e_t * (a - b))}};
+                              return triple{{x.e_t, x.e_s, x.cross}};
                             });
 }
 
@@ -54,7 +82,7 @@ BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>
   // The mode as a constant: an overwriting loop then neither reads the gradient nor selects.
   const auto pass = [&](auto accumulating) {
     const auto write = [grad_row, scale, inv_zs, inv_zt, accumulating](index_t c, Acc e_t, Acc e_s) {
-      write_grad(grad_row[c], scale * (e_s * inv_zs - e_t * inv_zt), decltype(accumulating)::value);
+      write_grad(grad_row[c], softmax_kl_grad_value(scale, e_t, e_s, inv_zt, inv_zs), decltype(accumulating)::value);
     };
     if (kept) {
       const index_t n = row.n;
@@ -122,8 +150,7 @@ BEVKD_HOST_DEVICE Acc softmax_kl_segments(const Team& team, const Segments& segm
                     coeff * tau, accumulate);
     offset += row.n;
   });
-  const Acc kl = sums[2] * inv_zt - math::log(sums[0]) + math::log(sums[1]);
-  return tau * tau * kl;
+  return softmax_kl_value(sums[0], sums[1], sums[2], inv_zt, tau);
 }
 
 /// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over one contiguous row; writes coeff * tau * (q_S - q_T).
@@ -131,6 +158,48 @@ template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
                                      Acc coeff, bool accumulate) {
   return softmax_kl_segments(team, single_segment<T, Unit>{row}, inv_tau, tau, coeff, accumulate);
+}
+
+/// @brief softmax_kl_row for the block_rows rows of a host row block, held in lane layout (see row_blocks.hpp).
+///
+/// The same three passes and element math as the row kernel, with each row's reductions done
+/// in its own SIMD lane (columns summed in order, not pairwise: rows are at most
+/// max_block_columns long). On return `s` holds scale_l (q_S - q_T) and loss[l] the row's
+/// tau^2 KL; `t` is overwritten.
+template <class Block, class Acc>
+void softmax_kl_block(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_RESTRICT t, const Acc* scale,
+                      Acc inv_tau, Acc tau, Acc* loss) {
+  constexpr int lanes = block_rows;
+  const index_t n = block.n;
+  Acc max_t[lanes], max_s[lanes], z_t[lanes], z_s[lanes], cross[lanes], inv_zt[lanes], inv_zs[lanes];
+  for (int l = 0; l < lanes; ++l) {
+    max_t[l] = max_s[l] = -math::infinity<Acc>();
+    z_t[l] = z_s[l] = cross[l] = Acc(0);
+  }
+  for (index_t c = 0; c < n; ++c)
+    for (int l = 0; l < lanes; ++l) {
+      max_t[l] = shift_max_op{}(max_t[l], t[lane_index(c, l)] * inv_tau);
+      max_s[l] = shift_max_op{}(max_s[l], s[lane_index(c, l)] * inv_tau);
+    }
+  for (index_t c = 0; c < n; ++c) {
+    block.prefetch(c);
+    for (int l = 0; l < lanes; ++l) {
+      const softmax_terms<Acc> x(s[lane_index(c, l)], t[lane_index(c, l)], inv_tau, max_t[l], max_s[l]);
+      t[lane_index(c, l)] = x.e_t;
+      s[lane_index(c, l)] = x.e_s;
+      z_t[l] += x.e_t;
+      z_s[l] += x.e_s;
+      cross[l] += x.cross;
+    }
+  }
+  for (int l = 0; l < lanes; ++l) {
+    inv_zt[l] = Acc(1) / z_t[l];
+    inv_zs[l] = Acc(1) / z_s[l];
+    loss[l] = softmax_kl_value(z_t[l], z_s[l], cross[l], inv_zt[l], tau);
+  }
+  for (index_t c = 0; c < n; ++c)
+    for (int l = 0; l < lanes; ++l)
+      s[lane_index(c, l)] = softmax_kl_grad_value(scale[l], t[lane_index(c, l)], s[lane_index(c, l)], inv_zt[l], inv_zs[l]);
 }
 
 /// @brief The pieces of one logit x that a Bernoulli KL needs, from one exponential and one log1p.
