@@ -27,9 +27,9 @@ namespace detail {
 /// @brief Rows one host block runs side by side (one per SIMD lane of the block kernels).
 constexpr int block_rows = 16;
 
-/// @brief Longest rows run in blocks: beyond this the per-row kernels are as fast (measured at C = 256) and their
-/// pairwise sums more accurate.
-constexpr index_t max_block_columns = 256;
+/// @brief Longest rows run in blocks: from about 160 columns on the per-row kernels are as fast (measured with fp32
+/// at C = 96..256, portable and -march=native builds) and their pairwise sums more accurate.
+constexpr index_t max_block_columns = 128;
 
 /// @brief Index of column c of lane l in a block's lane-layout buffer.
 BEVKD_FORCEINLINE index_t lane_index(index_t c, int l) { return c * block_rows + l; }
@@ -69,8 +69,9 @@ struct row_block {
   /// accumulating), whatever g holds there.
   template <class Acc>
   void scatter(Acc* BEVKD_RESTRICT g, const bool* skip, bool accumulate) const {
-    for (index_t c = 0; c < n; ++c)
-      for (int l = 0; l < block_rows; ++l) g[lane_index(c, l)] = skip[l] ? Acc(0) : g[lane_index(c, l)];
+    for (int l = 0; l < count; ++l)
+      if (skip[l])
+        for (index_t c = 0; c < n; ++c) g[lane_index(c, l)] = Acc(0);
     for (int l = 0; l < count; ++l) {
       if (!accumulate && transposes_four(l)) {
         transpose_out(l, g);
