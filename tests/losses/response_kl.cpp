@@ -354,8 +354,9 @@ TEST_CASE("host row blocks keep a NaN, -inf or huge logit in its own row") {
     for (index_t c = 0; c < 64; ++c) {
       const float g = grad[static_cast<std::size_t>(r * 64 + c)];
       CHECK(std::isnan(g) == (r == nan_row));
-      // q_S - q_T cancels: compare against the gradient's scale (1 / rows), not each element's size.
-      if (r != nan_row) CHECK(std::fabs(g - by_row[static_cast<std::size_t>(r * 64 + c)]) < 1e-5f / 40);
+      // q_S - q_T cancels: compare against the gradient's scale (1 / rows), not each element's size. Each side's
+      // fp32 sums over 64 columns carry up to 64 * 2^-24 = 3.8e-6 relative error, in both runs: allow 3e-5.
+      if (r != nan_row) CHECK(std::fabs(g - by_row[static_cast<std::size_t>(r * 64 + c)]) < 3e-5f / 40);
     }
   }
 }
