@@ -52,17 +52,20 @@ struct row_block {
   /// @brief Loads student and teacher into lane layout (padding lanes get 0, so their arithmetic stays finite).
   template <class Acc>
   void gather(Acc* BEVKD_RESTRICT s, Acc* BEVKD_RESTRICT t) const {
-    for (int l = 0; l < block_rows; ++l) {
-      if (l < count && transposes_four(l)) {
-        transpose_in(l, s, t);
-        l += 3;
-        continue;
+    int l = 0;
+#if defined(BEVKD_ROW_BLOCKS_SSE2)
+    if constexpr (std::is_same<Acc, float>::value) {
+      for (; l + 4 <= count; l += 4) {
+        gather_four(l, [](const loss_row<T, Unit>& r) { return r.student; }, s);
+        gather_four(l, [](const loss_row<T, Unit>& r) { return r.teacher; }, t);
       }
+    }
+#endif
+    for (; l < block_rows; ++l)
       for (index_t c = 0; c < n; ++c) {
         s[lane_index(c, l)] = l < count ? load_as_accum(rows[l].student[c]) : Acc(0);
         t[lane_index(c, l)] = l < count ? load_as_accum(rows[l].teacher[c]) : Acc(0);
       }
-    }
   }
 
   /// @brief Writes (or adds) lane-layout gradients g into the rows; rows with skip set get exactly 0 (nothing when
@@ -72,12 +75,12 @@ struct row_block {
     for (int l = 0; l < count; ++l)
       if (skip[l])
         for (index_t c = 0; c < n; ++c) g[lane_index(c, l)] = Acc(0);
-    for (int l = 0; l < count; ++l) {
-      if (!accumulate && transposes_four(l)) {
-        transpose_out(l, g);
-        l += 3;
-        continue;
-      }
+    int l = 0;
+#if defined(BEVKD_ROW_BLOCKS_SSE2)
+    if constexpr (std::is_same<Acc, float>::value)
+      for (; l + 4 <= count; l += 4) scatter_four(l, g, skip, accumulate);
+#endif
+    for (; l < count; ++l) {
       if (skip[l] && accumulate) continue;  // an excluded row's gradient is left exactly as it was
       const auto grad = rows[l].grad;
       for (index_t c = 0; c < n; ++c) write_grad(grad[c], g[lane_index(c, l)], accumulate);
@@ -117,60 +120,58 @@ struct row_block {
 #endif
   }
 
-  // Whether rows [l, l + 4) move by 4 x 4 SSE transposes (float, unit stride, all four valid).
-  bool transposes_four(int l) const {
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
-    return std::is_same<T, float>::value && Unit && l % 4 == 0 && l + 4 <= count && n >= 4;
-#else
-    (void)l;
-    return false;
-#endif
-  }
+  // Rows that are float and unit-stride are read and written in place; others go through a float row buffer, which
+  // a contiguous loop converts (and vectorises), so that every row moves by the same 4 x 4 transposes.
+  static constexpr bool in_place = std::is_same<T, float>::value && Unit;
 
-#if defined(BEVKD_ROW_BLOCKS_SSE2)
-  // Four rows from `pick(row)` at columns [c, c + 4), transposed: column c + i lands in out[i].
+  // Moves rows [l, l + 4) of the tensor pick(row) selects into lanes [l, l + 4) of out.
   template <class Pick>
-  static void load_four(const loss_row<T, Unit>* from, Pick pick, index_t c, __m128 (&out)[4]) {
-    for (int i = 0; i < 4; ++i) out[i] = _mm_loadu_ps(reinterpret_cast<const float*>(&pick(from[i])[c]));
-    _MM_TRANSPOSE4_PS(out[0], out[1], out[2], out[3]);
-  }
-
-  template <class Acc>
-  void transpose_in(int l, Acc* s, Acc* t) const {
-    const index_t whole = n / 4 * 4;
-    for (index_t c = 0; c < whole; c += 4) {
-      __m128 sv[4], tv[4];
-      load_four(rows + l, [](const loss_row<T, Unit>& r) { return r.student; }, c, sv);
-      load_four(rows + l, [](const loss_row<T, Unit>& r) { return r.teacher; }, c, tv);
-      for (int i = 0; i < 4; ++i) {
-        _mm_storeu_ps(reinterpret_cast<float*>(s + lane_index(c + i, l)), sv[i]);
-        _mm_storeu_ps(reinterpret_cast<float*>(t + lane_index(c + i, l)), tv[i]);
+  void gather_four(int l, Pick pick, float* out) const {
+    float buffer[4][max_block_columns];
+    const float* from[4];
+    for (int i = 0; i < 4; ++i) {
+      const auto ref = pick(rows[l + i]);
+      if constexpr (in_place) {
+        from[i] = ref.ptr;
+      } else {
+        for (index_t c = 0; c < n; ++c) buffer[i][c] = load_as_accum(ref[c]);
+        from[i] = buffer[i];
       }
     }
-    for (int j = l; j < l + 4; ++j)
-      for (index_t c = whole; c < n; ++c) {
-        s[lane_index(c, j)] = load_as_accum(rows[j].student[c]);
-        t[lane_index(c, j)] = load_as_accum(rows[j].teacher[c]);
-      }
-  }
-
-  template <class Acc>
-  void transpose_out(int l, const Acc* g) const {
     const index_t whole = n / 4 * 4;
     for (index_t c = 0; c < whole; c += 4) {
       __m128 v[4];
-      for (int i = 0; i < 4; ++i) v[i] = _mm_loadu_ps(reinterpret_cast<const float*>(g + lane_index(c + i, l)));
+      for (int i = 0; i < 4; ++i) v[i] = _mm_loadu_ps(from[i] + c);
       _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
-      for (int i = 0; i < 4; ++i) _mm_storeu_ps(reinterpret_cast<float*>(&rows[l + i].grad[c]), v[i]);
+      for (int i = 0; i < 4; ++i) _mm_storeu_ps(out + lane_index(c + i, l), v[i]);
     }
-    for (int j = l; j < l + 4; ++j)
-      for (index_t c = whole; c < n; ++c) write_grad(rows[j].grad[c], g[lane_index(c, j)], false);
+    for (index_t c = whole; c < n; ++c)
+      for (int i = 0; i < 4; ++i) out[lane_index(c, l + i)] = from[i][c];
   }
-#else
-  template <class Acc>
-  void transpose_in(int, Acc*, Acc*) const {}
-  template <class Acc>
-  void transpose_out(int, const Acc*) const {}
+
+  // Moves lanes [l, l + 4) of g into rows [l, l + 4)' gradients (see scatter).
+  void scatter_four(int l, const float* g, const bool* skip, bool accumulate) const {
+    float buffer[4][max_block_columns];
+    float* to[4];
+    const bool direct = in_place && !accumulate;
+    for (int i = 0; i < 4; ++i) to[i] = direct ? reinterpret_cast<float*>(&rows[l + i].grad[0]) : buffer[i];
+    const index_t whole = n / 4 * 4;
+    for (index_t c = 0; c < whole; c += 4) {
+      __m128 v[4];
+      for (int i = 0; i < 4; ++i) v[i] = _mm_loadu_ps(g + lane_index(c + i, l));
+      _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
+      for (int i = 0; i < 4; ++i) _mm_storeu_ps(to[i] + c, v[i]);
+    }
+    for (index_t c = whole; c < n; ++c)
+      for (int i = 0; i < 4; ++i) to[i][c] = g[lane_index(c, l + i)];
+    if (direct) return;
+    for (int i = 0; i < 4; ++i) {
+      if (skip[l + i] && accumulate) continue;
+      const auto grad = rows[l + i].grad;
+      for (index_t c = 0; c < n; ++c) write_grad(grad[c], buffer[i][c], accumulate);
+    }
+  }
 #endif
 };
 
