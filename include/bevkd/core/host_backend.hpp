@@ -152,7 +152,7 @@ class host_exec {
     const index_t rows = problem.row_count();
     const index_t chunk_rows = detail::rows_per_chunk(problem.columns());
     if constexpr (detail::has_row_blocks<Problem>::value) {
-      if (runs_row_blocks() && problem.columns() <= detail::max_block_columns) {
+      if (runs_row_blocks() && problem.blocks_apply()) {
         const index_t bytes = problem.block_scratch_bytes();
         return sum_over_chunks(rows, chunk_rows, bytes, [&](index_t first, index_t last, const host_team& team) {
           Acc* scratch = team.template scratch<Acc>(bytes / static_cast<index_t>(sizeof(Acc)));

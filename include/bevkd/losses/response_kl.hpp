@@ -44,25 +44,17 @@ struct response_kl_problem : row_problem<T, Unit> {
     return Sigmoid ? 0 : 2 * this->columns() * static_cast<index_t>(sizeof(acc_type));
   }
 
-  /// @brief Softmax rows with float accumulators also run in host row blocks (rows no longer than max_block_columns).
+  /// @brief Softmax rows with float accumulators can run in host row blocks (see blocks_apply()).
   static constexpr bool row_blocks = !Sigmoid && std::is_same<acc_type, float>::value;
-
-  /// @brief Host scratch of one row block: student and teacher in lane layout.
-  index_t block_scratch_bytes() const {
-    return 2 * block_rows * this->columns() * static_cast<index_t>(sizeof(acc_type));
-  }
-
-  /// @brief Loss of each row of a host row block (loss[l]); writes coeff[l] * dl/dS (rows with skip: see run_block).
+  /// @brief True when this call's rows run in host row blocks (rows no longer than max_block_columns).
+  bool blocks_apply() const { return row_blocks && this->columns() <= max_block_columns; }
+  /// @brief Host scratch of one row block.
+  index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(this->columns()); }
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see softmax_kl_block).
   template <class Block>
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
-    acc_type* s = scratch;
-    acc_type* t = scratch + block_rows * block.n;
-    block.gather(s, t);
-    acc_type scale[block_rows];
-    for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
-    softmax_kl_block(block, s, t, scale, inv_tau, tau, loss);
-    block.scatter(s, skip, accumulate);
+    softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
   /// @brief Team-collective loss of row r; writes coeff * dl_r/dS.

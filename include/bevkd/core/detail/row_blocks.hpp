@@ -188,7 +188,8 @@ auto make_row_block(const Problem& problem, index_t first, int count, index_t en
   return block;
 }
 
-/// @brief True when a problem has a host block kernel (`block_loss_and_grad`) for its current shape.
+/// @brief True when a problem has a host block kernel (`block_loss_and_grad`; blocks_apply() says whether a call
+/// uses it).
 template <class Problem, class = void>
 struct has_row_blocks : std::false_type {};
 /// @brief Problems that declare `row_blocks`.

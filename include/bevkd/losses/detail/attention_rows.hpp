@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../../core/config.hpp"
 #include "../../core/detail/lanes.hpp"
@@ -151,6 +152,29 @@ struct attention_problem {
   bool vector_aligned() const { return false; }
   /// @brief Host scratch: softmax-run rows keep two exponentials per key, like the response KL.
   index_t scratch_bytes() const { return softmax_runs ? 2 * columns() * static_cast<index_t>(sizeof(acc_type)) : 0; }
+
+  /// @brief Rows with float accumulators can run in host row blocks (see blocks_apply()).
+  static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
+  /// @brief True when this call's rows run in host row blocks: softmax KL over one key run per row, short rows.
+  bool blocks_apply() const {
+    return row_blocks && softmax_runs && (!rows.joint || one_run) && columns() <= max_block_columns;
+  }
+  /// @brief Host scratch of one row block.
+  index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(columns()); }
+  /// @brief The key runs of rows [first, first + count) as loss rows (host row blocks).
+  void row_range(index_t first, int count, loss_row<T, true>* out) const {
+    for (int l = 0; l < count; ++l) {
+      index_t n, h, s;
+      rows.decode(first + l, n, h, s);
+      out[l] = key_run(n, h, s, columns());
+    }
+  }
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/d(student) (see softmax_kl_block).
+  template <class Block>
+  void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
+                           acc_type* scratch, acc_type* loss) const {
+    softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+  }
 
   /// @brief True when every row can run as softmax KL over key runs (decided once per call on the host).
   bool softmax_run_rows() const {

@@ -160,14 +160,13 @@ BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& 
   return softmax_kl_segments(team, single_segment<T, Unit>{row}, inv_tau, tau, coeff, accumulate);
 }
 
-/// @brief softmax_kl_row for the block_rows rows of a host row block, held in lane layout (see row_blocks.hpp).
+/// @brief The three passes of softmax_kl_segments over a block's rows in lane layout; s becomes scale_l (q_S - q_T).
 ///
-/// The same three passes and element math as the row kernel, with each row's reductions done
-/// in its own SIMD lane (columns summed in order, not pairwise: rows are at most
-/// max_block_columns long). On return `s` holds scale_l (q_S - q_T) and loss[l] the row's
-/// tau^2 KL; `t` is overwritten.
+/// The same element math as the row kernel, with each row's reductions done in its own SIMD
+/// lane (columns summed in order, not pairwise: rows are at most max_block_columns long).
+/// `t` is overwritten; loss[l] receives row l's tau^2 KL.
 template <class Block, class Acc>
-void softmax_kl_block(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_RESTRICT t, const Acc* scale,
+void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_RESTRICT t, const Acc* scale,
                       Acc inv_tau, Acc tau, Acc* loss) {
   constexpr int lanes = block_rows;
   const index_t n = block.n;
@@ -200,6 +199,26 @@ void softmax_kl_block(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
   for (index_t c = 0; c < n; ++c)
     for (int l = 0; l < lanes; ++l)
       s[lane_index(c, l)] = softmax_kl_grad_value(scale[l], t[lane_index(c, l)], s[lane_index(c, l)], inv_zt[l], inv_zs[l]);
+}
+
+/// @brief Host scratch of softmax_kl_block for rows of `columns` columns: student and teacher in lane layout.
+template <class Acc>
+index_t softmax_kl_block_scratch_bytes(index_t columns) {
+  return 2 * block_rows * columns * static_cast<index_t>(sizeof(Acc));
+}
+
+/// @brief softmax_kl_row for the rows of a host row block (see row_blocks.hpp and run_block): loss[l] of row l;
+/// writes coeff[l] tau (q_S - q_T), exactly 0 (or nothing, when accumulating) for rows with skip set.
+template <class Block, class Acc>
+void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bool accumulate, Acc* scratch,
+                      Acc inv_tau, Acc tau, Acc* loss) {
+  Acc* s = scratch;
+  Acc* t = scratch + block_rows * block.n;
+  block.gather(s, t);
+  Acc scale[block_rows];
+  for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
+  softmax_kl_lanes(block, s, t, scale, inv_tau, tau, loss);
+  block.scatter(s, skip, accumulate);
 }
 
 /// @brief The pieces of one logit x that a Bernoulli KL needs, from one exponential and one log1p.
