@@ -73,7 +73,8 @@ class host_exec {
   ///
   /// Rows whose elements are strided (NCHW in softmax mode, NHWC in spatial mode) touch a
   /// cache line per element and per pass; staged, the row kernels read them like NHWC
-  /// rows. Costs three tensors of buffer, kept between calls.
+  /// rows. Costs three tensors of buffer, kept between calls. Softmax rows that run in row blocks
+  /// (see run_row_blocks) and lie side by side (NCHW) are not staged: a block reads them in place.
   host_exec& stage_strided_rows(bool on) {
     stage_ = on;
     return *this;

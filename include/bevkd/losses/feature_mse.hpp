@@ -84,7 +84,7 @@ class feature_mse {
     const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate,
                                  student.extent[0]};
     const bool normalized = options.normalize == mse_normalize::per_pillar_l2;
-    return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, [&](auto unit, auto s, auto t, auto g) {
+    return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, false, [&](auto unit, auto s, auto t, auto g) {
       return detail::dispatch_bool(normalized, [&](auto norm) {
         detail::feature_mse_problem<T, decltype(unit)::value, decltype(norm)::value> problem;
         problem.student = s;

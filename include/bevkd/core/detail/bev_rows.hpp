@@ -138,13 +138,16 @@ void copy_tiles(host_exec& exec, const strided_view<const T, 3>& src, const stri
 /// @brief Calls run(unit, student, teacher, grad) with `unit` a std::bool_constant saying whether every column
 /// stride is 1; on the host (see host_exec::stage_strided_rows), strided rows are first copied into contiguous
 /// buffers and the gradient copied back after the run (gathered first when accumulating), so the unit-stride
-/// kernels read them.
+/// kernels read them. Not when `row_blocks` says the call's rows would run in host row blocks and neighbouring rows
+/// are adjacent in memory (NCHW): a row block then reads sixteen rows' columns in place, already in lane layout.
 template <class Exec, class T, class Run>
 auto run_on_rows(Exec& exec, const strided_view<const T, 3>& student, const strided_view<const T, 3>& teacher,
-                 const strided_view<T, 3>& grad, bool accumulate, Run&& run) {
+                 const strided_view<T, 3>& grad, bool accumulate, bool row_blocks, Run&& run) {
   if (unit_columns(student, teacher, grad)) return run(std::true_type{}, student, teacher, grad);
   if constexpr (std::is_same<Exec, host_exec>::value) {
-    if (exec.stages_strided_rows()) {
+    const bool adjacent_rows = student.stride[1] == 1 && teacher.stride[1] == 1 && grad.stride[1] == 1;
+    const bool blocks_in_place = row_blocks && exec.runs_row_blocks() && adjacent_rows;
+    if (exec.stages_strided_rows() && !blocks_in_place) {
       const std::array<index_t, 3> extent{student.extent[0], student.extent[1], student.extent[2]};
       const auto staged = [&](int slot) {
         return contiguous_view<T, 3>(exec.template staging<T>(slot, student.size()), extent);
@@ -157,6 +160,8 @@ auto run_on_rows(Exec& exec, const strided_view<const T, 3>& student, const stri
       copy_tiles<T>(exec, g, grad);  // only once the run succeeded: a throwing call leaves grad untouched
       return result;
     }
+  } else {
+    (void)row_blocks;
   }
   return run(std::false_type{}, student, teacher, grad);
 }

@@ -48,10 +48,38 @@ struct row_block {
   int count = 0;                       ///< Rows in the block (1..block_rows).
   int next_count = 0;                  ///< Rows in the next block (0 at the end of a chunk).
   index_t n = 0;                       ///< Columns per row.
+  /// @brief Whole blocks whose rows are neighbours in memory, column c of row l at row 0's + l (NCHW: pillars are
+  /// adjacent within a channel), in all three tensors: then the tensors already are in lane layout.
+  bool lanes_adjacent = false;
+  bool next_adjacent = false;  ///< The same for the next block (prefetched column by column when set).
+
+  /// @brief Sets lanes_adjacent and next_adjacent from the rows.
+  void find_adjacent_lanes() {
+    const auto adjacent = [](const loss_row<T, Unit>* r, int rows_in) {
+      if (rows_in != block_rows || Unit) return false;
+      for (int l = 1; l < block_rows; ++l)
+        if (r[l].student.ptr != r[0].student.ptr + l || r[l].teacher.ptr != r[0].teacher.ptr + l ||
+            r[l].grad.ptr != r[0].grad.ptr + l || r[l].student.stride != r[0].student.stride ||
+            r[l].teacher.stride != r[0].teacher.stride || r[l].grad.stride != r[0].grad.stride)
+          return false;
+      return true;
+    };
+    lanes_adjacent = adjacent(rows, count);
+    next_adjacent = adjacent(next, next_count);
+  }
 
   /// @brief Loads student and teacher into lane layout (padding lanes get 0, so their arithmetic stays finite).
   template <class Acc>
   void gather(Acc* BEVKD_RESTRICT s, Acc* BEVKD_RESTRICT t) const {
+    if (lanes_adjacent) {
+      const auto student = rows[0].student, teacher = rows[0].teacher;
+      for (index_t c = 0; c < n; ++c)
+        for (int l = 0; l < block_rows; ++l) {
+          s[lane_index(c, l)] = load_as_accum(student.ptr[c * student.stride + l]);
+          t[lane_index(c, l)] = load_as_accum(teacher.ptr[c * teacher.stride + l]);
+        }
+      return;
+    }
     int l = 0;
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
     if constexpr (std::is_same<Acc, float>::value) {
@@ -75,6 +103,14 @@ struct row_block {
     for (int l = 0; l < count; ++l)
       if (skip[l])
         for (index_t c = 0; c < n; ++c) g[lane_index(c, l)] = Acc(0);
+    bool any_skipped = false;
+    for (int l = 0; l < count; ++l) any_skipped |= skip[l];
+    if (lanes_adjacent && !(accumulate && any_skipped)) {
+      const auto grad = rows[0].grad;
+      for (index_t c = 0; c < n; ++c)
+        for (int l = 0; l < block_rows; ++l) write_grad(grad.ptr[c * grad.stride + l], g[lane_index(c, l)], accumulate);
+      return;
+    }
     int l = 0;
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
     if constexpr (std::is_same<Acc, float>::value)
@@ -94,6 +130,12 @@ struct row_block {
   /// Force-inlined, as is prefetch_line: GCC deems a function that only prefetches free of
   /// effects and deletes the calls to it.
   BEVKD_FORCEINLINE void prefetch(index_t step) const {
+    // Adjacent rows: column `step` of a block is one run of block_rows elements in each tensor.
+    if (lanes_adjacent) prefetch_lanes(rows[0].grad, step);
+    if (next_adjacent) {
+      prefetch_lanes(next[0].student, step);
+      prefetch_lanes(next[0].teacher, step);
+    }
     if (!Unit) return;
     prefetch_line(2 * step, count, [this](int l) { return rows[l].grad.ptr; });
     prefetch_line(2 * step + 1, count, [this](int l) { return rows[l].grad.ptr; });
@@ -104,6 +146,18 @@ struct row_block {
   }
 
  private:
+  // Prefetches the first and last element of column `step` of adjacent rows (a run of block_rows elements).
+  template <class Ref>
+  BEVKD_FORCEINLINE void prefetch_lanes(const Ref& row0, index_t step) const {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(&row0.ptr[step * row0.stride]);
+    __builtin_prefetch(&row0.ptr[step * row0.stride + block_rows - 1]);
+#else
+    (void)row0;
+    (void)step;
+#endif
+  }
+
   // Prefetches line k of the rows [0, rows_in) that row_start(l) points at, counting each row's lines in turn (the
   // last "line" of a row is its last byte, as a row need not start on a line boundary).
   template <class RowStart>
@@ -185,6 +239,7 @@ auto make_row_block(const Problem& problem, index_t first, int count, index_t en
   const index_t next = first + count;
   block.next_count = static_cast<int>(end - next < block_rows ? end - next : block_rows);
   problem.row_range(next, block.next_count, block.next);
+  block.find_adjacent_lanes();
   return block;
 }
 
