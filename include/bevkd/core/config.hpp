@@ -32,6 +32,18 @@
 #define BEVKD_FORCEINLINE inline
 #endif
 
+// Host-only code that must be inlined (BEVKD_FORCEINLINE would make it __device__ too under nvcc).
+#if defined(__CUDACC__)
+/// @brief A host-only function that must be inlined into its caller.
+#define BEVKD_HOST_FORCEINLINE __host__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+#define BEVKD_HOST_FORCEINLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define BEVKD_HOST_FORCEINLINE __forceinline
+#else
+#define BEVKD_HOST_FORCEINLINE inline
+#endif
+
 // Host loops that call a functor per column: inline the functor and everything it calls, so
 // the loop body is one piece the vectoriser can see (GCC and Clang; nothing elsewhere).
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)

@@ -32,7 +32,7 @@ constexpr int block_rows = 16;
 constexpr index_t max_block_columns = 128;
 
 /// @brief Index of column c of lane l in a block's lane-layout buffer.
-BEVKD_FORCEINLINE index_t lane_index(index_t c, int l) { return c * block_rows + l; }
+BEVKD_HOST_FORCEINLINE index_t lane_index(index_t c, int l) { return c * block_rows + l; }
 
 /// @brief Bytes of one row's span of a tensor, for prefetching (unit-stride rows only).
 template <class T>
@@ -129,7 +129,7 @@ struct row_block {
   ///
   /// Force-inlined, as is prefetch_line: GCC deems a function that only prefetches free of
   /// effects and deletes the calls to it.
-  BEVKD_FORCEINLINE void prefetch(index_t step) const {
+  BEVKD_HOST_FORCEINLINE void prefetch(index_t step) const {
     // Adjacent rows: column `step` of a block is one run of block_rows elements in each tensor.
     if (lanes_adjacent) prefetch_lanes(rows[0].grad, step);
     if (next_adjacent) {
@@ -148,7 +148,7 @@ struct row_block {
  private:
   // Prefetches the first and last element of column `step` of adjacent rows (a run of block_rows elements).
   template <class Ref>
-  BEVKD_FORCEINLINE void prefetch_lanes(const Ref& row0, index_t step) const {
+  BEVKD_HOST_FORCEINLINE void prefetch_lanes(const Ref& row0, index_t step) const {
 #if defined(__GNUC__) || defined(__clang__)
     __builtin_prefetch(&row0.ptr[step * row0.stride]);
     __builtin_prefetch(&row0.ptr[step * row0.stride + block_rows - 1]);
@@ -161,7 +161,7 @@ struct row_block {
   // Prefetches line k of the rows [0, rows_in) that row_start(l) points at, counting each row's lines in turn (the
   // last "line" of a row is its last byte, as a row need not start on a line boundary).
   template <class RowStart>
-  BEVKD_FORCEINLINE void prefetch_line(index_t k, int rows_in, RowStart row_start) const {
+  BEVKD_HOST_FORCEINLINE void prefetch_line(index_t k, int rows_in, RowStart row_start) const {
     const index_t bytes = row_bytes<T>(n), lines_per_row = (bytes + 63) / 64 + 1;
     if (k >= rows_in * lines_per_row) return;
     const index_t offset = (k % lines_per_row) * 64;
