@@ -299,14 +299,8 @@ struct segment_block {
         for (index_t c = 0; c < run_length; ++c)
           write_grad(grad[c], skip[l] ? Acc(0) : g[lane_index(column + c, l)], accumulate);
       }
-      // Plain stores when overwriting: write_grad's branch-free form would read each slot first.
-      const T zero = store_from_accum<T>(Acc(0));
       for (int k = 0; k < rows[l].masked_count; ++k)
-        for (index_t c = 0; c < run_length; ++c)
-          if (accumulate)
-            write_grad(rows[l].masked[k][c], Acc(0), true);
-          else
-            rows[l].masked[k][c] = zero;
+        for (index_t c = 0; c < run_length; ++c) write_grad(rows[l].masked[k][c], Acc(0), accumulate);
     }
   }
 
