@@ -52,11 +52,11 @@ struct response_kl_problem : row_problem<T, Unit> {
   bool blocks_apply() const { return blocks_apply_to(this->columns()); }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(this->columns()); }
-  /// @brief Loss of each row of the host row block [first, first + count) (chunk end `end`); writes coeff[l] * dl/dS
-  /// (see softmax_kl_block).
-  void block_loss_and_grad(index_t first, int count, index_t end, const acc_type* coeff, const bool* skip,
-                           bool accumulate, acc_type* scratch, acc_type* loss) const {
-    softmax_kl_block(make_row_block(*this, first, count, end), coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see softmax_kl_block).
+  template <class Block>
+  void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
+                           acc_type* scratch, acc_type* loss) const {
+    softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
   /// @brief Team-collective loss of row r; writes coeff * dl_r/dS.

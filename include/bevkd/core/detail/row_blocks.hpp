@@ -6,7 +6,6 @@
 
 #include "../config.hpp"
 #include "../dtype.hpp"
-#include "../math.hpp"
 #include "../reduction.hpp"
 #include "lanes.hpp"
 #include "row_driver.hpp"
@@ -39,25 +38,6 @@ BEVKD_HOST_FORCEINLINE index_t lane_index(index_t c, int l) { return c * block_r
 template <class T>
 constexpr index_t row_bytes(index_t n) {
   return n * static_cast<index_t>(sizeof(T));
-}
-
-/// @brief Prefetches line k of `spans` spans of `bytes` bytes each, span i starting at span_start(i), counting each
-/// span's lines in turn (a span's last "line" is its last byte, as a span need not start on a line boundary).
-///
-/// Force-inlined, as are its callers: GCC deems a function that only prefetches free of effects
-/// and deletes the calls to it.
-template <class SpanStart>
-BEVKD_HOST_FORCEINLINE void prefetch_span_line(index_t k, int spans, index_t bytes, SpanStart span_start) {
-  const index_t lines_per_span = (bytes + 63) / 64 + 1;
-  if (k >= spans * lines_per_span) return;
-  const index_t offset = (k % lines_per_span) * 64;
-  const char* at = reinterpret_cast<const char*>(span_start(static_cast<int>(k / lines_per_span))) +
-                   (offset < bytes ? offset : bytes - 1);
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(at);
-#else
-  (void)at;
-#endif
 }
 
 /// @brief The rows of one host block (and the next block's, to prefetch) and their moves to and from lane layout.
@@ -146,6 +126,9 @@ struct row_block {
   /// @brief Prefetches two cache lines (numbers 2 step and 2 step + 1) of each of this block's gradient rows and the
   /// next block's student and teacher rows; a block kernel calls it once per column of its longest pass, so that
   /// memory keeps streaming while it computes (rows of 32 or more fp32 columns are covered whole).
+  ///
+  /// Force-inlined, as is prefetch_line: GCC deems a function that only prefetches free of
+  /// effects and deletes the calls to it.
   BEVKD_HOST_FORCEINLINE void prefetch(index_t step) const {
     // Adjacent rows: column `step` of a block is one run of block_rows elements in each tensor.
     if (lanes_adjacent) prefetch_lanes(rows[0].grad, step);
@@ -175,9 +158,20 @@ struct row_block {
 #endif
   }
 
+  // Prefetches line k of the rows [0, rows_in) that row_start(l) points at, counting each row's lines in turn (the
+  // last "line" of a row is its last byte, as a row need not start on a line boundary).
   template <class RowStart>
   BEVKD_HOST_FORCEINLINE void prefetch_line(index_t k, int rows_in, RowStart row_start) const {
-    prefetch_span_line(k, rows_in, row_bytes<T>(n), row_start);
+    const index_t bytes = row_bytes<T>(n), lines_per_row = (bytes + 63) / 64 + 1;
+    if (k >= rows_in * lines_per_row) return;
+    const index_t offset = (k % lines_per_row) * 64;
+    const char* at = reinterpret_cast<const char*>(row_start(static_cast<int>(k / lines_per_row))) +
+                     (offset < bytes ? offset : bytes - 1);
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(at);
+#else
+    (void)at;
+#endif
   }
 
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
@@ -235,86 +229,6 @@ struct row_block {
 #endif
 };
 
-/// @brief A host block of rows made of up to max_runs contiguous runs each (a masked joint attention row: the keys
-/// of its valid sources), with runs that get a zero gradient (its masked sources).
-///
-/// In lane layout a row's runs follow one another and the row is padded to the block's longest
-/// with -inf, whose probability is exactly 0: the padding adds nothing to a row's sums and its
-/// gradient is dropped. A row with no runs (weight 0) is all padding and skipped by its caller.
-template <class T>
-struct segment_block {
-  /// @brief Most runs per row (sources per attention row).
-  static constexpr int max_runs = 8;
-
-  /// @brief The runs of one row.
-  struct row_runs {
-    loss_row<T, true> valid[max_runs];  ///< Runs in the softmax, in order.
-    T* masked[max_runs];                ///< Gradient runs that receive 0.
-    int valid_count = 0;                ///< Entries of `valid`.
-    int masked_count = 0;               ///< Entries of `masked`.
-  };
-
-  row_runs rows[block_rows];  ///< The block's rows; the first `count` are valid.
-  /// @brief Runs to prefetch while the block computes: its valid gradient runs, the next block's student and teacher
-  /// runs (each run once per tensor; `ahead_count` entries).
-  const T* ahead[3 * block_rows * max_runs];
-  int ahead_count = 0;  ///< Entries of `ahead`.
-  int count = 0;        ///< Rows in the block (1..block_rows).
-  index_t run_length = 0;     ///< Columns per run.
-  index_t n = 0;              ///< Lane-layout columns: the longest row's.
-
-  /// @brief Sets n from the rows' runs.
-  void size_lanes() {
-    int most = 0;
-    for (int l = 0; l < count; ++l) most = rows[l].valid_count > most ? rows[l].valid_count : most;
-    n = most * run_length;
-  }
-
-  /// @brief Loads each row's runs one after the other into lane layout, padding with -inf (padding lanes: 0).
-  template <class Acc>
-  void gather(Acc* BEVKD_RESTRICT s, Acc* BEVKD_RESTRICT t) const {
-    for (int l = 0; l < block_rows; ++l) {
-      index_t column = 0;
-      for (int k = 0; l < count && k < rows[l].valid_count; ++k, column += run_length) {
-        const loss_row<T, true>& run = rows[l].valid[k];
-        for (index_t c = 0; c < run_length; ++c) {
-          s[lane_index(column + c, l)] = load_as_accum(run.student[c]);
-          t[lane_index(column + c, l)] = load_as_accum(run.teacher[c]);
-        }
-      }
-      const Acc pad = l < count ? -math::infinity<Acc>() : Acc(0);
-      for (; column < n; ++column) s[lane_index(column, l)] = t[lane_index(column, l)] = pad;
-    }
-  }
-
-  /// @brief Writes (or adds) each row's lane-layout gradient into its runs and 0 into its masked runs; a row with
-  /// skip set gets exactly 0 everywhere (nothing when accumulating), as run_row's rows of weight 0 do.
-  template <class Acc>
-  void scatter(const Acc* g, const bool* skip, bool accumulate) const {
-    for (int l = 0; l < count; ++l) {
-      if (skip[l] && accumulate) continue;
-      index_t column = 0;
-      for (int k = 0; k < rows[l].valid_count; ++k, column += run_length) {
-        const auto grad = rows[l].valid[k].grad;
-        for (index_t c = 0; c < run_length; ++c)
-          write_grad(grad[c], skip[l] ? Acc(0) : g[lane_index(column + c, l)], accumulate);
-      }
-      for (int k = 0; k < rows[l].masked_count; ++k)
-        for (index_t c = 0; c < run_length; ++c) write_grad(rows[l].masked[k][c], Acc(0), accumulate);
-    }
-  }
-
-  /// @brief Prefetches lines 4 step .. 4 step + 3 of the `ahead` runs (see row_block::prefetch).
-  BEVKD_HOST_FORCEINLINE void prefetch(index_t step) const {
-    const auto start = [this](int i) { return ahead[i]; };
-    const index_t bytes = run_length * static_cast<index_t>(sizeof(T));
-    prefetch_span_line(4 * step, ahead_count, bytes, start);
-    prefetch_span_line(4 * step + 1, ahead_count, bytes, start);
-    prefetch_span_line(4 * step + 2, ahead_count, bytes, start);
-    prefetch_span_line(4 * step + 3, ahead_count, bytes, start);
-  }
-};
-
 /// @brief The block of rows [first, first + count) of a problem, with the next block (up to `end`) to prefetch.
 template <class Problem>
 auto make_row_block(const Problem& problem, index_t first, int count, index_t end) {
@@ -352,7 +266,8 @@ void run_block(const Problem& problem, index_t first, int count, index_t end, co
     skip[l] = w[l] == Acc(0);
     coeff[l] = skip[l] ? Acc(0) : scaling.grad_coeff * w[l] * problem.rows.upstream_grad(first + l);
   }
-  problem.block_loss_and_grad(first, count, end, coeff, skip, scaling.accumulate, scratch, loss);
+  problem.block_loss_and_grad(make_row_block(problem, first, count, end), coeff, skip, scaling.accumulate, scratch,
+                              loss);
   for (int l = 0; l < count; ++l) {
     weighted[l] = skip[l] ? Acc(0) : w[l] * loss[l];
     problem.rows.store(first + l, scaling.loss_weight * weighted[l]);

@@ -155,12 +155,9 @@ struct attention_problem {
 
   /// @brief Rows with float accumulators can run in host row blocks (see blocks_apply()).
   static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
-  /// @brief True when this call's rows run in host row blocks: softmax KL over key runs, one run per row of at most
-  /// max_block_columns keys, or a masked joint row of at most segment_block's max_runs sources and twice that many.
+  /// @brief True when this call's rows run in host row blocks: softmax KL over one key run per row, short rows.
   bool blocks_apply() const {
-    if (!row_blocks || !softmax_runs) return false;
-    if (!rows.joint || one_run) return columns() <= max_block_columns;
-    return rows.sources <= segment_block<T>::max_runs && columns() <= 2 * max_block_columns;
+    return row_blocks && softmax_runs && (!rows.joint || one_run) && columns() <= max_block_columns;
   }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(columns()); }
@@ -172,14 +169,11 @@ struct attention_problem {
       out[l] = key_run(n, h, s, columns());
     }
   }
-  /// @brief Loss of each row of the host row block [first, first + count) (chunk end `end`); writes
-  /// coeff[l] * dl/d(student) (see softmax_kl_block): one key run per row, or a masked joint row's valid sources.
-  void block_loss_and_grad(index_t first, int count, index_t end, const acc_type* coeff, const bool* skip,
-                           bool accumulate, acc_type* scratch, acc_type* loss) const {
-    if (!rows.joint || one_run)
-      softmax_kl_block(make_row_block(*this, first, count, end), coeff, skip, accumulate, scratch, inv_tau, tau, loss);
-    else
-      softmax_kl_block(source_run_block(first, count, end), coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/d(student) (see softmax_kl_block).
+  template <class Block>
+  void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
+                           acc_type* scratch, acc_type* loss) const {
+    softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
   /// @brief True when every row can run as softmax KL over key runs (decided once per call on the host).
@@ -251,37 +245,6 @@ struct attention_problem {
   // The contiguous keys [0, count) of (n, h) starting at source s, as one loss row.
   BEVKD_HOST_DEVICE loss_row<T, true> key_run(index_t n, index_t h, index_t s, index_t count) const {
     return loss_row<T, true>{{&student(n, h, s, 0), 1}, {&teacher(n, h, s, 0), 1}, {&grad(n, h, s, 0), 1}, count};
-  }
-
-  // Masked joint rows [first, first + count) as a segment block: each row's valid sources' keys as runs; the next
-  // block's (up to the chunk end) are prefetched.
-  segment_block<T> source_run_block(index_t first, int count, index_t end) const {
-    segment_block<T> block;
-    block.count = count;
-    block.run_length = keys();
-    const index_t last = first + count + block_rows < end ? first + count + block_rows : end;
-    for (index_t r = first; r < last; ++r) {
-      index_t n, h, s;
-      rows.decode(r, n, h, s);
-      const bool current = r < first + count;
-      auto& row = block.rows[current ? r - first : 0];
-      for (index_t t = 0; t < rows.sources; ++t) {
-        if (!rows.valid(n, t)) {
-          if (current) row.masked[row.masked_count++] = &grad(n, h, t, 0);
-          continue;
-        }
-        const loss_row<T, true> run = key_run(n, h, t, keys());
-        if (current) {
-          row.valid[row.valid_count++] = run;
-          block.ahead[block.ahead_count++] = run.grad.ptr;
-        } else {
-          block.ahead[block.ahead_count++] = run.student.ptr;
-          block.ahead[block.ahead_count++] = run.teacher.ptr;
-        }
-      }
-    }
-    block.size_lanes();
-    return block;
   }
 
   // The K keys of each valid source of a joint row (n, h), as runs.
