@@ -77,7 +77,7 @@ struct response_kl_problem : row_problem<T, Unit> {
 /// loss_weight * grad_scale * d(reduced loss)/d(student) into `grad`. With tau = 1,
 /// reduction sum and no weights, softmax mode equals
 /// `F.kl_div(F.log_softmax(S, -1), F.softmax(T, -1), reduction='sum')`.
-/// Kernels: detail/kl_rows.hpp (softmax_kl_row, sigmoid_kl_row).
+/// Kernels: detail/kl_rows.hpp (softmax_kl_row, sigmoid_kl_row; on the host, short softmax rows also softmax_kl_block).
 class response_kl {
  public:
   /// @brief The options every call uses; public so a trainer can adjust them between steps.
