@@ -82,6 +82,19 @@
 #else
 #define BEVKD_UNROLL
 #endif
+// A short host loop over lanes that must stay a loop: GCC otherwise unrolls a 16-iteration
+// loop of maxima completely before vectorising, and its straight-line vectoriser then leaves
+// sixteen scalar max instructions where one SIMD one would do.
+#if defined(__CUDACC__)
+#define BEVKD_NO_UNROLL  // nvcc's host pass: see BEVKD_UNROLL
+#elif defined(__GNUC__) && !defined(__clang__)
+#define BEVKD_NO_UNROLL _Pragma("GCC unroll 1")
+#elif defined(__clang__)
+#define BEVKD_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#else
+/// @brief Keeps the next host loop rolled so that the loop vectoriser, not full unrolling, gets it.
+#define BEVKD_NO_UNROLL
+#endif
 #define BEVKD_STRINGIFY_IMPL(x) #x
 /// @brief Turns a token sequence into a string literal (used to build pragmas).
 #define BEVKD_STRINGIFY(x) BEVKD_STRINGIFY_IMPL(x)

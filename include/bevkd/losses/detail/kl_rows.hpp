@@ -62,7 +62,8 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponential_sums(const T
   using triple = acc_array<Acc, 3>;
   const index_t n = row.n;
   return team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
-                            [cache, n, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
+                            // [=]: cache and n are used only when Keep (explicit captures would warn).
+                            [=](index_t c, Acc s, Acc t) {
                               const softmax_terms<Acc> x(s, t, inv_tau, max_t, max_s);
                               if constexpr (Keep) {
                                 cache[c] = x.e_t;
@@ -81,8 +82,9 @@ BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>
   const auto grad_row = row.grad;
   // The mode as a constant: an overwriting loop then neither reads the gradient nor selects.
   const auto pass = [&](auto accumulating) {
-    const auto write = [grad_row, scale, inv_zs, inv_zt, accumulating](index_t c, Acc e_t, Acc e_s) {
-      write_grad(grad_row[c], softmax_kl_grad_value(scale, e_t, e_s, inv_zt, inv_zs), decltype(accumulating)::value);
+    using mode = decltype(accumulating);
+    const auto write = [grad_row, scale, inv_zs, inv_zt](index_t c, Acc e_t, Acc e_s) {
+      write_grad(grad_row[c], softmax_kl_grad_value(scale, e_t, e_s, inv_zt, inv_zs), mode::value);
     };
     if (kept) {
       const index_t n = row.n;
@@ -176,9 +178,10 @@ void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
     z_t[l] = z_s[l] = cross[l] = Acc(0);
   }
   for (index_t c = 0; c < n; ++c)
+    BEVKD_NO_UNROLL
     for (int l = 0; l < lanes; ++l) {
-      max_t[l] = shift_max_op{}(max_t[l], t[lane_index(c, l)] * inv_tau);
-      max_s[l] = shift_max_op{}(max_s[l], s[lane_index(c, l)] * inv_tau);
+      max_t[l] = shift_max_op{}(t[lane_index(c, l)] * inv_tau, max_t[l]);
+      max_s[l] = shift_max_op{}(s[lane_index(c, l)] * inv_tau, max_s[l]);
     }
   for (index_t c = 0; c < n; ++c) {
     block.prefetch(c);
