@@ -288,6 +288,7 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
   CHECK(blocks.runs_row_blocks());
   CHECK(!per_row.runs_row_blocks());
   CHECK(!bevkd::host_exec().simulate_team(32).runs_row_blocks());
+  CHECK(!bevkd::host_exec().simulate_team(1, 1, false).runs_row_blocks());
   // 74 rows: four full blocks and a tail of 10; one past max_block_columns runs per row either way.
   constexpr index_t longest = bevkd::detail::max_block_columns;
   for (index_t channels : {index_t{1}, index_t{10}, index_t{37}, index_t{64}, longest, longest + 1})

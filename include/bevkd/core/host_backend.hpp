@@ -90,8 +90,9 @@ class host_exec {
     return *this;
   }
 
-  /// @brief True when row blocks are used: switched on and the production team of one.
-  bool runs_row_blocks() const { return blocks_ && lanes_ == 1 && chunk_ == 1; }
+  /// @brief True when row blocks are used: switched on and the production team of one with its scratch (a team
+  /// simulated without scratch, as the device's recomputing kernels run, keeps the per-row kernel).
+  bool runs_row_blocks() const { return blocks_ && lanes_ == 1 && chunk_ == 1 && scratch_enabled_; }
 
   /// @brief True when strided rows are staged: switched on and the production team of one (simulated teams read in
   /// place, as the GPU does).
