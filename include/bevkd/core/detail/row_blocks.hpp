@@ -100,11 +100,12 @@ struct row_block {
   /// accumulating), whatever g holds there.
   template <class Acc>
   void scatter(Acc* BEVKD_RESTRICT g, const bool* skip, bool accumulate) const {
-    for (int l = 0; l < count; ++l)
-      if (skip[l])
-        for (index_t c = 0; c < n; ++c) g[lane_index(c, l)] = Acc(0);
     bool any_skipped = false;
-    for (int l = 0; l < count; ++l) any_skipped |= skip[l];
+    for (int l = 0; l < count; ++l) {
+      if (!skip[l]) continue;
+      any_skipped = true;
+      for (index_t c = 0; c < n; ++c) g[lane_index(c, l)] = Acc(0);
+    }
     if (lanes_adjacent && !(accumulate && any_skipped)) {
       const auto grad = rows[0].grad;
       for (index_t c = 0; c < n; ++c)
