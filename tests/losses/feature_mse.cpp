@@ -42,6 +42,32 @@ TEST_CASE_TEMPLATE("feature_mse matches the double reference in every layout, re
   }
 }
 
+TEST_CASE("half gradients below half's normal range are exact to its subnormal spacing") {
+  // Mean over 14 rows of 1100 L2-normalised channels: gradients near 1e-7, stored as half subnormals (found on
+  // the GPU, where the CUDA tests run these sizes). They round to the spacing 2^-24, not to 2e-3 relative.
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  auto cs = mse_case<bevkd::half>(mse_normalize::per_pillar_l2, 2, 7, 1100);
+  cs.randomize(rng);
+  cs.opts.reduce = reduction::mean;
+  std::vector<bevkd::half> grad(static_cast<std::size_t>(storage_size(cs.lay, cs.B, cs.P, cs.C)));
+  std::vector<float> rows;
+  cs.run(exec, grad, rows);
+  const auto got = logical_grad(cs, grad);
+  const auto want = expected_result(cs).grad;
+  double largest = 0, error = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    largest = std::max(largest, std::fabs(want[i]));
+    error = std::max(error, std::fabs(got[i] - want[i]));
+  }
+  CHECK(largest < std::ldexp(1.0, -14));      // the case does reach the subnormal range
+  CHECK(error <= std::ldexp(1.0, -25));       // round to nearest: half a subnormal spacing
+  CHECK(relative_error(got, want, grad_floor<bevkd::half>()) < tolerance<bevkd::half>());
+  check_all_options(cs, rng, exec);
+}
+
 TEST_CASE("feature_mse on host teams of 1, 7, 32 and 256 lanes") {
   std::mt19937 rng(fresh_seed());
   for (int lanes : {1, 7, 32, 256})
