@@ -531,14 +531,16 @@ double naive_call(loss_case c, const device_inputs<T>& in, const std::uint8_t* h
 // ---------------------------------------------------------------------------------------
 // Benchmarks. Argument: C.
 
+/// The fused call with `team_width` lanes per unit-stride row (0: the executor's choice by row length).
 template <class T>
-void bm_fused(benchmark::State& state, loss_case c) {
+void run_fused(benchmark::State& state, loss_case c, int team_width) {
   if (skip_without_device(state)) return;
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
   const device_camera_hits hits;
   bevkd::cuda_exec exec(stream.get());
+  exec.team_width(team_width);
   fused_call(c, exec, in, hits.get()).get();  // warm-up: the workspace grows once
   for (auto _ : state) {
     cuda_event_timer timer(state, stream.get(), flusher);
@@ -546,6 +548,17 @@ void bm_fused(benchmark::State& state, loss_case c) {
     benchmark::DoNotOptimize(result);
   }
   set_floor_counter(state, in.host.floor_bytes());
+}
+
+template <class T>
+void bm_fused(benchmark::State& state, loss_case c) {
+  run_fused<T>(state, c, 0);
+}
+
+/// Arguments C and the team width: the sweep behind the executor's choice of width.
+template <class T>
+void bm_fused_width(benchmark::State& state, loss_case c) {
+  run_fused<T>(state, c, static_cast<int>(state.range(1)));
 }
 
 template <class T>
@@ -635,6 +648,17 @@ void register_dtype() {
     with_timing(benchmark::RegisterBenchmark(naive_name<T>(c).c_str(), bm_naive<T>, c))->Args({channels});
   }
   with_timing(benchmark::RegisterBenchmark(bench_name<T>("copy").c_str(), bm_copy<T>))->Args({sca_channels});
+  // Every warp team width on the short-row cases.
+  using sized_case = std::pair<loss_case, index_t>;
+  for (auto [c, channels] : {sized_case{loss_case::kl_softmax, 10}, sized_case{loss_case::kl_softmax, 64},
+                             sized_case{loss_case::kl_softmax, 256}, sized_case{loss_case::mse_l2, 64},
+                             sized_case{loss_case::attention_kl, attn_channels},
+                             sized_case{loss_case::attention_sca, sca_channels}}) {
+    const std::string name = bench_name<T>((std::string(case_name(c)) + "_width").c_str());
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_fused_width<T>, c);
+    b->ArgNames({"C", "width"})->UseManualTime()->Unit(benchmark::kMillisecond);
+    for (index_t width : {4, 8, 16, 32}) b->Args({channels, width});
+  }
 }
 
 const bool registered = [] {

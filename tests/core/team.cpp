@@ -10,7 +10,7 @@
 #include <vector>
 
 TEST_CASE("for_lane_columns gives every column to exactly one lane, in chunks, for any team size and tail") {
-  for (int lanes : {1, 7, 32, 256})
+  for (int lanes : {1, 4, 7, 8, 16, 32, 256})
     for (int chunk : {1, 3, 4})
       for (bevkd::index_t n : {0, 1, 5, 31, 32, 33, 300, 1025}) {
         std::vector<int> owner(static_cast<std::size_t>(n), -1);
@@ -43,7 +43,7 @@ TEST_CASE("host_team::reduce is a pairwise tree within groups of 32 lanes, group
   const bevkd::host_team one(1);
   CHECK(one.reduce(join{}, [](int) { return record{"x"}; }).s == "x");
   // Sums: every lane's partial is counted once.
-  for (int lanes : {1, 7, 32, 256}) {
+  for (int lanes : {1, 4, 7, 8, 16, 32, 256}) {
     const bevkd::host_team team(lanes);
     CHECK(team.reduce(bevkd::sum_op{}, [](int lane) { return static_cast<double>(lane + 1); }) ==
           lanes * (lanes + 1) / 2.0);

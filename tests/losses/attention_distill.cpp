@@ -236,9 +236,9 @@ TEST_CASE("attention_distill per_source on [N, H, 1, K] equals response_kl on [B
         1e-6);
 }
 
-TEST_CASE("attention_distill on host teams of 1, 7, 32 and 256 lanes, with and without row scratch") {
+TEST_CASE("attention_distill on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes, with and without row scratch") {
   std::mt19937 rng(fresh_seed());
-  for (int lanes : {1, 7, 32, 256})
+  for (int lanes : {1, 4, 7, 8, 16, 32, 256})
     for (int chunk : {1, 4}) {
       // Without scratch the softmax kernel recomputes its exponentials, as on the device.
       const bool scratch = chunk == 1;

@@ -68,9 +68,9 @@ TEST_CASE("half gradients below half's normal range are exact to its subnormal s
   check_all_options(cs, rng, exec);
 }
 
-TEST_CASE("feature_mse on host teams of 1, 7, 32 and 256 lanes") {
+TEST_CASE("feature_mse on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes") {
   std::mt19937 rng(fresh_seed());
-  for (int lanes : {1, 7, 32, 256})
+  for (int lanes : {1, 4, 7, 8, 16, 32, 256})
     for (int chunk : {1, 4}) {
       bevkd::host_exec exec;
       exec.simulate_team(lanes, chunk);

@@ -134,6 +134,34 @@ TEST_SUITE("gpu") {
       }
   }
 
+  TEST_CASE_TEMPLATE("CUDA warp teams of 4, 8, 16 and 32 lanes match the host backend", T, float, bevkd::bfloat16) {
+    const auto seed = fresh_seed();
+    INFO("seed ", seed);
+    std::mt19937 rng(seed);
+    bevkd::cuda_exec exec;
+    for (int width : {4, 8, 16, 32}) {
+      INFO("team width ", width);
+      exec.team_width(width);
+      // Rows of fewer chunks than lanes, about two per lane, and many per lane; aligned (64) and not.
+      for (index_t C : {5, 64, 300}) {
+        loss_case<T> cs;
+        cs.B = 2;
+        cs.P = 50;
+        cs.C = C;
+        for (kl_mode mode : {kl_mode::softmax, kl_mode::sigmoid}) {
+          cs.kind = loss_kind{};
+          cs.kind.mode = mode;
+          cs.kind.tau = 1.5;
+          check_all_on_device(cs, rng, exec);
+        }
+        cs.kind = loss_kind{};
+        cs.kind.is_kl = false;
+        cs.kind.normalize = mse_normalize::per_pillar_l2;
+        check_all_on_device(cs, rng, exec);
+      }
+    }
+  }
+
   TEST_CASE("CUDA losses: deterministic, no allocation after warm-up, accumulate, all-zero weights, empty input") {
     std::mt19937 rng(fresh_seed());
     bevkd::cuda_exec exec;
@@ -178,5 +206,7 @@ TEST_SUITE("gpu") {
                                                                  bevkd::bev_nhwc<const float>(null, 0, 1, 1, 4),
                                                                  bevkd::bev_nhwc(null, 0, 1, 1, 4)),
                     bevkd::invalid_argument);
+    CHECK_THROWS_AS(exec.team_width(3), bevkd::invalid_argument);
+    CHECK_THROWS_AS(exec.team_width(64), bevkd::invalid_argument);
   }
 }

@@ -47,11 +47,11 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
     }
 }
 
-TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 7, 32, 256, chunks, scratch on and off") {
+TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 4, 7, 8, 16, 32, 256 (the CUDA warp groups, a block), chunks, scratch on and off") {
   const auto seed = fresh_seed();
   INFO("seed ", seed);
   std::mt19937 rng(seed);
-  for (int lanes : {1, 7, 32, 256})
+  for (int lanes : {1, 4, 7, 8, 16, 32, 256})
     for (int chunk : {1, 4})
       for (bool scratch : {true, false}) {
         bevkd::host_exec exec;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 
 #include "config.hpp"
@@ -148,6 +149,36 @@ __global__ void __launch_bounds__(cuda_block_threads) for_each_index_kernel(F f,
   if (i < count) f(i);
 }
 
+/// @brief Lanes per row of a unit-stride row whose passes run over `columns` columns read in chunks of `chunk`: about
+/// three chunks per lane, 4 to 16 lanes (a power of two), so that a warp runs several rows side by side.
+///
+/// From a sweep of every width on an H200 (bench_losses_cuda's *_width cases, bench/RESULTS.md):
+/// short rows are latency-bound, and more rows in flight beat wider teams up to 3-4 chunks per lane.
+inline int warp_team_width(index_t columns, int chunk) {
+  const index_t chunks = (columns + chunk - 1) / chunk;
+  int width = 4;
+  while (width < 16 && 3 * width < chunks) width *= 2;
+  return width;
+}
+
+/// @brief True when a problem's passes run over runs shorter than its rows (run_columns(), e.g. one camera's keys).
+template <class Problem, class = void>
+struct has_run_columns : std::false_type {};
+/// @brief Problems with run_columns().
+template <class Problem>
+struct has_run_columns<Problem, std::void_t<decltype(std::declval<const Problem&>().run_columns())>>
+    : std::true_type {};
+
+/// @brief Columns one pass of a row's kernel runs over: the row, or the runs it is made of.
+template <class Problem>
+index_t team_columns(const Problem& problem) {
+  if constexpr (has_run_columns<Problem>::value) {
+    return problem.run_columns();
+  } else {
+    return problem.columns();
+  }
+}
+
 /// @brief Blocks needed to cover `rows` rows at `rows_per_block` each.
 inline index_t blocks_for(index_t rows, index_t rows_per_block) { return (rows + rows_per_block - 1) / rows_per_block; }
 
@@ -224,19 +255,38 @@ class cuda_exec {
     BEVKD_CUDA_CHECK(cudaGetLastError());
   }
 
+  /// @brief Lanes per row for unit-stride rows under 1024 columns: 0 (the default) picks by row length, else 4, 8,
+  /// 16 or 32 (for benchmarks and tests of every team width; results agree to rounding, not bitwise).
+  cuda_exec& team_width(int lanes) {
+    detail::require(lanes == 0 || lanes == 4 || lanes == 8 || lanes == 16 || lanes == 32, "lanes",
+                    "must be 0, 4, 8, 16 or 32, got ", lanes);
+    team_width_ = lanes;
+    return *this;
+  }
+
   /// @brief Runs a validated loss problem (library internal): weight pre-pass, row kernel, final reduction.
   template <class Problem>
   device_loss_result run_loss(const Problem& problem, const detail::loss_call& call) {
-    // Long rows get a block; unit-stride rows a warp (coalesced along the row); strided rows
-    // (NCHW) a thread each, so that neighbouring threads read neighbouring pillars.
-    if (problem.columns() >= 1024) return launch<detail::block_team>(problem, call);
-    if constexpr (Problem::unit_stride) return launch<detail::warp_team>(problem, call);
-    return launch<detail::thread_team>(problem, call);
+    // Long rows get a block; unit-stride rows a group of 4 to 16 lanes of a warp (coalesced along
+    // the row); strided rows (NCHW) a thread each, so that neighbouring threads read neighbouring pillars.
+    // Aligned unit-stride rows read 16-byte vectors: chunks of one vector per lane.
+    const int chunk = problem.vector_aligned() ? detail::vector_width<typename Problem::value_type>() : 1;
+    if (problem.columns() >= 1024) return launch<detail::block_team>(problem, call, chunk);
+    if constexpr (Problem::unit_stride) {
+      switch (team_width_ ? team_width_ : detail::warp_team_width(detail::team_columns(problem), chunk)) {
+        case 4: return launch<detail::warp_team<4>>(problem, call, chunk);
+        case 8: return launch<detail::warp_team<8>>(problem, call, chunk);
+        case 16: return launch<detail::warp_team<16>>(problem, call, chunk);
+        default: return launch<detail::warp_team<32>>(problem, call, chunk);
+      }
+    } else {
+      return launch<detail::thread_team>(problem, call, chunk);
+    }
   }
 
  private:
   template <class Team, class Problem>
-  device_loss_result launch(const Problem& problem, const detail::loss_call& call) {
+  device_loss_result launch(const Problem& problem, const detail::loss_call& call, int chunk) {
     using namespace detail;
     const index_t rows = problem.row_count();
     const index_t rows_per_block = Team::rows_per_block;
@@ -255,8 +305,6 @@ class cuda_exec {
       weight_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(scratch + 1, weight_blocks, scratch);
       BEVKD_CUDA_CHECK(cudaGetLastError());
     }
-    // Aligned unit-stride rows read 16-byte vectors: chunks of one vector per lane.
-    const int chunk = problem.vector_aligned() ? detail::vector_width<typename Problem::value_type>() : 1;
     if (blocks > 0)
       rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads, 0, stream_>>>(problem, dc, chunk);
     loss_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(dc, blocks);
@@ -265,6 +313,7 @@ class cuda_exec {
   }
 
   cudaStream_t stream_;
+  int team_width_ = 0;
   cuda_workspace workspace_;
   double* results_ = nullptr;
   int next_slot_ = 0;

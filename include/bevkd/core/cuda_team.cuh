@@ -1,4 +1,4 @@
-// bevkd CUDA teams: a thread, a warp or a block runs one row, reducing with CUB's warp and block primitives.
+// bevkd CUDA teams: a thread, a group of a warp's lanes or a block runs one row, reducing with CUB's warp and block primitives.
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
@@ -98,25 +98,39 @@ struct lane_team : column_ops<Team> {
   }
 };
 
-/// @brief A warp of 32 lanes per row; reductions with cub::WarpReduce, the result broadcast from lane 0.
-struct warp_team : lane_team<warp_team> {
+/// @brief A group of Width lanes of one warp per row (Width a power of two, 2 to 32); reductions with cub::WarpReduce
+/// over a logical warp of Width lanes, the result broadcast from the group's lane 0.
+///
+/// Narrow groups keep short rows from idling most of a warp: a warp runs 32 / Width rows side by
+/// side, and each reduction takes log2(Width) shuffle steps (the host team of Width lanes reduces
+/// in the same pairwise tree).
+template <int Width = warp_lanes>
+struct warp_team : lane_team<warp_team<Width>> {
+  static_assert(Width >= 2 && Width <= warp_lanes && (Width & (Width - 1)) == 0,
+                "a warp team is a power-of-two group of 2 to 32 lanes");
   /// @brief Rows processed side by side in one block.
-  static constexpr int teams_per_block = cuda_block_threads / warp_lanes;
-  /// @brief Rows per block: four per warp.
+  static constexpr int teams_per_block = cuda_block_threads / Width;
+  /// @brief Rows per block: four per team.
   static constexpr index_t rows_per_block = 4 * teams_per_block;
   /// @brief Built from the thread's index in the block and the launch's chunk width.
-  BEVKD_DEVICE warp_team(int thread, int chunk) : lane_team<warp_team>(thread % warp_lanes, chunk) {}
-  /// @brief 32 lanes.
-  BEVKD_DEVICE int size() const { return warp_lanes; }
-  /// @brief Warp-wide reduction of f(lane); every lane returns the result.
+  BEVKD_DEVICE warp_team(int thread, int chunk) : lane_team<warp_team>(thread % Width, chunk) {}
+  /// @brief Width lanes.
+  BEVKD_DEVICE int size() const { return Width; }
+  /// @brief Reduction of f(lane) over the group; every lane of the group returns the result.
   template <class Op, class F>
   BEVKD_DEVICE auto reduce(Op op, F&& f) const -> decltype(f(0)) {
     using value_type = decltype(f(0));
-    using warp_reduce = cub::WarpReduce<value_type>;
+    using warp_reduce = cub::WarpReduce<value_type, Width>;
     __shared__ typename warp_reduce::TempStorage storage[teams_per_block];
     const value_type partial = f(this->lane_);
-    const value_type total = warp_reduce(storage[threadIdx.x / warp_lanes]).Reduce(partial, op);
-    return cub::ShuffleIndex<warp_lanes>(total, 0, 0xffffffffu);
+    const value_type total = warp_reduce(storage[threadIdx.x / Width]).Reduce(partial, op);
+    return cub::ShuffleIndex<Width>(total, 0, group_mask());
+  }
+
+ private:
+  // The group's lanes only: other groups of the warp may be on another row, or done.
+  BEVKD_DEVICE static unsigned group_mask() {
+    return Width == warp_lanes ? 0xffffffffu : ((1u << Width) - 1u) << (threadIdx.x % warp_lanes / Width * Width);
   }
 };
 

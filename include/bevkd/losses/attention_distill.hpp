@@ -142,24 +142,30 @@ class attention_distill {
     detail::require(!detail::ranges_overlap(grad, student), "grad", "aliases student");
     detail::require(!detail::ranges_overlap(grad, teacher), "grad", "aliases teacher");
     detail::validate_attention_io(io, n, h, s, joint, options.reduce);
-    detail::attention_problem<T> problem;
-    problem.student = student;
-    problem.teacher = teacher;
-    problem.grad = grad;
-    problem.rows = detail::attention_weighting<acc>{io.source_mask, io.query_weights, io.upstream, io.row_loss,
-                                                    h, s, joint};
-    problem.group = static_cast<int>(teacher.extent[1] / h);
-    problem.level_group = level_group;
-    problem.points = options.points;
-    problem.student_logits = options.student_input == attention_input::logits;
-    problem.teacher_logits = options.teacher_input == attention_input::logits;
-    problem.div = options.div;
-    problem.tau = static_cast<acc>(options.temperature);
-    problem.inv_tau = static_cast<acc>(1.0 / options.temperature);
-    problem.softmax_runs = problem.softmax_run_rows();
-    problem.one_run = problem.one_run_rows();
+    const int group = static_cast<int>(teacher.extent[1] / h);
+    const bool student_logits = options.student_input == attention_input::logits;
+    const bool teacher_logits = options.teacher_input == attention_input::logits;
+    const bool runs = detail::attention_softmax_runs(options.div, student_logits, teacher_logits, group, level_group,
+                                                     student, teacher, grad);
     const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate, n};
-    return exec.run_loss(problem, call);
+    return detail::dispatch_bool(runs, [&](auto runs_tag) {
+      detail::attention_problem<T, decltype(runs_tag)::value> problem;
+      problem.student = student;
+      problem.teacher = teacher;
+      problem.grad = grad;
+      problem.rows = detail::attention_weighting<acc>{io.source_mask, io.query_weights, io.upstream, io.row_loss,
+                                                      h, s, joint};
+      problem.group = group;
+      problem.level_group = level_group;
+      problem.points = options.points;
+      problem.student_logits = student_logits;
+      problem.teacher_logits = teacher_logits;
+      problem.div = options.div;
+      problem.tau = static_cast<acc>(options.temperature);
+      problem.inv_tau = static_cast<acc>(1.0 / options.temperature);
+      problem.one_run = problem.one_run_rows();
+      return exec.run_loss(problem, call);
+    });
   }
 };
 

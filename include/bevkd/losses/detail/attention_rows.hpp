@@ -119,8 +119,22 @@ BEVKD_FORCEINLINE divergence_term<Acc> divergence_at(divergence d, Acc p, Acc q,
   }
 }
 
+/// @brief True when every row of a call can run as softmax KL over contiguous key runs: KL of two logit tensors,
+/// nothing pooled, unit key strides (decided once per call on the host; see attention_problem's Runs).
+template <class View, class GradView>
+bool attention_softmax_runs(divergence div, bool student_logits, bool teacher_logits, int group, index_t level_group,
+                            const View& student, const View& teacher, const GradView& grad) {
+  return div == divergence::kl && student_logits && teacher_logits && group == 1 && level_group == 1 &&
+         student.stride[3] == 1 && teacher.stride[3] == 1 && grad.stride[3] == 1;
+}
+
 /// @brief Attention distillation over rows of [N, H, S, K] student/teacher tensors (teacher heads and levels pooled).
-template <class T>
+///
+/// Runs: every row is a softmax KL over contiguous key runs (attention_softmax_runs), run by the
+/// response KL's kernel. A separate instantiation, so that the device kernel of the common case
+/// (BEVFormer's logits, nothing pooled) carries neither the general path's registers nor its stack,
+/// and reads 16-byte vectors where the rows are aligned.
+template <class T, bool Runs = false>
 struct attention_problem {
   using value_type = T;                      ///< Element type.
   using acc_type = accum_t<T>;               ///< Accumulation type.
@@ -138,18 +152,27 @@ struct attention_problem {
   divergence div = divergence::kl;           ///< Divergence.
   acc_type tau = 1;                          ///< Temperature.
   acc_type inv_tau = 1;                      ///< 1 / tau.
-  bool softmax_runs = false;  ///< KL of two logit tensors, nothing pooled, unit key stride: each row is a softmax over
-                             ///< contiguous key runs, run by the response KL's kernel (see softmax_run_rows()).
-  bool one_run = false;       ///< A joint row's S x K keys are one contiguous, unmasked run in all three tensors.
+  static constexpr bool softmax_runs = Runs;  ///< Each row is a softmax over contiguous key runs.
+  bool one_run = false;  ///< A joint row's S x K keys are one contiguous, unmasked run in all three tensors.
 
   /// @brief Number of rows.
   BEVKD_HOST_DEVICE index_t row_count() const { return student.extent[0] * rows.heads * (rows.joint ? 1 : rows.sources); }
   /// @brief Keys per row.
   BEVKD_HOST_DEVICE index_t columns() const { return rows.joint ? rows.sources * keys() : keys(); }
+  /// @brief Keys one pass of the row kernel runs over: a masked joint softmax-run row is a run per valid source.
+  index_t run_columns() const { return Runs && rows.joint && !one_run ? keys() : columns(); }
   /// @brief Student keys K.
   BEVKD_HOST_DEVICE index_t keys() const { return student.extent[3]; }
-  /// @brief Attention rows are read key by key (no 16-byte vector path).
-  bool vector_aligned() const { return false; }
+  /// @brief True when softmax-run rows (each source's keys) start on 16-byte boundaries in student and teacher: the
+  /// device then reads 16-byte vectors. The general path reads key by key.
+  bool vector_aligned() const {
+    const auto aligned = [](const strided_view<const T, 4>& v) {
+      const index_t width = vector_width<T>();
+      return reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.stride[0] % width == 0 &&
+             v.stride[1] % width == 0 && v.stride[2] % width == 0;
+    };
+    return Runs && aligned(student) && aligned(teacher);
+  }
   /// @brief Host scratch: softmax-run rows keep two exponentials per key, like the response KL.
   index_t scratch_bytes() const { return softmax_runs ? 2 * columns() * static_cast<index_t>(sizeof(acc_type)) : 0; }
 
@@ -176,13 +199,6 @@ struct attention_problem {
     softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
-  /// @brief True when every row can run as softmax KL over key runs (decided once per call on the host).
-  bool softmax_run_rows() const {
-    const auto unit_keys = [](const auto& v) { return v.stride[3] == 1; };
-    return div == divergence::kl && student_logits && teacher_logits && group == 1 && level_group == 1 &&
-           unit_keys(student) && unit_keys(teacher) && unit_keys(grad);
-  }
-
   /// @brief True when a joint row's S x K keys form one contiguous run in all three tensors and nothing is masked.
   bool one_run_rows() const {
     const auto adjacent = [](const auto& v) { return v.stride[2] == v.extent[3]; };
@@ -200,10 +216,21 @@ struct attention_problem {
   /// @brief Team-collective tau^2 D(p_T, q_S) of row r; writes coeff * dl_r / d(student).
   template <class Team>
   BEVKD_HOST_DEVICE acc_type loss_and_grad(const Team& team, index_t r, acc_type coeff, bool accumulate) const {
-    using acc = acc_type;
     index_t n, h, s;
     rows.decode(r, n, h, s);
-    if (softmax_runs) return softmax_kl_over_runs(team, n, h, s, coeff, accumulate);
+    if constexpr (Runs) {
+      return softmax_kl_over_runs(team, n, h, s, coeff, accumulate);
+    } else {
+      return general_loss_and_grad(team, n, h, s, coeff, accumulate);
+    }
+  }
+
+ private:
+  // Any divergence, pooling and input kind: two reductions over the row, then the gradient.
+  template <class Team>
+  BEVKD_HOST_DEVICE acc_type general_loss_and_grad(const Team& team, index_t n, index_t h, index_t s, acc_type coeff,
+                                                   bool accumulate) const {
+    using acc = acc_type;
     const stats maxima = student_logits || teacher_logits ? row_maxima(team, n, h, s) : stats{};
     const stats sums = row_sums(team, n, h, s, maxima);
     const acc log_zs = student_logits ? math::log(sums[0]) : acc(0);
@@ -241,7 +268,6 @@ struct attention_problem {
     return tau * tau * totals[0];
   }
 
- private:
   // The contiguous keys [0, count) of (n, h) starting at source s, as one loss row.
   BEVKD_HOST_DEVICE loss_row<T, true> key_run(index_t n, index_t h, index_t s, index_t count) const {
     return loss_row<T, true>{{&student(n, h, s, 0), 1}, {&teacher(n, h, s, 0), 1}, {&grad(n, h, s, 0), 1}, count};
