@@ -9,7 +9,8 @@
 #   scripts/gpu-check.sh [tests] [sanitize] [bench]
 #                                      on the machine with the GPU: builds into build-gpu/ (incrementally), then
 #                                      runs the parts named (default: all three), writes gpu-check.log,
-#                                      summary.txt and bench_*.json to ${OUT:-build-gpu/logs}, and exits non-zero
+#                                      summary.txt, bench_*.json and torch_eager.json (bench/torch_eager.py,
+#                                      where PyTorch with CUDA is installed) to ${OUT:-build-gpu/logs}, and exits non-zero
 #                                      if any step failed. Naming parts splits a run that would not fit one
 #                                      command's time limit into calls that reuse the build.
 # Builds with CMake where it is installed, else with plain nvcc (GPU tests and CUDA benchmarks only).
@@ -209,6 +210,15 @@ if wants bench; then
     step "${name}" "${bin}" --benchmark_format=console --benchmark_out="${logs}/${name}.json" \
       --benchmark_out_format=json "${bench_args[@]}"
   done
+fi
+
+# PyTorch eager on the same cases, for the "x PyTorch" ratios (where python3 has a CUDA-enabled torch).
+if wants bench; then
+  if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+    step "torch_eager" python3 "${root}/bench/torch_eager.py" --out "${logs}/torch_eager.json"
+  else
+    skip "torch_eager" "no python3 torch with CUDA"
+  fi
 fi
 
 # --- summary -------------------------------------------------------------------
