@@ -4,8 +4,11 @@
 # Warnings every bevkd-owned target compiles with: a header-only library's warnings land in
 # every consumer's build, so our own builds treat them as errors.
 function(bevkd_strict_warnings target)
+  # _FORTIFY_SOURCE as Ubuntu's GCC enables it by default (its warnings, e.g. an ignored result of
+  # std::system, broke the build on the GPU machine's image); optimised configurations only, as it needs -O.
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror>
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CONFIG:Release,RelWithDebInfo,MinSizeRel>>:-U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=2>
     $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra -Werror=all-warnings>)
 endfunction()
 

@@ -139,7 +139,13 @@ command -v ninja >/dev/null 2>&1 && cmake_args+=(-G Ninja)
 mode=${BEVKD_GPU_BUILD:-cmake}  # BEVKD_GPU_BUILD=nvcc forces the fallback below (to test it)
 command -v cmake >/dev/null 2>&1 || mode=nvcc
 if [ "${mode}" = cmake ]; then
-  if step "configure" cmake -S . -B "${build}" "${cmake_args[@]}" && step "build" cmake --build "${build}" -j "${jobs}"; then
+  # The build keeps going past a failing target (-k), so that one broken CPU test does not stop
+  # the GPU tests from being built and run; the failure still counts in the summary.
+  keep_going=-k
+  command -v ninja >/dev/null 2>&1 && keep_going="-k 0"
+  if step "configure" cmake -S . -B "${build}" "${cmake_args[@]}"; then
+    # shellcheck disable=SC2086  # keep_going is one or two words
+    step "build" cmake --build "${build}" -j "${jobs}" -- ${keep_going}
     mapfile -t test_names < <(ctest --test-dir "${build}" -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p')
     for name in "${test_names[@]}"; do
       bin=$(find "${build}" -type f -name "${name}" -perm -u+x | head -n 1)

@@ -7,9 +7,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <unistd.h>
 #include <utility>
 #include <vector>
@@ -53,9 +56,13 @@ class temp_dir {
   temp_dir() {
     char pattern[] = "/tmp/bevkd-inherit-XXXXXX";
     const char* made = ::mkdtemp(pattern);
-    path_ = made ? made : "/tmp";
+    if (!made) throw std::runtime_error("temp_dir: mkdtemp failed");
+    path_ = made;
   }
-  ~temp_dir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
+  ~temp_dir() {
+    std::error_code ignored;  // a test's leftover files must not turn into an exception in a destructor
+    std::filesystem::remove_all(path_, ignored);
+  }
   /// @brief A path inside the directory.
   std::string file(const std::string& name) const { return path_ + "/" + name; }
   /// @brief The directory.
