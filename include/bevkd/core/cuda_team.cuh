@@ -1,4 +1,5 @@
-// bevkd CUDA teams: a thread, a group of a warp's lanes or a block runs one row, reducing with CUB's warp and block primitives.
+// bevkd CUDA teams: a thread, a group of a warp's lanes or a block runs one row, reducing with CUB's warp and
+// block primitives.
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 

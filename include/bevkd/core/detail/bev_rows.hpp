@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstdint>
 #include <string>
 #include <type_traits>
 
@@ -84,12 +83,8 @@ struct row_problem {
 
   /// @brief True when every row of student and teacher starts on a 16-byte boundary (enables vector loads).
   bool vector_aligned() const {
-    const auto aligned = [](const strided_view<const T, 3>& v) {
-      const index_t width = vector_width<T>();
-      return Unit && reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.stride[0] % width == 0 &&
-             v.stride[1] % width == 0;
-    };
-    return aligned(student) && aligned(teacher);
+    return Unit && rows_vector_aligned(student.data, student.stride) &&
+           rows_vector_aligned(teacher.data, teacher.stride);
   }
 
   /// @brief Writes zeros over row r's gradient.

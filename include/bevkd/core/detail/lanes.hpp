@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <cstdint>
 #include <cstring>
 
 #include "../config.hpp"
@@ -48,6 +49,16 @@ struct loss_row {
 template <class T>
 BEVKD_HOST_DEVICE constexpr int vector_width() {
   return static_cast<int>(16 / sizeof(T));
+}
+
+/// @brief True when every row (the last dimension) of a view of T starts on a 16-byte boundary: the data is aligned
+/// and every outer stride is a whole number of vectors (the launch condition of the device's vector loads).
+template <class T, int Rank>
+bool rows_vector_aligned(const T* data, const index_t (&stride)[Rank]) {
+  if (reinterpret_cast<std::uintptr_t>(data) % 16 != 0) return false;
+  for (int d = 0; d + 1 < Rank; ++d)
+    if (stride[d] % vector_width<T>() != 0) return false;
+  return true;
 }
 
 /// @brief Copies `count` = vector_width<T>() elements starting at p (16-byte aligned) into out, as one load on the device.

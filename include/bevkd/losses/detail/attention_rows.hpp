@@ -152,7 +152,6 @@ struct attention_problem {
   divergence div = divergence::kl;           ///< Divergence.
   acc_type tau = 1;                          ///< Temperature.
   acc_type inv_tau = 1;                      ///< 1 / tau.
-  static constexpr bool softmax_runs = Runs;  ///< Each row is a softmax over contiguous key runs.
   bool one_run = false;  ///< A joint row's S x K keys are one contiguous, unmasked run in all three tensors.
 
   /// @brief Number of rows.
@@ -166,21 +165,17 @@ struct attention_problem {
   /// @brief True when softmax-run rows (each source's keys) start on 16-byte boundaries in student and teacher: the
   /// device then reads 16-byte vectors. The general path reads key by key.
   bool vector_aligned() const {
-    const auto aligned = [](const strided_view<const T, 4>& v) {
-      const index_t width = vector_width<T>();
-      return reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.stride[0] % width == 0 &&
-             v.stride[1] % width == 0 && v.stride[2] % width == 0;
-    };
-    return Runs && aligned(student) && aligned(teacher);
+    return Runs && rows_vector_aligned(student.data, student.stride) &&
+           rows_vector_aligned(teacher.data, teacher.stride);
   }
   /// @brief Host scratch: softmax-run rows keep two exponentials per key, like the response KL.
-  index_t scratch_bytes() const { return softmax_runs ? 2 * columns() * static_cast<index_t>(sizeof(acc_type)) : 0; }
+  index_t scratch_bytes() const { return Runs ? 2 * columns() * static_cast<index_t>(sizeof(acc_type)) : 0; }
 
   /// @brief Rows with float accumulators can run in host row blocks (see blocks_apply()).
   static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
   /// @brief True when this call's rows run in host row blocks: softmax KL over one key run per row, short rows.
   bool blocks_apply() const {
-    return row_blocks && softmax_runs && (!rows.joint || one_run) && columns() <= max_block_columns;
+    return row_blocks && Runs && (!rows.joint || one_run) && columns() <= max_block_columns;
   }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(columns()); }
