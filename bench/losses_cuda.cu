@@ -531,16 +531,17 @@ double naive_call(loss_case c, const device_inputs<T>& in, const std::uint8_t* h
 // ---------------------------------------------------------------------------------------
 // Benchmarks. Argument: C.
 
-/// The fused call with `team_width` lanes per unit-stride row (0: the executor's choice by row length).
+/// The fused call with `team_width` lanes per unit-stride row (0: the executor's choice by row length), keeping
+/// values in shared memory between passes or not (`scratch`).
 template <class T>
-void run_fused(benchmark::State& state, loss_case c, int team_width) {
+void run_fused(benchmark::State& state, loss_case c, int team_width, bool scratch = true) {
   if (skip_without_device(state)) return;
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
   const device_camera_hits hits;
   bevkd::cuda_exec exec(stream.get());
-  exec.team_width(team_width);
+  exec.team_width(team_width).shared_scratch(scratch);
   fused_call(c, exec, in, hits.get()).get();  // warm-up: the workspace grows once
   for (auto _ : state) {
     cuda_event_timer timer(state, stream.get(), flusher);
@@ -559,6 +560,12 @@ void bm_fused(benchmark::State& state, loss_case c) {
 template <class T>
 void bm_fused_width(benchmark::State& state, loss_case c) {
   run_fused<T>(state, c, static_cast<int>(state.range(1)));
+}
+
+/// The fused call recomputing what it would keep in shared memory (what rows too long for the scratch do).
+template <class T>
+void bm_fused_recompute(benchmark::State& state, loss_case c) {
+  run_fused<T>(state, c, 0, false);
 }
 
 template <class T>
@@ -658,6 +665,12 @@ void register_dtype() {
     auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_fused_width<T>, c);
     b->ArgNames({"C", "width"})->UseManualTime()->Unit(benchmark::kMillisecond);
     for (index_t width : {4, 8, 16, 32}) b->Args({channels, width});
+  }
+  // The softmax rows without their shared-memory scratch: what keeping the exponentials gains.
+  for (auto [c, channels] : {sized_case{loss_case::kl_softmax, 10}, sized_case{loss_case::kl_softmax, 64},
+                             sized_case{loss_case::kl_softmax, 256}, sized_case{loss_case::attention_kl, attn_channels}}) {
+    const std::string name = bench_name<T>((std::string(case_name(c)) + "_recompute").c_str());
+    with_timing(benchmark::RegisterBenchmark(name.c_str(), bm_fused_recompute<T>, c))->Args({channels});
   }
 }
 

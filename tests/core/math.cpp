@@ -40,6 +40,25 @@ TEST_CASE("exp and log are within 2 ulp of the correctly rounded result") {
   CHECK(worst_log <= 2);
 }
 
+TEST_CASE("exp_nonpositive is within 2 ulp down to -87.33, and exactly 0 below, for -inf and at the subnormals") {
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> arg(-87.33f, 0.0f);
+  std::int64_t worst = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = arg(rng);
+    worst = std::max(worst, ulp_distance(bevkd::math::exp_nonpositive(x), std::exp(static_cast<double>(x))));
+  }
+  CHECK(worst <= 2);
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(bevkd::math::exp_nonpositive(0.0f) == 1.0f);
+  CHECK(bevkd::math::exp_nonpositive(-0.0f) == 1.0f);
+  CHECK(bevkd::math::exp_nonpositive(-87.33f) > 0.0f);
+  CHECK(std::fpclassify(bevkd::math::exp_nonpositive(-87.33f)) == FP_NORMAL);
+  for (float x : {-87.34f, -100.0f, -104.0f, -1e4f, -3.4e38f, -inf}) CHECK(bevkd::math::exp_nonpositive(x) == 0.0f);
+  CHECK(std::isnan(bevkd::math::exp_nonpositive(std::nanf(""))));
+  CHECK(bevkd::math::exp_nonpositive(-1.0) == std::exp(-1.0));  // double: libm
+}
+
 TEST_CASE("exp, log and log1p handle inf, NaN, zero and the range ends exactly") {
   const float inf = std::numeric_limits<float>::infinity();
   CHECK(bevkd::math::exp(-inf) == 0.0f);

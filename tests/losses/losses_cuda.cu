@@ -139,27 +139,28 @@ TEST_SUITE("gpu") {
     INFO("seed ", seed);
     std::mt19937 rng(seed);
     bevkd::cuda_exec exec;
-    for (int width : {4, 8, 16, 32}) {
-      INFO("team width ", width);
-      exec.team_width(width);
-      // Rows of fewer chunks than lanes, about two per lane, and many per lane; aligned (64) and not.
-      for (index_t C : {5, 64, 300}) {
-        loss_case<T> cs;
-        cs.B = 2;
-        cs.P = 50;
-        cs.C = C;
-        for (kl_mode mode : {kl_mode::softmax, kl_mode::sigmoid}) {
+    for (int width : {4, 8, 16, 32})
+      for (bool scratch : {true, false}) {  // exponentials kept in shared memory, or recomputed
+        INFO("team width ", width, " shared scratch ", scratch);
+        exec.team_width(width).shared_scratch(scratch);
+        // Rows of fewer chunks than lanes, about two per lane, and many per lane; aligned (64) and not.
+        for (index_t C : {5, 64, 300}) {
+          loss_case<T> cs;
+          cs.B = 2;
+          cs.P = 50;
+          cs.C = C;
+          for (kl_mode mode : {kl_mode::softmax, kl_mode::sigmoid}) {
+            cs.kind = loss_kind{};
+            cs.kind.mode = mode;
+            cs.kind.tau = 1.5;
+            check_all_on_device(cs, rng, exec);
+          }
           cs.kind = loss_kind{};
-          cs.kind.mode = mode;
-          cs.kind.tau = 1.5;
+          cs.kind.is_kl = false;
+          cs.kind.normalize = mse_normalize::per_pillar_l2;
           check_all_on_device(cs, rng, exec);
         }
-        cs.kind = loss_kind{};
-        cs.kind.is_kl = false;
-        cs.kind.normalize = mse_normalize::per_pillar_l2;
-        check_all_on_device(cs, rng, exec);
       }
-    }
   }
 
   TEST_CASE("CUDA losses: deterministic, no allocation after warm-up, accumulate, all-zero weights, empty input") {

@@ -105,12 +105,13 @@ __global__ void __launch_bounds__(cuda_block_threads)
 
 /// @brief Runs rows [blockIdx.x * rows_per_block, ...) with teams of kind Team; writes the block's weighted loss.
 template <class Problem, class Team>
-__global__ void __launch_bounds__(cuda_block_threads) rows_kernel(Problem problem, device_call dc, int chunk) {
+__global__ void __launch_bounds__(cuda_block_threads)
+    rows_kernel(Problem problem, device_call dc, int chunk, team_scratch scratch) {
   using acc = typename Problem::acc_type;
   constexpr int team_width = cuda_block_threads / Team::teams_per_block;
   constexpr index_t rows_per_block = Team::rows_per_block;
   const int team_index = threadIdx.x / team_width;
-  const Team team(static_cast<int>(threadIdx.x), chunk);
+  const Team team(static_cast<int>(threadIdx.x), chunk, scratch);
   const double normaliser =
       reduction_normaliser(dc.call.red, device_weight_sum(dc), static_cast<double>(dc.call.batch));
   const auto scaling = make_row_scaling<acc>(dc.call.loss_weight, dc.call.grad_scale, normaliser, dc.call.accumulate);
@@ -264,6 +265,14 @@ class cuda_exec {
     return *this;
   }
 
+  /// @brief Whether rows may keep values between their passes in shared memory (default true): softmax rows then
+  /// compute each exponential once; false recomputes them, as rows too long for the scratch always do (for
+  /// benchmarks and tests of both paths; results agree to rounding).
+  cuda_exec& shared_scratch(bool enabled) {
+    shared_scratch_ = enabled;
+    return *this;
+  }
+
   /// @brief Runs a validated loss problem (library internal): weight pre-pass, row kernel, final reduction.
   template <class Problem>
   device_loss_result run_loss(const Problem& problem, const detail::loss_call& call) {
@@ -305,15 +314,28 @@ class cuda_exec {
       weight_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(scratch + 1, weight_blocks, scratch);
       BEVKD_CUDA_CHECK(cudaGetLastError());
     }
+    // Teams of one thread (strided rows) take no scratch: 256 of them would not fit.
+    const team_scratch team_memory =
+        !shared_scratch_ || Team::teams_per_block == cuda_block_threads
+            ? team_scratch{}
+            : team_scratch::for_teams(problem.scratch_bytes(), Team::teams_per_block,
+                                      static_cast<index_t>(sizeof(typename Problem::acc_type)), max_scratch_bytes);
     if (blocks > 0)
-      rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads, 0, stream_>>>(problem, dc, chunk);
+      rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads,
+                                   team_memory.block_bytes(Team::teams_per_block), stream_>>>(problem, dc, chunk,
+                                                                                              team_memory);
     loss_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(dc, blocks);
     BEVKD_CUDA_CHECK(cudaGetLastError());
     return device_loss_result{result, stream_};
   }
 
+  // A block's team scratch stays within the 48 KiB every device grants without opting in, and
+  // leaves room for four blocks (1024 threads) per multiprocessor on current GPUs.
+  static constexpr index_t max_scratch_bytes = 48 * 1024;
+
   cudaStream_t stream_;
   int team_width_ = 0;
+  bool shared_scratch_ = true;
   cuda_workspace workspace_;
   double* results_ = nullptr;
   int next_slot_ = 0;

@@ -234,7 +234,7 @@ struct attention_problem {
       p = teacher_prob(n, h, s, c, maxima, sums);
       const acc z = student_value(n, h, s, c);
       log_q = student_logits ? z - maxima[0] - log_zs : math::log(z);
-      q = student_logits ? math::exp(log_q) : z;
+      q = student_logits ? math::exp_nonpositive(log_q) : z;
     };
     using pair = acc_array<acc, 2>;
     const pair totals = team.reduce_columns(sum_op{}, pair{{acc(0), acc(0)}}, columns(), [&](index_t c) {
@@ -337,9 +337,9 @@ struct attention_problem {
       stats z = zero;
       if (!valid_column(n, s, c)) return z;
       z[1] = acc_type(1);
-      if (student_logits) z[0] = math::exp(student_value(n, h, s, c) - maxima[0]);
+      if (student_logits) z[0] = math::exp_nonpositive(student_value(n, h, s, c) - maxima[0]);
       for (int j = 0; teacher_logits && j < group; ++j)
-        for (index_t l = 0; l < level_group; ++l) z[2 + j] += math::exp(teacher_value(n, h, s, c, j, l) - maxima[2 + j]);
+        for (index_t l = 0; l < level_group; ++l) z[2 + j] += math::exp_nonpositive(teacher_value(n, h, s, c, j, l) - maxima[2 + j]);
       return z;
     });
   }
@@ -351,7 +351,7 @@ struct attention_problem {
       acc_type mass = acc_type(0);
       for (index_t l = 0; l < level_group; ++l) {
         const acc_type v = teacher_value(n, h, s, c, j, l);
-        mass += teacher_logits ? math::exp(v - maxima[2 + j]) : v;
+        mass += teacher_logits ? math::exp_nonpositive(v - maxima[2 + j]) : v;
       }
       p += teacher_logits ? mass / sums[2 + j] : mass;
     }

@@ -33,8 +33,8 @@ struct softmax_terms {
   /// @brief The terms of the column with student logit s and teacher logit t.
   BEVKD_FORCEINLINE softmax_terms(Acc s, Acc t, Acc inv_tau, Acc max_t, Acc max_s) {
     const Acc a = t * inv_tau - max_t, b = s * inv_tau - max_s;
-    e_t = math::exp(a);
-    e_s = math::exp(b);
+    e_t = math::exp_nonpositive(a);  // a, b <= 0: shifted by their row's maximum
+    e_s = math::exp_nonpositive(b);
     // A zero teacher probability contributes 0 (not 0 * inf).
     cross = math::select(e_t == Acc(0), Acc(0), e_t * (a - b));
   }
@@ -91,7 +91,7 @@ BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>
       team.for_columns(n, [write, kept, n](index_t c) { write(c, kept[c], kept[n + c]); });
     } else {
       team.for_values(row, [write, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
-        write(c, math::exp(t * inv_tau - max_t), math::exp(s * inv_tau - max_s));
+        write(c, math::exp_nonpositive(t * inv_tau - max_t), math::exp_nonpositive(s * inv_tau - max_s));
       });
     }
   };
@@ -152,6 +152,9 @@ BEVKD_HOST_DEVICE Acc softmax_kl_segments(const Team& team, const Segments& segm
                     coeff * tau, accumulate);
     offset += row.n;
   });
+  // The next row's segments may give a lane other slots of the scratch (a joint attention row
+  // hits other cameras): every lane's reads of this row come first.
+  if (cache) team.sync();
   return softmax_kl_value(sums[0], sums[1], sums[2], inv_zt, tau);
 }
 

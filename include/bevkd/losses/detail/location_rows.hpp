@@ -85,10 +85,10 @@ struct location_problem {
     if (attention_logits) {
       max_logit = team.reduce_columns(max_op{}, -math::infinity<acc>(), keys, logit);
       inv_z = acc(1) / team.reduce_columns(sum_op{}, acc(0), keys,
-                                           [&](index_t k) { return math::exp(logit(k) - max_logit); });
+                                           [&](index_t k) { return math::exp_nonpositive(logit(k) - max_logit); });
     }
     return team.reduce_columns(sum_op{}, acc(0), keys, [&](index_t k) {
-      const acc p = attention_logits ? math::exp(logit(k) - max_logit) * inv_z : load_as_accum(attention(n, h, s, k));
+      const acc p = attention_logits ? math::exp_nonpositive(logit(k) - max_logit) * inv_z : load_as_accum(attention(n, h, s, k));
       acc total = acc(0);
       for (int axis = 0; axis < 2; ++axis) {
         acc value, slope;
