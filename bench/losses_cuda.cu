@@ -531,17 +531,22 @@ double naive_call(loss_case c, const device_inputs<T>& in, const std::uint8_t* h
 // ---------------------------------------------------------------------------------------
 // Benchmarks. Argument: C.
 
-/// The fused call with `team_width` lanes per unit-stride row (0: the executor's choice by row length), keeping
-/// values in shared memory between passes or not (`scratch`).
+/// How an executor runs the rows (cuda_exec's tuning settings; the defaults are its own choices).
+struct exec_settings {
+  int team_width = 0;     ///< Lanes per unit-stride row (0: by row length).
+  int rows_per_team = 0;  ///< Rows each team runs (0: the team kind's default).
+};
+
+/// The fused call on an executor with the given settings.
 template <class T>
-void run_fused(benchmark::State& state, loss_case c, int team_width, bool scratch = true) {
+void run_fused(benchmark::State& state, loss_case c, exec_settings settings) {
   if (skip_without_device(state)) return;
   const device_inputs<T> in(state.range(0));
   const stream_guard stream;
   const l2_flusher flusher;
   const device_camera_hits hits;
   bevkd::cuda_exec exec(stream.get());
-  exec.team_width(team_width).shared_scratch(scratch);
+  exec.team_width(settings.team_width).rows_per_team(settings.rows_per_team);
   fused_call(c, exec, in, hits.get()).get();  // warm-up: the workspace grows once
   for (auto _ : state) {
     cuda_event_timer timer(state, stream.get(), flusher);
@@ -553,19 +558,19 @@ void run_fused(benchmark::State& state, loss_case c, int team_width, bool scratc
 
 template <class T>
 void bm_fused(benchmark::State& state, loss_case c) {
-  run_fused<T>(state, c, 0);
+  run_fused<T>(state, c, exec_settings{});
 }
 
 /// Arguments C and the team width: the sweep behind the executor's choice of width.
 template <class T>
 void bm_fused_width(benchmark::State& state, loss_case c) {
-  run_fused<T>(state, c, static_cast<int>(state.range(1)));
+  run_fused<T>(state, c, exec_settings{static_cast<int>(state.range(1)), 0});
 }
 
-/// The fused call recomputing what it would keep in shared memory (what rows too long for the scratch do).
+/// Arguments C and the rows per team: the sweep behind the team kinds' defaults.
 template <class T>
-void bm_fused_recompute(benchmark::State& state, loss_case c) {
-  run_fused<T>(state, c, 0, false);
+void bm_fused_rows(benchmark::State& state, loss_case c) {
+  run_fused<T>(state, c, exec_settings{0, static_cast<int>(state.range(1))});
 }
 
 template <class T>
@@ -665,12 +670,10 @@ void register_dtype() {
     auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_fused_width<T>, c);
     b->ArgNames({"C", "width"})->UseManualTime()->Unit(benchmark::kMillisecond);
     for (index_t width : {4, 8, 16, 32}) b->Args({channels, width});
-  }
-  // The softmax rows without their shared-memory scratch: what keeping the exponentials gains.
-  for (auto [c, channels] : {sized_case{loss_case::kl_softmax, 10}, sized_case{loss_case::kl_softmax, 64},
-                             sized_case{loss_case::kl_softmax, 256}, sized_case{loss_case::attention_kl, attn_channels}}) {
-    const std::string name = bench_name<T>((std::string(case_name(c)) + "_recompute").c_str());
-    with_timing(benchmark::RegisterBenchmark(name.c_str(), bm_fused_recompute<T>, c))->Args({channels});
+    const std::string rows_name = bench_name<T>((std::string(case_name(c)) + "_rows").c_str());
+    auto* r = benchmark::RegisterBenchmark(rows_name.c_str(), bm_fused_rows<T>, c);
+    r->ArgNames({"C", "rows"})->UseManualTime()->Unit(benchmark::kMillisecond);
+    for (index_t rows : {1, 2, 4, 8}) r->Args({channels, rows});
   }
 }
 

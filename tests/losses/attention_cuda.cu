@@ -52,48 +52,46 @@ TEST_SUITE("gpu") {
                      bevkd::bfloat16) {
     std::mt19937 rng(fresh_seed());
     bevkd::cuda_exec exec;
-    for (int width : {0, 4, 8, 16, 32})  // 0: by row length; then every warp team width
-      for (bool scratch : {true, false}) {  // exponentials kept in shared memory, or recomputed
-        INFO("team width ", width, " shared scratch ", scratch);
-        exec.team_width(width).shared_scratch(scratch);
-        for (auto normalize : {attention_normalize::per_source, attention_normalize::joint})
-          for (divergence div : {divergence::kl, divergence::reverse_kl, divergence::js, divergence::mse})
-            for (int variant = 0; variant < 3; ++variant) {
-              attention_case<T> cs;
-              cs.N = 300;  // several blocks of warp rows
-              cs.K = variant == 2 ? 32 : 5;
-              cs.opts.normalize = normalize;
-              cs.opts.div = div;
-              cs.opts.temperature = 1.3;
-              cs.heads_outer = variant != 1;
-              if (variant == 1) {
-                cs.group = 2;
-                cs.level_group = 2;
-                cs.opts.points = 1;
-                cs.opts.reduce = reduction::none;
-              }
-              cs.randomize(rng);
-              cs.random_mask(rng);
-              cs.random_weights(rng);
-              if (cs.opts.reduce == reduction::none) cs.random_upstream(rng);
-              std::vector<T> host_grad(cs.student.size()), dev_grad(cs.student.size());
-              std::vector<bevkd::accum_t<T>> host_rows, dev_rows;
-              bevkd::host_exec host;
-              const auto h = cs.run(host, host_grad, host_rows);
-              const auto d = run_attention_on_device(cs, exec, dev_grad, dev_rows);
-              INFO("width ", width, " normalize ", static_cast<int>(normalize), " div ", static_cast<int>(div), " variant ",
-                   variant);
-              CHECK(relative_error(d.loss, h.loss, 1e-6) < 1e-5);
-              CHECK(d.weight_sum == h.weight_sum);
-              CHECK(relative_error(attention_logical_grad(cs, dev_grad), attention_logical_grad(cs, host_grad)) <
-                    std::max(tolerance<T>(), 1e-5));
-              CHECK(relative_error(attention_logical_grad(cs, dev_grad), attention_reference(cs).grad) <
-                    std::max(tolerance<T>(), 1e-5));
-              if (cs.opts.reduce == reduction::none)
-                CHECK(relative_error(std::vector<double>(dev_rows.begin(), dev_rows.end()),
-                                     std::vector<double>(host_rows.begin(), host_rows.end()), 1e-6) < 1e-5);
+    for (int width : {0, 4, 8, 16, 32}) {  // 0: by row length; then every warp team width
+      exec.team_width(width);
+      for (auto normalize : {attention_normalize::per_source, attention_normalize::joint})
+        for (divergence div : {divergence::kl, divergence::reverse_kl, divergence::js, divergence::mse})
+          for (int variant = 0; variant < 3; ++variant) {
+            attention_case<T> cs;
+            cs.N = 300;  // several blocks of warp rows
+            cs.K = variant == 2 ? 32 : 5;
+            cs.opts.normalize = normalize;
+            cs.opts.div = div;
+            cs.opts.temperature = 1.3;
+            cs.heads_outer = variant != 1;
+            if (variant == 1) {
+              cs.group = 2;
+              cs.level_group = 2;
+              cs.opts.points = 1;
+              cs.opts.reduce = reduction::none;
             }
-      }
+            cs.randomize(rng);
+            cs.random_mask(rng);
+            cs.random_weights(rng);
+            if (cs.opts.reduce == reduction::none) cs.random_upstream(rng);
+            std::vector<T> host_grad(cs.student.size()), dev_grad(cs.student.size());
+            std::vector<bevkd::accum_t<T>> host_rows, dev_rows;
+            bevkd::host_exec host;
+            const auto h = cs.run(host, host_grad, host_rows);
+            const auto d = run_attention_on_device(cs, exec, dev_grad, dev_rows);
+            INFO("width ", width, " normalize ", static_cast<int>(normalize), " div ", static_cast<int>(div), " variant ",
+                 variant);
+            CHECK(relative_error(d.loss, h.loss, 1e-6) < 1e-5);
+            CHECK(d.weight_sum == h.weight_sum);
+            CHECK(relative_error(attention_logical_grad(cs, dev_grad), attention_logical_grad(cs, host_grad)) <
+                  std::max(tolerance<T>(), 1e-5));
+            CHECK(relative_error(attention_logical_grad(cs, dev_grad), attention_reference(cs).grad) <
+                  std::max(tolerance<T>(), 1e-5));
+            if (cs.opts.reduce == reduction::none)
+              CHECK(relative_error(std::vector<double>(dev_rows.begin(), dev_rows.end()),
+                                   std::vector<double>(host_rows.begin(), host_rows.end()), 1e-6) < 1e-5);
+          }
+    }
   }
 
   TEST_CASE("CUDA sampling_location_distill and the SCA gather match the host") {

@@ -139,28 +139,46 @@ TEST_SUITE("gpu") {
     INFO("seed ", seed);
     std::mt19937 rng(seed);
     bevkd::cuda_exec exec;
-    for (int width : {4, 8, 16, 32})
-      for (bool scratch : {true, false}) {  // exponentials kept in shared memory, or recomputed
-        INFO("team width ", width, " shared scratch ", scratch);
-        exec.team_width(width).shared_scratch(scratch);
-        // Rows of fewer chunks than lanes, about two per lane, and many per lane; aligned (64) and not.
-        for (index_t C : {5, 64, 300}) {
-          loss_case<T> cs;
-          cs.B = 2;
-          cs.P = 50;
-          cs.C = C;
-          for (kl_mode mode : {kl_mode::softmax, kl_mode::sigmoid}) {
-            cs.kind = loss_kind{};
-            cs.kind.mode = mode;
-            cs.kind.tau = 1.5;
-            check_all_on_device(cs, rng, exec);
-          }
+    for (int width : {4, 8, 16, 32}) {
+      INFO("team width ", width);
+      exec.team_width(width);
+      // Rows of fewer chunks than lanes, about two per lane, and many per lane; aligned (64) and not.
+      for (index_t C : {5, 64, 300}) {
+        loss_case<T> cs;
+        cs.B = 2;
+        cs.P = 50;
+        cs.C = C;
+        for (kl_mode mode : {kl_mode::softmax, kl_mode::sigmoid}) {
           cs.kind = loss_kind{};
-          cs.kind.is_kl = false;
-          cs.kind.normalize = mse_normalize::per_pillar_l2;
+          cs.kind.mode = mode;
+          cs.kind.tau = 1.5;
           check_all_on_device(cs, rng, exec);
         }
+        cs.kind = loss_kind{};
+        cs.kind.is_kl = false;
+        cs.kind.normalize = mse_normalize::per_pillar_l2;
+        check_all_on_device(cs, rng, exec);
       }
+    }
+  }
+
+  TEST_CASE("CUDA rows per team: every count runs every row once and matches the host backend") {
+    const auto seed = fresh_seed();
+    INFO("seed ", seed);
+    std::mt19937 rng(seed);
+    bevkd::cuda_exec exec;
+    for (int rows : {1, 3, 64}) {  // 3: blocks that end inside a team's rows; 64: fewer blocks than one wave
+      INFO("rows per team ", rows);
+      exec.rows_per_team(rows);
+      for (index_t C : {5, 64, 1100}) {  // warp teams and (C = 1100) a block per row
+        loss_case<float> cs;
+        cs.B = 2;
+        cs.P = 301;
+        cs.C = C;
+        cs.kind.tau = 1.5;
+        check_all_on_device(cs, rng, exec);
+      }
+    }
   }
 
   TEST_CASE("CUDA losses: deterministic, no allocation after warm-up, accumulate, all-zero weights, empty input") {
@@ -209,5 +227,7 @@ TEST_SUITE("gpu") {
                     bevkd::invalid_argument);
     CHECK_THROWS_AS(exec.team_width(3), bevkd::invalid_argument);
     CHECK_THROWS_AS(exec.team_width(64), bevkd::invalid_argument);
+    CHECK_THROWS_AS(exec.rows_per_team(-1), bevkd::invalid_argument);
+    CHECK_THROWS_AS(exec.rows_per_team(65), bevkd::invalid_argument);
   }
 }

@@ -103,15 +103,20 @@ __global__ void __launch_bounds__(cuda_block_threads)
   if (threadIdx.x == 0) *weight_sum = negatives > 0 ? __longlong_as_double(0x7ff8000000000000LL) : sum;
 }
 
+/// @brief Blocks of a row kernel that must fit on one multiprocessor: three (at most 85 registers a thread).
+///
+/// Left to itself, nvcc gave the attention's softmax-run kernel 95 registers, which fits two
+/// blocks and ran 20 % slower than at 80 (measured on an H200, bench/RESULTS.md).
+constexpr int rows_kernel_min_blocks = 3;
+
 /// @brief Runs rows [blockIdx.x * rows_per_block, ...) with teams of kind Team; writes the block's weighted loss.
 template <class Problem, class Team>
-__global__ void __launch_bounds__(cuda_block_threads)
-    rows_kernel(Problem problem, device_call dc, int chunk, team_scratch scratch) {
+__global__ void __launch_bounds__(cuda_block_threads, rows_kernel_min_blocks)
+    rows_kernel(Problem problem, device_call dc, int chunk, index_t rows_per_block) {
   using acc = typename Problem::acc_type;
   constexpr int team_width = cuda_block_threads / Team::teams_per_block;
-  constexpr index_t rows_per_block = Team::rows_per_block;
   const int team_index = threadIdx.x / team_width;
-  const Team team(static_cast<int>(threadIdx.x), chunk, scratch);
+  const Team team(static_cast<int>(threadIdx.x), chunk);
   const double normaliser =
       reduction_normaliser(dc.call.red, device_weight_sum(dc), static_cast<double>(dc.call.batch));
   const auto scaling = make_row_scaling<acc>(dc.call.loss_weight, dc.call.grad_scale, normaliser, dc.call.accumulate);
@@ -265,11 +270,12 @@ class cuda_exec {
     return *this;
   }
 
-  /// @brief Whether rows may keep values between their passes in shared memory (default true): softmax rows then
-  /// compute each exponential once; false recomputes them, as rows too long for the scratch always do (for
-  /// benchmarks and tests of both paths; results agree to rounding).
-  cuda_exec& shared_scratch(bool enabled) {
-    shared_scratch_ = enabled;
+  /// @brief Rows each team of a row kernel runs (each block runs that many per team): 0 (the default) takes the team
+  /// kind's own (2 rows per warp team, 1 otherwise), else 1 to 64 (for benchmarks and tests; results agree to
+  /// rounding, not bitwise, since the blocks' partial sums change).
+  cuda_exec& rows_per_team(int rows) {
+    detail::require(rows >= 0 && rows <= 64, "rows", "must be 0 (the default) or 1 to 64, got ", rows);
+    rows_per_team_ = rows;
     return *this;
   }
 
@@ -298,7 +304,8 @@ class cuda_exec {
   device_loss_result launch(const Problem& problem, const detail::loss_call& call, int chunk) {
     using namespace detail;
     const index_t rows = problem.row_count();
-    const index_t rows_per_block = Team::rows_per_block;
+    const index_t rows_per_block = static_cast<index_t>(Team::teams_per_block) *
+                                   (rows_per_team_ ? rows_per_team_ : Team::rows_per_team);
     const index_t blocks = blocks_for(rows, rows_per_block);
     const index_t weight_blocks = blocks_for(rows, 4 * cuda_block_threads);
     const std::size_t partial_doubles = static_cast<std::size_t>(std::max(blocks, 2 * weight_blocks)) + 1;
@@ -314,28 +321,17 @@ class cuda_exec {
       weight_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(scratch + 1, weight_blocks, scratch);
       BEVKD_CUDA_CHECK(cudaGetLastError());
     }
-    // Teams of one thread (strided rows) take no scratch: 256 of them would not fit.
-    const team_scratch team_memory =
-        !shared_scratch_ || Team::teams_per_block == cuda_block_threads
-            ? team_scratch{}
-            : team_scratch::for_teams(problem.scratch_bytes(), Team::teams_per_block,
-                                      static_cast<index_t>(sizeof(typename Problem::acc_type)), max_scratch_bytes);
     if (blocks > 0)
-      rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads,
-                                   team_memory.block_bytes(Team::teams_per_block), stream_>>>(problem, dc, chunk,
-                                                                                              team_memory);
+      rows_kernel<Problem, Team><<<static_cast<unsigned>(blocks), cuda_block_threads, 0, stream_>>>(problem, dc, chunk,
+                                                                                                 rows_per_block);
     loss_total_kernel<><<<1, cuda_block_threads, 0, stream_>>>(dc, blocks);
     BEVKD_CUDA_CHECK(cudaGetLastError());
     return device_loss_result{result, stream_};
   }
 
-  // A block's team scratch stays within the 48 KiB every device grants without opting in, and
-  // leaves room for four blocks (1024 threads) per multiprocessor on current GPUs.
-  static constexpr index_t max_scratch_bytes = 48 * 1024;
-
   cudaStream_t stream_;
   int team_width_ = 0;
-  bool shared_scratch_ = true;
+  int rows_per_team_ = 0;
   cuda_workspace workspace_;
   double* results_ = nullptr;
   int next_slot_ = 0;

@@ -17,30 +17,6 @@ namespace detail {
 /// @brief Blocks of every bevkd row kernel have this many threads.
 constexpr int cuda_block_threads = 256;
 
-/// @brief The shared-memory scratch each team of a row kernel's block gets (dynamic shared memory, team after team).
-struct team_scratch {
-  index_t bytes = 0;   ///< Usable bytes per team (0: none; kernels then recompute).
-  index_t stride = 0;  ///< Bytes from one team's scratch to the next (bytes, padded against bank conflicts).
-
-  /// @brief The scratch of `teams` teams of `bytes` each in accumulators of `word` bytes, or none when they would
-  /// not fit in `limit` bytes.
-  static team_scratch for_teams(index_t bytes, int teams, index_t word, index_t limit) {
-    // Whole 128-byte lines plus one accumulator: the teams that share a warp then start on
-    // different banks, and their lanes' stores of the same column mostly do not collide.
-    const index_t stride = (bytes + 127) / 128 * 128 + word;
-    if (bytes <= 0 || stride * teams > limit) return team_scratch{};
-    return team_scratch{bytes, stride};
-  }
-  /// @brief Dynamic shared memory a block needs for `teams` teams.
-  std::size_t block_bytes(int teams) const { return static_cast<std::size_t>(stride * teams); }
-};
-
-/// @brief The block's dynamic shared memory (the teams' scratch).
-BEVKD_DEVICE unsigned char* dynamic_shared_memory() {
-  extern __shared__ __align__(16) unsigned char bevkd_dynamic_shared[];
-  return bevkd_dynamic_shared;
-}
-
 /// @brief The column-level operations every CUDA team offers, from its lane, size, chunk and reduce (CRTP).
 template <class Team>
 struct column_ops {
@@ -79,10 +55,10 @@ struct column_ops {
 struct thread_team : column_ops<thread_team> {
   /// @brief Rows processed side by side in one block.
   static constexpr int teams_per_block = cuda_block_threads;
-  /// @brief Rows per block (fixed, so partial sums do not depend on the device).
-  static constexpr index_t rows_per_block = teams_per_block;
+  /// @brief Rows each team runs by default (one launch's choice, never the device's: partial sums stay fixed).
+  static constexpr int rows_per_team = 1;
   /// @brief Built from the thread's index (its lane is always 0).
-  BEVKD_DEVICE thread_team(int, int, const team_scratch&) {}
+  BEVKD_DEVICE thread_team(int, int) {}
   /// @brief Lane 0.
   BEVKD_DEVICE int lane() const { return 0; }
   /// @brief One lane.
@@ -101,33 +77,26 @@ struct thread_team : column_ops<thread_team> {
   BEVKD_DEVICE auto reduce(Op, F&& f) const -> decltype(f(0)) {
     return f(0);
   }
-  /// @brief Nothing to wait for.
-  BEVKD_DEVICE void sync() const {}
 };
 
-/// @brief Lane index, chunk width, scratch and the accessors shared by the warp and block teams.
+/// @brief Lane index, chunk width and the accessors shared by the warp and block teams.
 template <class Team>
 struct lane_team : column_ops<Team> {
-  int lane_;                ///< Lane within the team.
-  int chunk_;               ///< Columns per lane chunk: 1, or one 16-byte vector for aligned unit-stride rows.
-  unsigned char* scratch_;  ///< The team's shared-memory scratch, or null.
-  index_t scratch_bytes_;   ///< Its size.
-  /// @brief Built from the lane, the launch's chunk width and the team's scratch.
-  BEVKD_DEVICE lane_team(int lane, int chunk, unsigned char* scratch, index_t scratch_bytes)
-      : lane_(lane), chunk_(chunk), scratch_(scratch), scratch_bytes_(scratch_bytes) {}
+  int lane_;   ///< Lane within the team.
+  int chunk_;  ///< Columns per lane chunk: 1, or one 16-byte vector for aligned unit-stride rows.
+  /// @brief Built from the lane and the launch's chunk width.
+  BEVKD_DEVICE lane_team(int lane, int chunk) : lane_(lane), chunk_(chunk) {}
   /// @brief This thread's lane.
   BEVKD_DEVICE int lane() const { return lane_; }
   /// @brief Columns per lane chunk.
   BEVKD_DEVICE int chunk() const { return chunk_; }
   /// @brief Lane 0 performs single writes.
   BEVKD_DEVICE bool leader() const { return lane_ == 0; }
-  /// @brief n accumulators of the team's shared-memory scratch, or null when it has fewer (kernels then recompute).
-  ///
-  /// Every lane reads back only what it wrote itself (the same columns in every pass), so the
-  /// scratch needs no synchronisation.
+  /// @brief No scratch on the device: kernels recompute (keeping exponentials in shared memory was measured slower:
+  /// the kernels that carry both paths need more registers, and fewer blocks fit; bench/RESULTS.md).
   template <class Acc>
-  BEVKD_DEVICE Acc* scratch(index_t n) const {
-    return n * static_cast<index_t>(sizeof(Acc)) <= scratch_bytes_ ? reinterpret_cast<Acc*>(scratch_) : nullptr;
+  BEVKD_DEVICE Acc* scratch(index_t) const {
+    return nullptr;
   }
 };
 
@@ -143,12 +112,11 @@ struct warp_team : lane_team<warp_team<Width>> {
                 "a warp team is a power-of-two group of 2 to 32 lanes");
   /// @brief Rows processed side by side in one block.
   static constexpr int teams_per_block = cuda_block_threads / Width;
-  /// @brief Rows per block: four per team.
-  static constexpr index_t rows_per_block = 4 * teams_per_block;
-  /// @brief Built from the thread's index in the block, the launch's chunk width and the block's team scratch.
-  BEVKD_DEVICE warp_team(int thread, int chunk, const team_scratch& scratch)
-      : lane_team<warp_team>(thread % Width, chunk, dynamic_shared_memory() + thread / Width * scratch.stride,
-                             scratch.bytes) {}
+  /// @brief Rows each team runs by default: two (a sweep of 1, 2, 4 and 8 on an H200: 1 or 2 fastest for the response
+  /// KL, 4 for the TSA attention by 3 %; more blocks of fewer rows leave a shorter last wave).
+  static constexpr int rows_per_team = 2;
+  /// @brief Built from the thread's index in the block and the launch's chunk width.
+  BEVKD_DEVICE warp_team(int thread, int chunk) : lane_team<warp_team>(thread % Width, chunk) {}
   /// @brief Width lanes.
   BEVKD_DEVICE int size() const { return Width; }
   /// @brief Reduction of f(lane) over the group; every lane of the group returns the result.
@@ -161,8 +129,6 @@ struct warp_team : lane_team<warp_team<Width>> {
     const value_type total = warp_reduce(storage[threadIdx.x / Width]).Reduce(partial, op);
     return cub::ShuffleIndex<Width>(total, 0, group_mask());
   }
-  /// @brief Waits for the group's lanes (their scratch accesses before it complete before any after it).
-  BEVKD_DEVICE void sync() const { __syncwarp(group_mask()); }
 
  private:
   // The group's lanes only: other groups of the warp may be on another row, or done.
@@ -175,11 +141,10 @@ struct warp_team : lane_team<warp_team<Width>> {
 struct block_team : lane_team<block_team> {
   /// @brief One row at a time per block.
   static constexpr int teams_per_block = 1;
-  /// @brief Rows per block.
-  static constexpr index_t rows_per_block = 1;
-  /// @brief Built from the thread's index in the block, the launch's chunk width and the block's team scratch.
-  BEVKD_DEVICE block_team(int thread, int chunk, const team_scratch& scratch)
-      : lane_team<block_team>(thread, chunk, dynamic_shared_memory(), scratch.bytes) {}
+  /// @brief Rows the team runs by default.
+  static constexpr int rows_per_team = 1;
+  /// @brief Built from the thread's index in the block and the launch's chunk width.
+  BEVKD_DEVICE block_team(int thread, int chunk) : lane_team<block_team>(thread, chunk) {}
   /// @brief 256 lanes.
   BEVKD_DEVICE int size() const { return cuda_block_threads; }
   /// @brief Block-wide reduction of f(lane); every thread returns the result.
@@ -196,8 +161,6 @@ struct block_team : lane_team<block_team> {
     __syncthreads();  // storage and result are reused by the next reduction
     return out;
   }
-  /// @brief Waits for the block (its scratch accesses before it complete before any after it).
-  BEVKD_DEVICE void sync() const { __syncthreads(); }
 };
 
 }  // namespace detail

@@ -143,9 +143,6 @@ class host_team {
     for_columns(row.n, [&](index_t c) { f(c, load_as_accum(row.student[c]), load_as_accum(row.teacher[c])); });
   }
 
-  /// @brief Waits for every lane (the device teams' barrier; the host's lanes already ran in order).
-  BEVKD_HOST_DEVICE void sync() const {}
-
   /// @brief Reduces f(lane) over the lanes with `op`, in the tree order of the CUDA teams; every lane gets the result.
   ///
   /// Order: within each group of 32 lanes a pairwise tree (offsets 1, 2, 4, ...: what

@@ -152,9 +152,6 @@ BEVKD_HOST_DEVICE Acc softmax_kl_segments(const Team& team, const Segments& segm
                     coeff * tau, accumulate);
     offset += row.n;
   });
-  // The next row's segments may give a lane other slots of the scratch (a joint attention row
-  // hits other cameras): every lane's reads of this row come first.
-  if (cache) team.sync();
   return softmax_kl_value(sums[0], sums[1], sums[2], inv_zt, tau);
 }
 
