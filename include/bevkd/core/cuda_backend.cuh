@@ -103,10 +103,11 @@ __global__ void __launch_bounds__(cuda_block_threads)
   if (threadIdx.x == 0) *weight_sum = negatives > 0 ? __longlong_as_double(0x7ff8000000000000LL) : sum;
 }
 
-/// @brief Blocks of a row kernel that must fit on one multiprocessor: three (at most 85 registers a thread).
+/// @brief Blocks of a row kernel that must fit on one multiprocessor: three (so at most 80 registers a thread).
 ///
-/// Left to itself, nvcc gave the attention's softmax-run kernel 95 registers, which fits two
-/// blocks and ran 20 % slower than at 80 (measured on an H200, bench/RESULTS.md).
+/// Left to itself, nvcc gives the row kernels 91-117 registers: two blocks per multiprocessor,
+/// at which the TSA attention ran 15-20 % slower than the same rows at 80 registers (H200,
+/// bench/RESULTS.md).
 constexpr int rows_kernel_min_blocks = 3;
 
 /// @brief Runs rows [blockIdx.x * rows_per_block, ...) with teams of kind Team; writes the block's weighted loss.
