@@ -186,6 +186,14 @@ index_t team_columns(const Problem& problem) {
   }
 }
 
+/// @brief Rows each team runs by default: the team kind's own, but one where rows are made of runs (masked joint
+/// attention rows, whose work varies with the sources they hit: fewer rows per block balance the blocks; 5-8 %
+/// faster for the SCA case on an H200, bench/RESULTS.md).
+template <class Team, class Problem>
+int default_rows_per_team(const Problem& problem) {
+  return team_columns(problem) < problem.columns() ? 1 : Team::rows_per_team;
+}
+
 /// @brief Blocks needed to cover `rows` rows at `rows_per_block` each.
 inline index_t blocks_for(index_t rows, index_t rows_per_block) { return (rows + rows_per_block - 1) / rows_per_block; }
 
@@ -272,8 +280,8 @@ class cuda_exec {
   }
 
   /// @brief Rows each team of a row kernel runs (each block runs that many per team): 0 (the default) takes the team
-  /// kind's own (2 rows per warp team, 1 otherwise), else 1 to 64 (for benchmarks and tests; results agree to
-  /// rounding, not bitwise, since the blocks' partial sums change).
+  /// kind's own (2 rows per warp team, 1 otherwise; 1 for masked joint attention rows), else 1 to 64 (for
+  /// benchmarks and tests; results agree to rounding, not bitwise, since the blocks' partial sums change).
   cuda_exec& rows_per_team(int rows) {
     detail::require(rows >= 0 && rows <= 64, "rows", "must be 0 (the default) or 1 to 64, got ", rows);
     rows_per_team_ = rows;
@@ -306,7 +314,7 @@ class cuda_exec {
     using namespace detail;
     const index_t rows = problem.row_count();
     const index_t rows_per_block = static_cast<index_t>(Team::teams_per_block) *
-                                   (rows_per_team_ ? rows_per_team_ : Team::rows_per_team);
+                                   (rows_per_team_ ? rows_per_team_ : default_rows_per_team<Team>(problem));
     const index_t blocks = blocks_for(rows, rows_per_block);
     const index_t weight_blocks = blocks_for(rows, 4 * cuda_block_threads);
     const std::size_t partial_doubles = static_cast<std::size_t>(std::max(blocks, 2 * weight_blocks)) + 1;
