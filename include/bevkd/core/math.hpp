@@ -11,8 +11,8 @@
 // Why our own functions: libm's expf/logf do not vectorise without -ffast-math, and
 // -ffast-math breaks the inf/NaN semantics the losses promise. These are written with
 // selects instead of branches so that GCC/Clang turn the row loops into SIMD code. The
-// device uses CUDA's expf/logf instead (as accurate, and built on the special-function
-// unit: a third of the instructions), so host and device agree to a few ulp, not bitwise.
+// device uses CUDA's expf/logf instead (as accurate, built on the special-function unit,
+// and measured faster there), so host and device agree to a few ulp, not bitwise.
 
 namespace bevkd {
 namespace math {
