@@ -270,7 +270,7 @@ TEST_CASE("attention_distill in host row blocks gives the per-row kernel's resul
   per_row.run_row_blocks(false);
   for (auto normalize : both_normalizations)
     for (bool masked : {false, true})
-      for (index_t K : {1, 7, 32, 43})
+      for (index_t K : {1, 7, 32, 43, 64})  // per_source rows of 64 and joint rows of 96 run in row layout
         for (reduction red : {reduction::mean, reduction::none})
           for (bool accumulate : {false, true}) {
             auto cs = make_case<float>(normalize, divergence::kl, attention_input::logits, attention_input::logits);

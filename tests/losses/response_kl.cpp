@@ -289,9 +289,14 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
   CHECK(!per_row.runs_row_blocks());
   CHECK(!bevkd::host_exec().simulate_team(32).runs_row_blocks());
   CHECK(!bevkd::host_exec().simulate_team(1, 1, false).runs_row_blocks());
-  // 74 rows: four full blocks and a tail of 10; one past max_block_columns runs per row either way.
-  constexpr index_t longest = bevkd::detail::max_block_columns;
-  for (index_t channels : {index_t{1}, index_t{10}, index_t{37}, index_t{64}, longest, longest + 1})
+  // 74 rows: four full blocks and a tail of 10. Lane layout up to max_block_columns (strided rows) or below
+  // min_row_layout_columns (unit-stride rows), row layout from there to max_row_layout_columns; per row beyond.
+  using bevkd::detail::max_block_columns;
+  using bevkd::detail::max_row_layout_columns;
+  using bevkd::detail::min_row_layout_columns;
+  for (index_t channels : {index_t{1}, index_t{10}, index_t{37}, min_row_layout_columns - 1, min_row_layout_columns,
+                           index_t{64}, max_block_columns, max_block_columns + 1, index_t{333}, max_row_layout_columns,
+                           max_row_layout_columns + 1})
     for (layout lay : all_layouts)
       for (bool accumulate : {false, true})
         for (reduction red : {reduction::mean, reduction::none}) {

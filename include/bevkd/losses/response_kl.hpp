@@ -46,10 +46,12 @@ struct response_kl_problem : row_problem<T, Unit> {
 
   /// @brief Softmax rows with float accumulators can run in host row blocks (see blocks_apply()).
   static constexpr bool row_blocks = !Sigmoid && std::is_same<acc_type, float>::value;
-  /// @brief True when rows of `columns` columns run in host row blocks (no longer than max_block_columns).
-  static bool blocks_apply_to(index_t columns) { return row_blocks && columns <= max_block_columns; }
+  /// @brief True when rows of `columns` columns (unit-stride or not) run in host row blocks.
+  static bool blocks_apply_to(index_t columns, bool unit_stride) {
+    return row_blocks && block_columns_fit(columns, unit_stride);
+  }
   /// @brief True when this call's rows run in host row blocks.
-  bool blocks_apply() const { return blocks_apply_to(this->columns()); }
+  bool blocks_apply() const { return blocks_apply_to(this->columns(), Unit); }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(this->columns()); }
   /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see softmax_kl_block).
@@ -117,7 +119,7 @@ class response_kl {
                                  student.extent[0]};
     using acc = accum_t<T>;
     const bool sigmoid = options.mode == kl_mode::sigmoid;
-    const bool row_blocks = !sigmoid && detail::response_kl_problem<T, false, false>::blocks_apply_to(student.extent[2]);
+    const bool row_blocks = !sigmoid && detail::response_kl_problem<T, false, false>::blocks_apply_to(student.extent[2], false);
     return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, row_blocks, [&](auto unit, auto s,
                                                                                                 auto t, auto g) {
       return detail::dispatch_bool(sigmoid, [&](auto sig) {

@@ -7,6 +7,7 @@
 #include "../config.hpp"
 #include "../dtype.hpp"
 #include "../reduction.hpp"
+#include "../team.hpp"
 #include "lanes.hpp"
 #include "row_driver.hpp"
 
@@ -27,12 +28,66 @@ namespace detail {
 /// @brief Rows one host block runs side by side (one per SIMD lane of the block kernels).
 constexpr int block_rows = 16;
 
-/// @brief Longest rows run in blocks: from about 160 columns on the per-row kernels are as fast (measured with fp32
-/// at C = 96..256, portable and -march=native builds) and their pairwise sums more accurate.
+/// @brief Longest rows run in lane layout: from about 160 columns on the per-row kernels are as fast (measured with
+/// fp32 at C = 96..256, portable and -march=native builds) and their pairwise sums more accurate.
 constexpr index_t max_block_columns = 128;
 
 /// @brief Index of column c of lane l in a block's lane-layout buffer.
 BEVKD_HOST_FORCEINLINE index_t lane_index(index_t c, int l) { return c * block_rows + l; }
+
+/// @brief Partial accumulators per row when a block's unit-stride rows run in row layout (one SIMD vector of
+/// floats with AVX-512): column c of a row goes to partial c mod row_partials.
+constexpr int row_partials = 16;
+
+/// @brief Shortest unit-stride rows a block runs in row layout (in place, no transposes); shorter ones are
+/// transposed into lane layout, whose lanes they fill better (measured, -march=native: K = 32 attention rows 4 %
+/// faster in lane layout, C = 64 rows 12 % faster in row layout; 48 lies between).
+constexpr index_t min_row_layout_columns = 48;
+
+/// @brief Longest rows run in row layout (C = 256 measured 7 % (fp32) to 27 % (bf16) faster than the per-row
+/// kernel; the block's scratch, 2 x 16 rows of exponentials, stays within 128 KiB).
+constexpr index_t max_row_layout_columns = 1024;
+
+/// @brief True when rows of `columns` columns, unit-stride or not, run in host row blocks (row or lane layout).
+constexpr bool block_columns_fit(index_t columns, bool unit_stride) {
+  return unit_stride && columns >= min_row_layout_columns ? columns <= max_row_layout_columns
+                                                          : columns <= max_block_columns;
+}
+
+/// @brief Calls f(c, v) for the columns c of a row of n, v = c mod row_partials, in runs of row_partials (which
+/// the compiler vectorises) and then the tail.
+template <class F>
+BEVKD_HOST_FORCEINLINE void for_row_partials(index_t n, F&& f) {
+  index_t first = 0;
+  for (; first + row_partials <= n; first += row_partials)
+    for (int v = 0; v < row_partials; ++v) f(first + v, v);
+  for (int v = 0; first + v < n; ++v) f(first + v, v);
+}
+
+/// @brief Combines the row_partials partial results p of a row pairwise (p may be overwritten).
+template <class Op, class Acc>
+BEVKD_HOST_FORCEINLINE Acc fold_partials(Op op, Acc (&p)[row_partials]) {
+#if defined(BEVKD_ROW_BLOCKS_SSE2)
+  if constexpr (std::is_same<Acc, float>::value) {
+    // The same pairwise tree in four-float vectors: the compiler leaves the scalar tree in memory.
+    const auto vector_op = [op](__m128 a, __m128 b) {
+      if constexpr (std::is_same<Op, sum_op>::value)
+        return _mm_add_ps(a, b);
+      else
+        return _mm_max_ps(a, b);  // shift_max_op: a > b ? a : b
+    };
+    static_assert(row_partials == 16, "the vector fold takes four vectors");
+    __m128 x = vector_op(vector_op(_mm_loadu_ps(p), _mm_loadu_ps(p + 8)),
+                         vector_op(_mm_loadu_ps(p + 4), _mm_loadu_ps(p + 12)));
+    x = vector_op(x, _mm_movehl_ps(x, x));
+    x = vector_op(x, _mm_shuffle_ps(x, x, 1));
+    return _mm_cvtss_f32(x);
+  }
+#endif
+  for (int half = row_partials / 2; half > 0; half /= 2)
+    for (int v = 0; v < half; ++v) p[v] = op(p[v], p[v + half]);
+  return p[0];
+}
 
 /// @brief Bytes of one row's span of a tensor, for prefetching (unit-stride rows only).
 template <class T>
@@ -43,6 +98,7 @@ constexpr index_t row_bytes(index_t n) {
 /// @brief The rows of one host block (and the next block's, to prefetch) and their moves to and from lane layout.
 template <class T, bool Unit>
 struct row_block {
+  using value_type = T;                ///< Element type of the tensors.
   loss_row<T, Unit> rows[block_rows];  ///< The block's rows; the first `count` are valid.
   loss_row<T, Unit> next[block_rows];  ///< The next block's rows (prefetched); the first `next_count` are valid.
   int count = 0;                       ///< Rows in the block (1..block_rows).
@@ -52,6 +108,10 @@ struct row_block {
   /// adjacent within a channel), in all three tensors: then the tensors already are in lane layout.
   bool lanes_adjacent = false;
   bool next_adjacent = false;  ///< The same for the next block (prefetched column by column when set).
+
+  /// @brief True when the block runs in row layout: each row read and written in place, its reductions in
+  /// row_partials partial accumulators (unit-stride rows of at least min_row_layout_columns).
+  bool row_layout() const { return Unit && n >= min_row_layout_columns; }
 
   /// @brief Sets lanes_adjacent and next_adjacent from the rows.
   void find_adjacent_lanes() {
@@ -146,6 +206,15 @@ struct row_block {
     prefetch_line(2 * step + 1, next_count, [this](int l) { return next[l].teacher.ptr; });
   }
 
+  /// @brief Prefetches row l's gradient and the next block's row l of student and teacher, whole (unit-stride
+  /// rows; a row-layout kernel calls it once per row).
+  BEVKD_HOST_FORCEINLINE void prefetch_row(int l) const {
+    prefetch_span<true>(rows[l].grad.ptr);
+    if (l >= next_count) return;
+    prefetch_span<false>(next[l].student.ptr);
+    prefetch_span<false>(next[l].teacher.ptr);
+  }
+
  private:
   // Prefetches the first and last element of column `step` of adjacent rows (a run of block_rows elements).
   template <class Ref>
@@ -156,6 +225,20 @@ struct row_block {
 #else
     (void)row0;
     (void)step;
+#endif
+  }
+
+  // Prefetches every cache line of the n elements from `first` (the last one by its last byte); ForWrite asks for
+  // the lines in a writable state (lines about to be stored to).
+  template <bool ForWrite>
+  BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first) const {
+#if defined(__GNUC__) || defined(__clang__)
+    const char* bytes = reinterpret_cast<const char*>(first);
+    const index_t size = row_bytes<T>(n);
+    for (index_t offset = 0; offset < size; offset += 64) __builtin_prefetch(bytes + offset, ForWrite);
+    __builtin_prefetch(bytes + size - 1, ForWrite);
+#else
+    (void)first;
 #endif
   }
 

@@ -175,7 +175,7 @@ struct attention_problem {
   static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
   /// @brief True when this call's rows run in host row blocks: softmax KL over one key run per row, short rows.
   bool blocks_apply() const {
-    return row_blocks && Runs && (!rows.joint || one_run) && columns() <= max_block_columns;
+    return row_blocks && Runs && (!rows.joint || one_run) && block_columns_fit(columns(), true);
   }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(columns()); }

@@ -204,6 +204,91 @@ void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
       s[lane_index(c, l)] = softmax_kl_grad_value(scale[l], t[lane_index(c, l)], s[lane_index(c, l)], inv_zt[l], inv_zs[l]);
 }
 
+/// @brief Maxima of t / tau and s / tau over one unit-stride row of n (row layout, see softmax_kl_row_layout).
+///
+/// Each pass of the row layout is a named function of restrict pointers, so that GCC sees that
+/// the scratch stores alias no input and vectorises the loops without a runtime alias check.
+template <class T, class Acc>
+BEVKD_HOST_NOINLINE acc_array<Acc, 2> row_layout_maxima(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
+                                                        index_t n, Acc inv_tau) {
+  Acc part_t[row_partials], part_s[row_partials];
+  for (int v = 0; v < row_partials; ++v) part_t[v] = part_s[v] = -math::infinity<Acc>();
+  for_row_partials(n, [&](index_t c, int v) {
+    part_t[v] = shift_max_op{}(load_as_accum(t[c]) * inv_tau, part_t[v]);
+    part_s[v] = shift_max_op{}(load_as_accum(s[c]) * inv_tau, part_s[v]);
+  });
+  return {{fold_partials(shift_max_op{}, part_t), fold_partials(shift_max_op{}, part_s)}};
+}
+
+/// @brief exponential_sums over one unit-stride row of n in row layout: {z_T, z_S, cross}; the exponentials go to
+/// e_t and e_s.
+template <class T, class Acc>
+BEVKD_HOST_NOINLINE acc_array<Acc, 3> row_layout_exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
+                                                              index_t n, Acc inv_tau, Acc max_t, Acc max_s,
+                                                              Acc* BEVKD_RESTRICT e_t, Acc* BEVKD_RESTRICT e_s) {
+  Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
+  for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
+  for_row_partials(n, [&](index_t c, int v) {
+    const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), inv_tau, max_t, max_s);
+    e_t[c] = x.e_t;
+    e_s[c] = x.e_s;
+    z_t[v] += x.e_t;
+    z_s[v] += x.e_s;
+    cross[v] += x.cross;
+  });
+  return {{fold_partials(sum_op{}, z_t), fold_partials(sum_op{}, z_s), fold_partials(sum_op{}, cross)}};
+}
+
+/// @brief Writes (Accumulate: adds) scale (q_S - q_T) over one unit-stride row of n from its exponentials.
+template <bool Accumulate, class T, class Acc>
+BEVKD_HOST_NOINLINE void row_layout_grad(T* BEVKD_RESTRICT g, index_t n, const Acc* BEVKD_RESTRICT e_t,
+                                         const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs) {
+  for (index_t c = 0; c < n; ++c)
+    write_grad(g[c], softmax_kl_grad_value(scale, e_t[c], e_s[c], inv_zt, inv_zs), Accumulate);
+}
+
+/// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout()): the same passes row after row,
+/// each row's reductions in row_partials partial accumulators, and the gradient written in place; e receives the
+/// exponentials (2 n per row).
+///
+/// Every pass runs over all the block's rows before the next one starts, so the rows' dependent
+/// chains (maximum -> sums -> logs -> gradient) overlap, as the lanes of softmax_kl_lanes do.
+template <class Block, class Acc>
+void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const bool* skip, bool accumulate,
+                           Acc inv_tau, Acc tau, Acc* loss) {
+  const index_t n = block.n;
+  acc_array<Acc, 2> maxima[block_rows];
+  for (int l = 0; l < block.count; ++l)
+    maxima[l] = row_layout_maxima(block.rows[l].student.ptr, block.rows[l].teacher.ptr, n, inv_tau);
+  Acc z_t[block_rows], z_s[block_rows], cross[block_rows], inv_zt[block_rows], inv_zs[block_rows];
+  for (int l = 0; l < block_rows; ++l) z_t[l] = z_s[l] = Acc(1), cross[l] = Acc(0);  // padding rows stay finite
+  for (int l = 0; l < block.count; ++l) {
+    block.prefetch_row(l);
+    const acc_array<Acc, 3> z = row_layout_exponentials(block.rows[l].student.ptr, block.rows[l].teacher.ptr, n,
+                                                        inv_tau, maxima[l][0], maxima[l][1], e + 2 * n * l,
+                                                        e + 2 * n * l + n);
+    z_t[l] = z[0], z_s[l] = z[1], cross[l] = z[2];
+  }
+  for (int l = 0; l < block_rows; ++l) {  // all rows at once, as the lanes do
+    inv_zt[l] = Acc(1) / z_t[l];
+    inv_zs[l] = Acc(1) / z_s[l];
+    loss[l] = softmax_kl_value(z_t[l], z_s[l], cross[l], inv_zt[l], tau);
+  }
+  for (int l = 0; l < block.count; ++l) {
+    auto* g = block.rows[l].grad.ptr;
+    const Acc* e_t = e + 2 * n * l;
+    if (skip[l]) {
+      // Scale 0 zeroes the row only where its exponentials are finite: an excluded row is written
+      // as exactly 0 (or left as it was, when accumulating).
+      if (!accumulate) row_layout_grad<false>(g, n, e_t, e_t + n, Acc(0), Acc(0), Acc(0));
+    } else if (accumulate) {
+      row_layout_grad<true>(g, n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
+    } else {
+      row_layout_grad<false>(g, n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
+    }
+  }
+}
+
 /// @brief Host scratch of softmax_kl_block for rows of `columns` columns: student and teacher in lane layout.
 template <class Acc>
 index_t softmax_kl_block_scratch_bytes(index_t columns) {
@@ -215,11 +300,15 @@ index_t softmax_kl_block_scratch_bytes(index_t columns) {
 template <class Block, class Acc>
 void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bool accumulate, Acc* scratch,
                       Acc inv_tau, Acc tau, Acc* loss) {
+  Acc scale[block_rows];
+  for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
+  if (block.row_layout()) {
+    softmax_kl_row_layout(block, scratch, scale, skip, accumulate, inv_tau, tau, loss);
+    return;
+  }
   Acc* s = scratch;
   Acc* t = scratch + block_rows * block.n;
   block.gather(s, t);
-  Acc scale[block_rows];
-  for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
   softmax_kl_lanes(block, s, t, scale, inv_tau, tau, loss);
   block.scatter(s, skip, accumulate);
 }
