@@ -367,6 +367,36 @@ TEST_CASE("host row blocks keep a NaN, -inf or huge logit in its own row") {
   }
 }
 
+TEST_CASE("host row blocks write exactly 0 over an excluded row holding NaN, in lane and in row layout") {
+  std::mt19937 rng(fresh_seed());
+  for (index_t channels : {index_t{10}, index_t{64}, index_t{200}})  // lane layout, then row layout
+    for (layout lay : all_layouts) {
+      auto cs = kl_case<float>(kl_mode::softmax, 1.0, 1, 37, channels);
+      cs.lay = lay;
+      cs.randomize(rng);
+      cs.weights.assign(37, 1.0f);
+      const index_t excluded = 21;
+      cs.weights[static_cast<std::size_t>(excluded)] = 0.0f;
+      const auto student = view_of<float>(lay, cs.student.data(), 1, 37, channels);
+      const auto teacher = view_of<float>(lay, cs.teacher.data(), 1, 37, channels);
+      for (index_t c = 0; c < channels; c += 3) {
+        student(0, excluded, c) = std::nanf("");
+        teacher(0, excluded, c) = -HUGE_VALF;
+      }
+      std::vector<float> grad(cs.student.size(), 5.0f), rows;
+      bevkd::host_exec exec;
+      const auto r = cs.run(exec, grad, rows);
+      INFO("C ", channels, " layout ", layout_name(lay));
+      CHECK(std::isfinite(r.loss));
+      const auto g = view_of<float>(lay, grad.data(), 1, 37, channels);
+      for (index_t c = 0; c < channels; ++c) {
+        CHECK(g(0, excluded, c) == 0.0f);
+        CHECK(!std::signbit(g(0, excluded, c)));
+        CHECK(std::isfinite(g(0, excluded + 1, c)));
+      }
+    }
+}
+
 TEST_CASE("a staged call that fails in the run (a negative weight) leaves the gradient untouched") {
   std::mt19937 rng(fresh_seed());
   auto cs = kl_case<float>(kl_mode::softmax, 1.0, 2, 9, 4);

@@ -95,12 +95,28 @@ constexpr index_t row_bytes(index_t n) {
   return n * static_cast<index_t>(sizeof(T));
 }
 
+/// @brief Prefetches every cache line of the n elements from `first` (the last one by its last byte); ForWrite asks
+/// for the lines in a writable state (lines about to be stored to).
+template <bool ForWrite, class T>
+BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first, index_t n) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* bytes = reinterpret_cast<const char*>(first);
+  const index_t size = row_bytes<T>(n);
+  for (index_t offset = 0; offset < size; offset += 64) __builtin_prefetch(bytes + offset, ForWrite);
+  __builtin_prefetch(bytes + size - 1, ForWrite);
+#else
+  (void)first;
+  (void)n;
+#endif
+}
+
 /// @brief The rows of one host block (and the next block's, to prefetch) and their moves to and from lane layout.
 template <class T, bool Unit>
 struct row_block {
   using value_type = T;                ///< Element type of the tensors.
   loss_row<T, Unit> rows[block_rows];  ///< The block's rows; the first `count` are valid.
   loss_row<T, Unit> next[block_rows];  ///< The next block's rows (prefetched); the first `next_count` are valid.
+  index_t first = 0;                   ///< The problem's index of row 0.
   int count = 0;                       ///< Rows in the block (1..block_rows).
   int next_count = 0;                  ///< Rows in the next block (0 at the end of a chunk).
   index_t n = 0;                       ///< Columns per row.
@@ -112,6 +128,12 @@ struct row_block {
   /// @brief True when the block runs in row layout: each row read and written in place, its reductions in
   /// row_partials partial accumulators (unit-stride rows of at least min_row_layout_columns).
   bool row_layout() const { return Unit && n >= min_row_layout_columns; }
+
+  /// @brief Calls f(row) for the one contiguous run that row l is (see multi_run_block).
+  template <class F>
+  BEVKD_HOST_FORCEINLINE void for_each_run(int l, F&& f) const {
+    f(rows[l]);
+  }
 
   /// @brief Sets lanes_adjacent and next_adjacent from the rows.
   void find_adjacent_lanes() {
@@ -209,10 +231,10 @@ struct row_block {
   /// @brief Prefetches row l's gradient and the next block's row l of student and teacher, whole (unit-stride
   /// rows; a row-layout kernel calls it once per row).
   BEVKD_HOST_FORCEINLINE void prefetch_row(int l) const {
-    prefetch_span<true>(rows[l].grad.ptr);
+    prefetch_span<true>(rows[l].grad.ptr, n);
     if (l >= next_count) return;
-    prefetch_span<false>(next[l].student.ptr);
-    prefetch_span<false>(next[l].teacher.ptr);
+    prefetch_span<false>(next[l].student.ptr, n);
+    prefetch_span<false>(next[l].teacher.ptr, n);
   }
 
  private:
@@ -225,20 +247,6 @@ struct row_block {
 #else
     (void)row0;
     (void)step;
-#endif
-  }
-
-  // Prefetches every cache line of the n elements from `first` (the last one by its last byte); ForWrite asks for
-  // the lines in a writable state (lines about to be stored to).
-  template <bool ForWrite>
-  BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first) const {
-#if defined(__GNUC__) || defined(__clang__)
-    const char* bytes = reinterpret_cast<const char*>(first);
-    const index_t size = row_bytes<T>(n);
-    for (index_t offset = 0; offset < size; offset += 64) __builtin_prefetch(bytes + offset, ForWrite);
-    __builtin_prefetch(bytes + size - 1, ForWrite);
-#else
-    (void)first;
 #endif
   }
 
@@ -313,10 +321,41 @@ struct row_block {
 #endif
 };
 
+/// @brief Most runs a row of a multi_run_block may have (a masked joint attention row: one per valid source).
+constexpr int max_block_runs = 8;
+
+/// @brief A row-layout block whose rows are each up to max_block_runs contiguous runs (one softmax over all of a
+/// row's runs), with the next block's runs to prefetch.
+template <class T>
+struct multi_run_block {
+  using value_type = T;                                    ///< Element type of the tensors.
+  loss_row<T, true> runs[block_rows][max_block_runs] = {};  ///< Row l's runs, the first run_count[l] valid.
+  loss_row<T, true> next[block_rows][max_block_runs] = {};  ///< The next block's runs (prefetched).
+  int run_count[block_rows] = {};                          ///< Runs of each row (0: nothing to read).
+  int next_run_count[block_rows] = {};                     ///< Runs of each of the next block's rows.
+  int count = 0;                                           ///< Rows in the block (1..block_rows).
+  index_t n = 0;  ///< Most columns a row can have: each row's exponentials take 2 n of the scratch.
+
+  /// @brief Calls f(run) for each run of row l, in order.
+  template <class F>
+  BEVKD_HOST_FORCEINLINE void for_each_run(int l, F&& f) const {
+    for (int i = 0; i < run_count[l]; ++i) f(runs[l][i]);
+  }
+  /// @brief Prefetches row l's gradient runs and the next block's row l runs of student and teacher.
+  BEVKD_HOST_FORCEINLINE void prefetch_row(int l) const {
+    for (int i = 0; i < run_count[l]; ++i) prefetch_span<true>(runs[l][i].grad.ptr, runs[l][i].n);
+    for (int i = 0; i < next_run_count[l]; ++i) {
+      prefetch_span<false>(next[l][i].student.ptr, next[l][i].n);
+      prefetch_span<false>(next[l][i].teacher.ptr, next[l][i].n);
+    }
+  }
+};
+
 /// @brief The block of rows [first, first + count) of a problem, with the next block (up to `end`) to prefetch.
 template <class Problem>
 auto make_row_block(const Problem& problem, index_t first, int count, index_t end) {
   row_block<typename Problem::value_type, Problem::unit_stride> block;
+  block.first = first;
   block.count = count;
   block.n = problem.columns();
   problem.row_range(first, count, block.rows);

@@ -173,9 +173,11 @@ struct attention_problem {
 
   /// @brief Rows with float accumulators can run in host row blocks (see blocks_apply()).
   static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
-  /// @brief True when this call's rows run in host row blocks: softmax KL over one key run per row, short rows.
+  /// @brief True when this call's rows run in host row blocks: softmax KL over key runs, rows of at most
+  /// max_row_layout_columns keys (a masked joint row: a run per valid source, at most max_block_runs sources).
   bool blocks_apply() const {
-    return row_blocks && Runs && (!rows.joint || one_run) && block_columns_fit(columns(), true);
+    const bool masked_joint = rows.joint && !one_run;
+    return row_blocks && Runs && block_columns_fit(columns(), true) && (!masked_joint || rows.sources <= max_block_runs);
   }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(columns()); }
@@ -187,11 +189,29 @@ struct attention_problem {
       out[l] = key_run(n, h, s, columns());
     }
   }
-  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/d(student) (see softmax_kl_block).
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/d(student) (see softmax_kl_block). Masked
+  /// joint rows run as multi_run_blocks of their valid sources; their masked sources' keys get gradient 0.
   template <class Block>
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
-    softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+    if (!rows.joint || one_run) {
+      softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+      return;
+    }
+    multi_run_block<T> runs;
+    runs.count = block.count;
+    runs.n = columns();
+    valid_runs(block.first, block.count, runs.runs, runs.run_count);
+    valid_runs(block.first + block.count, block.next_count, runs.next, runs.next_run_count);
+    acc_type scale[block_rows];
+    for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
+    softmax_kl_row_layout(runs, scratch, scale, skip, accumulate, inv_tau, tau, loss);
+    for (int l = 0; l < block.count; ++l) {
+      if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
+      index_t n, h, s;
+      rows.decode(block.first + l, n, h, s);
+      zero_masked_sources(host_team(), n, h, accumulate);
+    }
   }
 
   /// @brief True when a joint row's S x K keys form one contiguous run in all three tensors and nothing is masked.
@@ -288,12 +308,26 @@ struct attention_problem {
                                                   bool accumulate) const {
     if (!rows.joint || one_run) return softmax_kl_row(team, key_run(n, h, s, columns()), inv_tau, tau, coeff, accumulate);
     const acc_type loss = softmax_kl_segments(team, source_runs{this, n, h}, inv_tau, tau, coeff, accumulate);
+    zero_masked_sources(team, n, h, accumulate);
+    return loss;
+  }
+  // The valid sources' key runs of the joint rows [first, first + count) (a host multi_run_block's rows).
+  void valid_runs(index_t first, int count, loss_row<T, true> (*out)[max_block_runs], int* run_count) const {
+    for (int l = 0; l < count; ++l) {
+      index_t n, h, s;
+      rows.decode(first + l, n, h, s);
+      run_count[l] = 0;
+      source_runs{this, n, h}.for_each([&](const loss_row<T, true>& run) { out[l][run_count[l]++] = run; });
+    }
+  }
+  // Writes gradient 0 over the keys of joint row (n, h)'s masked sources.
+  template <class Team>
+  BEVKD_HOST_DEVICE void zero_masked_sources(const Team& team, index_t n, index_t h, bool accumulate) const {
     for (index_t t = 0; t < rows.sources; ++t) {
       if (rows.valid(n, t)) continue;
       const row_ref<T, true> masked{&grad(n, h, t, 0), 1};
       team.for_columns(keys(), [masked, accumulate](index_t c) { write_grad(masked[c], acc_type(0), accumulate); });
     }
-    return loss;
   }
   // Source and student key of column c.
   BEVKD_HOST_DEVICE index_t source_of(index_t s, index_t c) const { return rows.joint ? c / keys() : s; }

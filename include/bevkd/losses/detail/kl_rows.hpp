@@ -247,26 +247,45 @@ BEVKD_HOST_NOINLINE void row_layout_grad(T* BEVKD_RESTRICT g, index_t n, const A
     write_grad(g[c], softmax_kl_grad_value(scale, e_t[c], e_s[c], inv_zt, inv_zs), Accumulate);
 }
 
-/// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout()): the same passes row after row,
-/// each row's reductions in row_partials partial accumulators, and the gradient written in place; e receives the
-/// exponentials (2 n per row).
+/// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout() and multi_run_block): the same
+/// passes row after row, each row's reductions in row_partials partial accumulators, the gradient written in place;
+/// e receives the exponentials (2 block.n per row). A row is one or more runs (block.for_each_run), a softmax over
+/// all of them; a row of no runs gets loss 0. Rows with skip set have each run's gradient written as exactly 0
+/// (nothing when accumulating).
 ///
 /// Every pass runs over all the block's rows before the next one starts, so the rows' dependent
 /// chains (maximum -> sums -> logs -> gradient) overlap, as the lanes of softmax_kl_lanes do.
 template <class Block, class Acc>
 void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const bool* skip, bool accumulate,
                            Acc inv_tau, Acc tau, Acc* loss) {
+  using T = typename Block::value_type;
   const index_t n = block.n;
+  // Each combination starts from the first run's own result, as in softmax_kl_segments.
+  const auto combine = [](auto op, auto& total, const auto& part, bool& first) {
+    total = first ? part : op(total, part);
+    first = false;
+  };
   acc_array<Acc, 2> maxima[block_rows];
-  for (int l = 0; l < block.count; ++l)
-    maxima[l] = row_layout_maxima(block.rows[l].student.ptr, block.rows[l].teacher.ptr, n, inv_tau);
+  for (int l = 0; l < block.count; ++l) {
+    bool first = true;
+    block.for_each_run(l, [&](const auto& run) {
+      combine(shift_max_op{}, maxima[l], row_layout_maxima(run.student.ptr, run.teacher.ptr, run.n, inv_tau), first);
+    });
+  }
   Acc z_t[block_rows], z_s[block_rows], cross[block_rows], inv_zt[block_rows], inv_zs[block_rows];
-  for (int l = 0; l < block_rows; ++l) z_t[l] = z_s[l] = Acc(1), cross[l] = Acc(0);  // padding rows stay finite
+  for (int l = 0; l < block_rows; ++l) z_t[l] = z_s[l] = Acc(1), cross[l] = Acc(0);  // rows of no runs: loss 0
   for (int l = 0; l < block.count; ++l) {
     block.prefetch_row(l);
-    const acc_array<Acc, 3> z = row_layout_exponentials(block.rows[l].student.ptr, block.rows[l].teacher.ptr, n,
-                                                        inv_tau, maxima[l][0], maxima[l][1], e + 2 * n * l,
-                                                        e + 2 * n * l + n);
+    acc_array<Acc, 3> z{{Acc(1), Acc(1), Acc(0)}};
+    bool first = true;
+    index_t offset = 2 * n * l;
+    block.for_each_run(l, [&](const auto& run) {
+      combine(sum_op{}, z,
+              row_layout_exponentials(run.student.ptr, run.teacher.ptr, run.n, inv_tau, maxima[l][0], maxima[l][1],
+                                      e + offset, e + offset + n),
+              first);
+      offset += run.n;
+    });
     z_t[l] = z[0], z_s[l] = z[1], cross[l] = z[2];
   }
   for (int l = 0; l < block_rows; ++l) {  // all rows at once, as the lanes do
@@ -275,17 +294,18 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const b
     loss[l] = softmax_kl_value(z_t[l], z_s[l], cross[l], inv_zt[l], tau);
   }
   for (int l = 0; l < block.count; ++l) {
-    auto* g = block.rows[l].grad.ptr;
-    const Acc* e_t = e + 2 * n * l;
-    if (skip[l]) {
-      // Scale 0 zeroes the row only where its exponentials are finite: an excluded row is written
-      // as exactly 0 (or left as it was, when accumulating).
-      if (!accumulate) row_layout_grad<false>(g, n, e_t, e_t + n, Acc(0), Acc(0), Acc(0));
-    } else if (accumulate) {
-      row_layout_grad<true>(g, n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
-    } else {
-      row_layout_grad<false>(g, n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
-    }
+    if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
+    index_t offset = 2 * n * l;
+    block.for_each_run(l, [&](const auto& run) {
+      const Acc* e_t = e + offset;
+      offset += run.n;
+      if (skip[l])  // written as 0 outright: its exponentials may be NaN
+        for (index_t c = 0; c < run.n; ++c) run.grad.ptr[c] = store_from_accum<T>(Acc(0));
+      else if (accumulate)
+        row_layout_grad<true>(run.grad.ptr, run.n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
+      else
+        row_layout_grad<false>(run.grad.ptr, run.n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
+    });
   }
 }
 
