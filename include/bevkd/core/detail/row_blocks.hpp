@@ -333,7 +333,10 @@ struct multi_run_block {
   loss_row<T, true> next[block_rows][max_block_runs] = {};  ///< The next block's runs (prefetched).
   int run_count[block_rows] = {};                          ///< Runs of each row (0: nothing to read).
   int next_run_count[block_rows] = {};                     ///< Runs of each of the next block's rows.
-  int count = 0;                                           ///< Rows in the block (1..block_rows).
+  T* masked[block_rows][max_block_runs] = {};  ///< Gradient runs of row l's masked sources, to be written as 0.
+  int masked_count[block_rows] = {};           ///< Masked runs of each row.
+  index_t masked_n = 0;                        ///< Elements of each masked run.
+  int count = 0;                               ///< Rows in the block (1..block_rows).
   index_t n = 0;  ///< Most columns a row can have: each row's exponentials take 2 n of the scratch.
 
   /// @brief Calls f(run) for each run of row l, in order.
@@ -341,9 +344,11 @@ struct multi_run_block {
   BEVKD_HOST_FORCEINLINE void for_each_run(int l, F&& f) const {
     for (int i = 0; i < run_count[l]; ++i) f(runs[l][i]);
   }
-  /// @brief Prefetches row l's gradient runs and the next block's row l runs of student and teacher.
+  /// @brief Prefetches row l's gradient runs (masked ones too) and the next block's row l runs of student and
+  /// teacher.
   BEVKD_HOST_FORCEINLINE void prefetch_row(int l) const {
     for (int i = 0; i < run_count[l]; ++i) prefetch_span<true>(runs[l][i].grad.ptr, runs[l][i].n);
+    for (int i = 0; i < masked_count[l]; ++i) prefetch_span<true>(masked[l][i], masked_n);
     for (int i = 0; i < next_run_count[l]; ++i) {
       prefetch_span<false>(next[l][i].student.ptr, next[l][i].n);
       prefetch_span<false>(next[l][i].teacher.ptr, next[l][i].n);

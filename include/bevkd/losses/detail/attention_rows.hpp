@@ -201,16 +201,18 @@ struct attention_problem {
     multi_run_block<T> runs;
     runs.count = block.count;
     runs.n = columns();
-    valid_runs(block.first, block.count, runs.runs, runs.run_count);
-    valid_runs(block.first + block.count, block.next_count, runs.next, runs.next_run_count);
+    runs.masked_n = keys();
+    source_runs_of(block.first, block.count, runs.runs, runs.run_count, runs.masked, runs.masked_count);
+    source_runs_of(block.first + block.count, block.next_count, runs.next, runs.next_run_count, nullptr, nullptr);
     acc_type scale[block_rows];
     for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
     softmax_kl_row_layout(runs, scratch, scale, skip, accumulate, inv_tau, tau, loss);
     for (int l = 0; l < block.count; ++l) {
       if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
-      index_t n, h, s;
-      rows.decode(block.first + l, n, h, s);
-      zero_masked_sources(host_team(), n, h, accumulate);
+      for (int i = 0; i < runs.masked_count[l]; ++i) {
+        const row_ref<T, true> masked{runs.masked[l][i], 1};
+        for (index_t c = 0; c < keys(); ++c) write_grad(masked[c], acc_type(0), accumulate);
+      }
     }
   }
 
@@ -311,13 +313,21 @@ struct attention_problem {
     zero_masked_sources(team, n, h, accumulate);
     return loss;
   }
-  // The valid sources' key runs of the joint rows [first, first + count) (a host multi_run_block's rows).
-  void valid_runs(index_t first, int count, loss_row<T, true> (*out)[max_block_runs], int* run_count) const {
+  // The valid sources' key runs of the joint rows [first, first + count), and (where `masked` is given) the
+  // gradient runs of their masked sources: a host multi_run_block's rows.
+  void source_runs_of(index_t first, int count, loss_row<T, true> (*valid)[max_block_runs], int* valid_count,
+                      T* (*masked)[max_block_runs], int* masked_count) const {
     for (int l = 0; l < count; ++l) {
       index_t n, h, s;
       rows.decode(first + l, n, h, s);
-      run_count[l] = 0;
-      source_runs{this, n, h}.for_each([&](const loss_row<T, true>& run) { out[l][run_count[l]++] = run; });
+      valid_count[l] = 0;
+      if (masked) masked_count[l] = 0;
+      for (index_t t = 0; t < rows.sources; ++t) {
+        if (rows.valid(n, t))
+          valid[l][valid_count[l]++] = key_run(n, h, t, keys());
+        else if (masked)
+          masked[l][masked_count[l]++] = &grad(n, h, t, 0);
+      }
     }
   }
   // Writes gradient 0 over the keys of joint row (n, h)'s masked sources.
