@@ -95,15 +95,22 @@ constexpr index_t row_bytes(index_t n) {
   return n * static_cast<index_t>(sizeof(T));
 }
 
+/// @brief How near the core a read prefetch brings its lines (__builtin_prefetch's locality argument).
+enum class prefetch_level {
+  l2 = 2,  ///< prefetcht1: into L2.
+  l1 = 3   ///< prefetcht0: into L1 as well.
+};
+
 /// @brief Prefetches every cache line of the n elements from `first` (the last one by its last byte); ForWrite asks
-/// for the lines in a writable state (lines about to be stored to).
-template <bool ForWrite, class T>
+/// for the lines in a writable state (lines about to be stored to; the level applies to reads only).
+template <bool ForWrite, prefetch_level Level = prefetch_level::l1, class T>
 BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first, index_t n) {
 #if defined(__GNUC__) || defined(__clang__)
   const char* bytes = reinterpret_cast<const char*>(first);
   const index_t size = row_bytes<T>(n);
-  for (index_t offset = 0; offset < size; offset += 64) __builtin_prefetch(bytes + offset, ForWrite);
-  __builtin_prefetch(bytes + size - 1, ForWrite);
+  for (index_t offset = 0; offset < size; offset += 64)
+    __builtin_prefetch(bytes + offset, ForWrite, static_cast<int>(Level));
+  __builtin_prefetch(bytes + size - 1, ForWrite, static_cast<int>(Level));
 #else
   (void)first;
   (void)n;
@@ -349,9 +356,11 @@ struct multi_run_block {
   BEVKD_HOST_FORCEINLINE void prefetch_row(int l) const {
     for (int i = 0; i < run_count[l]; ++i) prefetch_span<true>(runs[l][i].grad.ptr, runs[l][i].n);
     for (int i = 0; i < masked_count[l]; ++i) prefetch_span<true>(masked[l][i], masked_n);
+    // Into L2 only: a block of masked rows touches more than L1 holds (inputs, exponentials, whole
+    // gradient rows), and L1 prefetches evicted lines still in use (measured: SCA 12 % slower).
     for (int i = 0; i < next_run_count[l]; ++i) {
-      prefetch_span<false>(next[l][i].student.ptr, next[l][i].n);
-      prefetch_span<false>(next[l][i].teacher.ptr, next[l][i].n);
+      prefetch_span<false, prefetch_level::l2>(next[l][i].student.ptr, next[l][i].n);
+      prefetch_span<false, prefetch_level::l2>(next[l][i].teacher.ptr, next[l][i].n);
     }
   }
 };
