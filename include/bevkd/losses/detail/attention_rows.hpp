@@ -68,6 +68,7 @@ struct attention_weighting {
   BEVKD_HOST_DEVICE bool valid(index_t n, index_t s) const { return !mask.data || mask(n, s) != 0; }
   /// @brief Weight of row r: w[n], or 0 when its source (per_source) or all its sources (joint) are masked.
   BEVKD_HOST_DEVICE Acc weight(index_t r) const {
+    if (!has_weights()) return Acc(1);  // before the decode: its divisions cost more than a short row
     index_t n, h, s;
     decode(r, n, h, s);
     bool any = !joint ? valid(n, s) : false;
@@ -77,15 +78,25 @@ struct attention_weighting {
   }
   /// @brief Upstream gradient of row r (1 without one).
   BEVKD_HOST_DEVICE Acc upstream_grad(index_t r) const {
+    if (!upstream.data) return Acc(1);
     index_t n, h, s;
     decode(r, n, h, s);
-    return upstream.data ? upstream(n, h, s) : Acc(1);
+    return upstream(n, h, s);
   }
   /// @brief Writes row r's output loss when per-row outputs were requested.
   BEVKD_HOST_DEVICE void store(index_t r, Acc value) const {
+    if (!row_loss.data) return;
     index_t n, h, s;
     decode(r, n, h, s);
-    if (row_loss.data) row_loss(n, h, s) = value;
+    row_loss(n, h, s) = value;
+  }
+  /// @brief Moves (n, h, s) on to the next row (the decode of r + 1 from that of r, without divisions).
+  BEVKD_HOST_DEVICE void advance(index_t& n, index_t& h, index_t& s) const {
+    if (!joint && ++s < sources) return;
+    s = 0;
+    if (++h < heads) return;
+    h = 0;
+    ++n;
   }
 };
 
@@ -183,11 +194,10 @@ struct attention_problem {
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(columns()); }
   /// @brief The key runs of rows [first, first + count) as loss rows (host row blocks).
   void row_range(index_t first, int count, loss_row<T, true>* out) const {
-    for (int l = 0; l < count; ++l) {
-      index_t n, h, s;
-      rows.decode(first + l, n, h, s);
-      out[l] = key_run(n, h, s, columns());
-    }
+    if (rows.joint && !one_run) return;  // masked joint rows: see source_runs_of
+    index_t n, h, s;
+    rows.decode(first, n, h, s);
+    for (int l = 0; l < count; ++l, rows.advance(n, h, s)) out[l] = key_run(n, h, s, columns());
   }
   /// @brief Loss of each row of a host row block; writes coeff[l] * dl/d(student) (see softmax_kl_block). Masked
   /// joint rows run as multi_run_blocks of their valid sources; their masked sources' keys get gradient 0.
@@ -317,9 +327,9 @@ struct attention_problem {
   // gradient runs of their masked sources: a host multi_run_block's rows.
   void source_runs_of(index_t first, int count, loss_row<T, true> (*valid)[max_block_runs], int* valid_count,
                       T* (*masked)[max_block_runs], int* masked_count) const {
-    for (int l = 0; l < count; ++l) {
-      index_t n, h, s;
-      rows.decode(first + l, n, h, s);
+    index_t n, h, s;
+    rows.decode(first, n, h, s);
+    for (int l = 0; l < count; ++l, rows.advance(n, h, s)) {
       valid_count[l] = 0;
       if (masked) masked_count[l] = 0;
       for (index_t t = 0; t < rows.sources; ++t) {
