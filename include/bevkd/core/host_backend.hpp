@@ -80,11 +80,15 @@ class host_exec {
     return *this;
   }
 
-  /// @brief Whether short softmax rows run in row blocks, sixteen side by side with one row per SIMD lane (default on).
+  /// @brief Whether softmax rows of up to 1024 columns run in row blocks of sixteen rows (default on).
   ///
-  /// Off, every row runs through the per-row team kernel (as with a simulated team). Results
-  /// of the two agree to rounding, not bitwise: a block sums a row's columns in order, the
-  /// row kernel pairwise. Either way they do not depend on the thread count.
+  /// A block runs each pass over all sixteen rows before the next pass, so the rows' dependent
+  /// chains overlap: rows shorter than 48 columns (or strided, up to 128) side by side in lane
+  /// layout, one row per SIMD lane; longer unit-stride rows in place, each in 16 partial sums
+  /// (masked joint attention rows too, as runs of their valid sources). Off, every row runs
+  /// through the per-row team kernel (as with a simulated team). Results of the two agree to
+  /// rounding, not bitwise: they sum a row's columns in different orders. Either way they do
+  /// not depend on the thread count.
   host_exec& run_row_blocks(bool on) {
     blocks_ = on;
     return *this;

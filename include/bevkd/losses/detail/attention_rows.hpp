@@ -219,10 +219,7 @@ struct attention_problem {
     softmax_kl_row_layout(runs, scratch, scale, skip, accumulate, inv_tau, tau, loss);
     for (int l = 0; l < block.count; ++l) {
       if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
-      for (int i = 0; i < runs.masked_count[l]; ++i) {
-        const row_ref<T, true> masked{runs.masked[l][i], 1};
-        for (index_t c = 0; c < keys(); ++c) write_grad(masked[c], acc_type(0), accumulate);
-      }
+      for (int i = 0; i < runs.masked_count[l]; ++i) zero_keys(host_team(), runs.masked[l][i], accumulate);
     }
   }
 
@@ -343,11 +340,14 @@ struct attention_problem {
   // Writes gradient 0 over the keys of joint row (n, h)'s masked sources.
   template <class Team>
   BEVKD_HOST_DEVICE void zero_masked_sources(const Team& team, index_t n, index_t h, bool accumulate) const {
-    for (index_t t = 0; t < rows.sources; ++t) {
-      if (rows.valid(n, t)) continue;
-      const row_ref<T, true> masked{&grad(n, h, t, 0), 1};
-      team.for_columns(keys(), [masked, accumulate](index_t c) { write_grad(masked[c], acc_type(0), accumulate); });
-    }
+    for (index_t t = 0; t < rows.sources; ++t)
+      if (!rows.valid(n, t)) zero_keys(team, &grad(n, h, t, 0), accumulate);
+  }
+  // Writes gradient 0 (adds 0, when accumulating) over the K keys of one masked source from `first`.
+  template <class Team>
+  BEVKD_HOST_DEVICE void zero_keys(const Team& team, T* first, bool accumulate) const {
+    const row_ref<T, true> masked{first, 1};
+    team.for_columns(keys(), [masked, accumulate](index_t c) { write_grad(masked[c], acc_type(0), accumulate); });
   }
   // Source and student key of column c.
   BEVKD_HOST_DEVICE index_t source_of(index_t s, index_t c) const { return rows.joint ? c / keys() : s; }

@@ -309,7 +309,8 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const b
   }
 }
 
-/// @brief Host scratch of softmax_kl_block for rows of `columns` columns: student and teacher in lane layout.
+/// @brief Host scratch of softmax_kl_block for rows of `columns` columns: student and teacher in lane layout, or
+/// each row's two exponentials in row layout (2 columns floats per row either way).
 template <class Acc>
 index_t softmax_kl_block_scratch_bytes(index_t columns) {
   return 2 * block_rows * columns * static_cast<index_t>(sizeof(Acc));
