@@ -164,9 +164,11 @@ class host_exec {
           Acc* scratch = team.template scratch<Acc>(bytes / static_cast<index_t>(sizeof(Acc)));
           Acc weighted[detail::block_rows];
           double partial = 0;
+          detail::row_block_of<Problem> block;  // each block takes its rows from the one before's `next`
           for (index_t r = first; r < last; r += detail::block_rows) {
             const int count = static_cast<int>(last - r < detail::block_rows ? last - r : detail::block_rows);
-            detail::run_block(problem, r, count, last, scaling, scratch, weighted);
+            block.load(problem, r, count, last);
+            detail::run_block(problem, block, scaling, scratch, weighted);
             for (int l = 0; l < count; ++l) partial += static_cast<double>(weighted[l]);
           }
           return partial;

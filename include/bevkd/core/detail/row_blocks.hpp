@@ -121,8 +121,8 @@ BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first, index_t n) {
 template <class T, bool Unit>
 struct row_block {
   using value_type = T;                ///< Element type of the tensors.
-  loss_row<T, Unit> rows[block_rows];  ///< The block's rows; the first `count` are valid.
-  loss_row<T, Unit> next[block_rows];  ///< The next block's rows (prefetched); the first `next_count` are valid.
+  loss_row<T, Unit> rows[block_rows] = {};  ///< The block's rows; the first `count` are valid.
+  loss_row<T, Unit> next[block_rows] = {};  ///< The next block's rows (prefetched); the first `next_count` are valid.
   index_t first = 0;                   ///< The problem's index of row 0.
   int count = 0;                       ///< Rows in the block (1..block_rows).
   int next_count = 0;                  ///< Rows in the next block (0 at the end of a chunk).
@@ -131,6 +131,23 @@ struct row_block {
   /// adjacent within a channel), in all three tensors: then the tensors already are in lane layout.
   bool lanes_adjacent = false;
   bool next_adjacent = false;  ///< The same for the next block (prefetched column by column when set).
+
+  /// @brief Makes this the block of a problem's rows [first_row, first_row + rows_in), with the next block (up to
+  /// `end`) to prefetch; when this was the block just before, its `next` rows are taken as they are.
+  template <class Problem>
+  void load(const Problem& problem, index_t first_row, int rows_in, index_t end) {
+    if (count > 0 && first + count == first_row && next_count == rows_in)
+      for (int l = 0; l < rows_in; ++l) rows[l] = next[l];
+    else
+      problem.row_range(first_row, rows_in, rows);
+    first = first_row;
+    count = rows_in;
+    n = problem.columns();
+    const index_t after = first_row + rows_in;
+    next_count = static_cast<int>(end - after < block_rows ? end - after : block_rows);
+    problem.row_range(after, next_count, next);
+    find_adjacent_lanes();
+  }
 
   /// @brief True when the block runs in row layout: each row read and written in place, its reductions in
   /// row_partials partial accumulators (unit-stride rows of at least min_row_layout_columns).
@@ -365,20 +382,9 @@ struct multi_run_block {
   }
 };
 
-/// @brief The block of rows [first, first + count) of a problem, with the next block (up to `end`) to prefetch.
+/// @brief The host row block type of a problem.
 template <class Problem>
-auto make_row_block(const Problem& problem, index_t first, int count, index_t end) {
-  row_block<typename Problem::value_type, Problem::unit_stride> block;
-  block.first = first;
-  block.count = count;
-  block.n = problem.columns();
-  problem.row_range(first, count, block.rows);
-  const index_t next = first + count;
-  block.next_count = static_cast<int>(end - next < block_rows ? end - next : block_rows);
-  problem.row_range(next, block.next_count, block.next);
-  block.find_adjacent_lanes();
-  return block;
-}
+using row_block_of = row_block<typename Problem::value_type, Problem::unit_stride>;
 
 /// @brief True when a problem has a host block kernel (`block_loss_and_grad`; blocks_apply() says whether a call
 /// uses it).
@@ -389,25 +395,24 @@ template <class Problem>
 struct has_row_blocks<Problem, std::void_t<decltype(Problem::row_blocks)>>
     : std::integral_constant<bool, Problem::row_blocks> {};
 
-/// @brief Runs rows [first, first + count) of a problem as one block; writes each row's w_r * l_r to `weighted`.
+/// @brief Runs the rows of a loaded block of a problem (row_block::load); writes each row's w_r * l_r to `weighted`.
 ///
 /// The block twin of run_row: a row of weight 0 gets loss 0 and gradient exactly 0 (nothing
 /// when accumulating), and per-row outputs are stored the same way.
 template <class Problem, class Acc>
-void run_block(const Problem& problem, index_t first, int count, index_t end, const row_scaling<Acc>& scaling,
+void run_block(const Problem& problem, const row_block_of<Problem>& block, const row_scaling<Acc>& scaling,
                Acc* scratch, Acc* weighted) {
   Acc w[block_rows], coeff[block_rows], loss[block_rows];
   bool skip[block_rows];
   for (int l = 0; l < block_rows; ++l) {
-    w[l] = l < count ? problem.rows.weight(first + l) : Acc(0);
+    w[l] = l < block.count ? problem.rows.weight(block.first + l) : Acc(0);
     skip[l] = w[l] == Acc(0);
-    coeff[l] = skip[l] ? Acc(0) : scaling.grad_coeff * w[l] * problem.rows.upstream_grad(first + l);
+    coeff[l] = skip[l] ? Acc(0) : scaling.grad_coeff * w[l] * problem.rows.upstream_grad(block.first + l);
   }
-  problem.block_loss_and_grad(make_row_block(problem, first, count, end), coeff, skip, scaling.accumulate, scratch,
-                              loss);
-  for (int l = 0; l < count; ++l) {
+  problem.block_loss_and_grad(block, coeff, skip, scaling.accumulate, scratch, loss);
+  for (int l = 0; l < block.count; ++l) {
     weighted[l] = skip[l] ? Acc(0) : w[l] * loss[l];
-    problem.rows.store(first + l, scaling.loss_weight * weighted[l]);
+    problem.rows.store(block.first + l, scaling.loss_weight * weighted[l]);
   }
 }
 
