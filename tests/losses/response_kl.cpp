@@ -41,10 +41,11 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
   std::mt19937 rng(seed);
   bevkd::host_exec exec;
   for (kl_mode mode : all_modes)
-    for (double tau : {1.0, 2.5}) {
-      INFO("mode ", static_cast<int>(mode), " tau ", tau);
-      check_all_options(kl_case<T>(mode, tau), rng, exec);
-    }
+    for (double tau : {1.0, 2.5})
+      for (index_t C : {index_t{5}, index_t{67}}) {  // softmax rows of 5 run in lane layout, of 67 in row layout
+        INFO("mode ", static_cast<int>(mode), " tau ", tau, " C ", C);
+        check_all_options(kl_case<T>(mode, tau, 2, 7, C), rng, exec);
+      }
 }
 
 TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 4, 7, 8, 16, 32, 256 (the CUDA warp groups, a block), chunks, scratch on and off") {
@@ -280,7 +281,7 @@ TEST_CASE("host_exec stages strided rows: the same results as the in-place row k
 }
 
 TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excluded rows exactly 0 or untouched", T,
-                   float, bevkd::bfloat16) {
+                   float, bevkd::half, bevkd::bfloat16) {
   using acc = bevkd::accum_t<T>;
   std::mt19937 rng(fresh_seed());
   bevkd::host_exec blocks, per_row;
@@ -318,7 +319,7 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
           CHECK(relative_error(block_loss, row_loss) < 2e-6);
           CHECK(relative_error(std::vector<double>(block_losses.begin(), block_losses.end()),
                                std::vector<double>(row_losses.begin(), row_losses.end())) < 2e-6);
-          const double tolerance = std::is_same<T, float>::value ? 2e-6 : 1e-2;  // bf16 stores round at 2^-8
+          const double tolerance = std::is_same<T, float>::value ? 2e-6 : 1e-2;  // half and bf16 stores round at 2^-11, 2^-8
           const auto as_doubles = [](const std::vector<T>& v) {
             std::vector<double> out;
             for (T x : v) out.push_back(to_double(x));
