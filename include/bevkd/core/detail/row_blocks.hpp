@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 
 #include "../config.hpp"
@@ -101,16 +102,16 @@ enum class prefetch_level {
   l1 = 3   ///< prefetcht0: into L1 as well.
 };
 
-/// @brief Prefetches every cache line of the n elements from `first` (the last one by its last byte); ForWrite asks
-/// for the lines in a writable state (lines about to be stored to; the level applies to reads only).
+/// @brief Prefetches each cache line the n elements from `first` touch, once; ForWrite asks for the lines in a
+/// writable state (lines about to be stored to; the level applies to reads only).
 template <bool ForWrite, prefetch_level Level = prefetch_level::l1, class T>
 BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first, index_t n) {
 #if defined(__GNUC__) || defined(__clang__)
-  const char* bytes = reinterpret_cast<const char*>(first);
-  const index_t size = row_bytes<T>(n);
-  for (index_t offset = 0; offset < size; offset += 64)
-    __builtin_prefetch(bytes + offset, ForWrite, static_cast<int>(Level));
-  __builtin_prefetch(bytes + size - 1, ForWrite, static_cast<int>(Level));
+  constexpr std::uintptr_t line = 64;
+  const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(first) & ~(line - 1);
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(first) + static_cast<std::uintptr_t>(row_bytes<T>(n));
+  for (std::uintptr_t at = begin; at < end; at += line)
+    __builtin_prefetch(reinterpret_cast<const void*>(at), ForWrite, static_cast<int>(Level));
 #else
   (void)first;
   (void)n;
