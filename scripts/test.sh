@@ -67,7 +67,22 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 phase "ctest (sanitize, cpu)" ctest --test-dir build-sanitize --output-on-failure -j "${jobs}" -L cpu -LE packaging
 
-# 3. The safetensors reader fed by libFuzzer under ASan+UBSan for a bounded time: an untrusted
+# 3. The loss tests again with FMA contraction (-mavx2 -mfma: GCC then fuses a * b + c across statements, as
+# consumers' -march=native builds do): a softmax's shift must still give its maximum an exponent of exactly 0
+# (x86-64 CPUs with AVX2 and FMA only). test_resample is left out: its bit-for-bit comparison of the host's
+# per-pixel loops with the device's per-element order assumes both compile to the same roundings.
+fma_tests=(test_core test_response_kl test_feature_mse test_attention_distill test_sampling_location)
+if [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
+  phase "configure (fma)" configure build-fma -DCMAKE_BUILD_TYPE=Release -DBEVKD_ENABLE_CUDA=OFF \
+    -DBEVKD_BUILD_BENCHMARKS=OFF -DBEVKD_BUILD_EXAMPLES=OFF -DCMAKE_CXX_FLAGS="-mavx2 -mfma"
+  phase "build (fma)" cmake --build build-fma -j "${jobs}" --target "${fma_tests[@]}"
+  phase "ctest (fma, losses)" ctest --test-dir build-fma --output-on-failure -j "${jobs}" \
+    -R "^($(IFS='|'; echo "${fma_tests[*]}"))\$"
+else
+  echo "test.sh: no AVX2 + FMA: the contraction build is skipped"
+fi
+
+# 4. The safetensors reader fed by libFuzzer under ASan+UBSan for a bounded time: an untrusted
 # checkpoint must give an error, never a crash (scripts/setup.sh installs clang and its runtime).
 if command -v clang++ >/dev/null 2>&1; then
   phase "fuzz safetensors" bash scripts/fuzz.sh "${BEVKD_FUZZ_SECONDS:-60}"

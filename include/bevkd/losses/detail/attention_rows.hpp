@@ -262,7 +262,7 @@ struct attention_problem {
     const auto key = [&](index_t c, acc& p, acc& q, acc& log_q) {
       p = teacher_prob(n, h, s, c, maxima, sums);
       const acc z = student_value(n, h, s, c);
-      log_q = student_logits ? z - maxima[0] - log_zs : math::log(z);
+      log_q = student_logits ? softmax_exponent(z, maxima[0], inv_tau) - log_zs : math::log(z);
       q = student_logits ? math::exp_nonpositive(log_q) : z;
     };
     using pair = acc_array<acc, 2>;
@@ -358,17 +358,16 @@ struct attention_problem {
   BEVKD_HOST_DEVICE T& grad_at(index_t n, index_t h, index_t s, index_t c) const {
     return grad(n, h, source_of(s, c), key_of(c));
   }
-  // Student logit / tau, or probability.
+  // Student logit or probability (a logit's division by tau comes after its row's maximum is subtracted: see
+  // softmax_exponent).
   BEVKD_HOST_DEVICE acc_type student_value(index_t n, index_t h, index_t s, index_t c) const {
-    const acc_type v = load_as_accum(student(n, h, source_of(s, c), key_of(c)));
-    return student_logits ? v * inv_tau : v;
+    return load_as_accum(student(n, h, source_of(s, c), key_of(c)));
   }
-  // Teacher logit / tau (or probability) of teacher head j and level l within the student key's group.
+  // Teacher logit (or probability) of teacher head j and level l within the student key's group.
   BEVKD_HOST_DEVICE acc_type teacher_value(index_t n, index_t h, index_t s, index_t c, int j, index_t l) const {
     const index_t k = key_of(c);
     const index_t k_t = points > 0 ? ((k / points) * level_group + l) * points + k % points : k;
-    const acc_type v = load_as_accum(teacher(n, h * group + j, source_of(s, c), k_t));
-    return teacher_logits ? v * inv_tau : v;
+    return load_as_accum(teacher(n, h * group + j, source_of(s, c), k_t));
   }
   template <class Team>
   BEVKD_HOST_DEVICE stats row_maxima(const Team& team, index_t n, index_t h, index_t s) const {
@@ -391,9 +390,10 @@ struct attention_problem {
       stats z = zero;
       if (!valid_column(n, s, c)) return z;
       z[1] = acc_type(1);
-      if (student_logits) z[0] = math::exp_nonpositive(student_value(n, h, s, c) - maxima[0]);
+      if (student_logits) z[0] = math::exp_nonpositive(softmax_exponent(student_value(n, h, s, c), maxima[0], inv_tau));
       for (int j = 0; teacher_logits && j < group; ++j)
-        for (index_t l = 0; l < level_group; ++l) z[2 + j] += math::exp_nonpositive(teacher_value(n, h, s, c, j, l) - maxima[2 + j]);
+        for (index_t l = 0; l < level_group; ++l)
+          z[2 + j] += math::exp_nonpositive(softmax_exponent(teacher_value(n, h, s, c, j, l), maxima[2 + j], inv_tau));
       return z;
     });
   }
@@ -405,7 +405,7 @@ struct attention_problem {
       acc_type mass = acc_type(0);
       for (index_t l = 0; l < level_group; ++l) {
         const acc_type v = teacher_value(n, h, s, c, j, l);
-        mass += teacher_logits ? math::exp_nonpositive(v - maxima[2 + j]) : v;
+        mass += teacher_logits ? math::exp_nonpositive(softmax_exponent(v, maxima[2 + j], inv_tau)) : v;
       }
       p += teacher_logits ? mass / sums[2 + j] : mass;
     }

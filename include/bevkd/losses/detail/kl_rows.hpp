@@ -15,12 +15,23 @@
 namespace bevkd {
 namespace detail {
 
-/// @brief Row maxima of t / tau and s / tau (the log-sum-exp shifts; a NaN in the row makes the sums NaN by itself).
-template <class Team, class T, bool Unit, class Acc>
-BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 2> logit_maxima(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau) {
+/// @brief Row maxima of t and s (the log-sum-exp shifts, taken before the division by tau; a NaN in the row makes
+/// the sums NaN by itself).
+template <class Acc, class Team, class T, bool Unit>
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 2> logit_maxima(const Team& team, const loss_row<T, Unit>& row) {
   using pair = acc_array<Acc, 2>;
   return team.reduce_values(shift_max_op{}, pair{{-math::infinity<Acc>(), -math::infinity<Acc>()}}, row,
-                            [inv_tau](index_t, Acc s, Acc t) { return pair{{t * inv_tau, s * inv_tau}}; });
+                            [](index_t, Acc s, Acc t) { return pair{{t, s}}; });
+}
+
+/// @brief The softmax exponent (x - max) / tau of a logit x, <= 0, and exactly 0 at the row's maximum.
+///
+/// Shifted before the division: x / tau - max / tau would let a compiler that contracts to
+/// FMA (GCC's default) compute x * inv_tau exactly against a rounded max / tau, leaving the
+/// maximum's own exponent a rounding error (sometimes positive) instead of 0.
+template <class Acc>
+BEVKD_FORCEINLINE Acc softmax_exponent(Acc x, Acc max, Acc inv_tau) {
+  return (x - max) * inv_tau;
 }
 
 /// @brief What one column adds to a softmax KL row: both shifted exponentials and e_T (a' - b').
@@ -30,9 +41,9 @@ struct softmax_terms {
   Acc e_s;    ///< e^(s/tau - max_S).
   Acc cross;  ///< e_t (a' - b'), 0 where e_t is 0.
 
-  /// @brief The terms of the column with student logit s and teacher logit t.
+  /// @brief The terms of the column with student logit s and teacher logit t (max_t, max_s: the rows' maxima).
   BEVKD_FORCEINLINE softmax_terms(Acc s, Acc t, Acc inv_tau, Acc max_t, Acc max_s) {
-    const Acc a = t * inv_tau - max_t, b = s * inv_tau - max_s;
+    const Acc a = softmax_exponent(t, max_t, inv_tau), b = softmax_exponent(s, max_s, inv_tau);
     e_t = math::exp_nonpositive(a);  // a, b <= 0: shifted by their row's maximum
     e_s = math::exp_nonpositive(b);
     // A zero teacher probability contributes 0 (not 0 * inf).
@@ -91,7 +102,8 @@ BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>
       team.for_columns(n, [write, kept, n](index_t c) { write(c, kept[c], kept[n + c]); });
     } else {
       team.for_values(row, [write, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
-        write(c, math::exp_nonpositive(t * inv_tau - max_t), math::exp_nonpositive(s * inv_tau - max_s));
+        write(c, math::exp_nonpositive(softmax_exponent(t, max_t, inv_tau)),
+              math::exp_nonpositive(softmax_exponent(s, max_s, inv_tau)));
       });
     }
   };
@@ -129,7 +141,7 @@ BEVKD_HOST_DEVICE Acc softmax_kl_segments(const Team& team, const Segments& segm
   acc_array<Acc, 2> maxima{};
   bool first = true;
   segments.for_each([&](const auto& row) {
-    const acc_array<Acc, 2> m = logit_maxima(team, row, inv_tau);
+    const acc_array<Acc, 2> m = logit_maxima<Acc>(team, row);
     maxima = first ? m : shift_max_op{}(maxima, m);
     first = false;
   });
@@ -180,8 +192,8 @@ void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
   for (index_t c = 0; c < n; ++c)
     BEVKD_NO_UNROLL
     for (int l = 0; l < lanes; ++l) {
-      max_t[l] = shift_max_op{}(t[lane_index(c, l)] * inv_tau, max_t[l]);
-      max_s[l] = shift_max_op{}(s[lane_index(c, l)] * inv_tau, max_s[l]);
+      max_t[l] = shift_max_op{}(t[lane_index(c, l)], max_t[l]);
+      max_s[l] = shift_max_op{}(s[lane_index(c, l)], max_s[l]);
     }
   for (index_t c = 0; c < n; ++c) {
     block.prefetch(c);
@@ -204,18 +216,18 @@ void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
       s[lane_index(c, l)] = softmax_kl_grad_value(scale[l], t[lane_index(c, l)], s[lane_index(c, l)], inv_zt[l], inv_zs[l]);
 }
 
-/// @brief Maxima of t / tau and s / tau over one unit-stride row of n (row layout, see softmax_kl_row_layout).
+/// @brief Maxima of t and s over one unit-stride row of n (row layout, see softmax_kl_row_layout).
 ///
 /// Each pass of the row layout is a named function of restrict pointers, so that GCC sees that
 /// the scratch stores alias no input and vectorises the loops without a runtime alias check.
 template <class T, class Acc>
 BEVKD_HOST_NOINLINE acc_array<Acc, 2> row_layout_maxima(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
-                                                        index_t n, Acc inv_tau) {
+                                                        index_t n) {
   Acc part_t[row_partials], part_s[row_partials];
   for (int v = 0; v < row_partials; ++v) part_t[v] = part_s[v] = -math::infinity<Acc>();
   for_row_partials(n, [&](index_t c, int v) {
-    part_t[v] = shift_max_op{}(load_as_accum(t[c]) * inv_tau, part_t[v]);
-    part_s[v] = shift_max_op{}(load_as_accum(s[c]) * inv_tau, part_s[v]);
+    part_t[v] = shift_max_op{}(load_as_accum(t[c]), part_t[v]);
+    part_s[v] = shift_max_op{}(load_as_accum(s[c]), part_s[v]);
   });
   return {{fold_partials(shift_max_op{}, part_t), fold_partials(shift_max_op{}, part_s)}};
 }
@@ -269,7 +281,7 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const b
   for (int l = 0; l < block.count; ++l) {
     bool first = true;
     block.for_each_run(l, [&](const auto& run) {
-      combine(shift_max_op{}, maxima[l], row_layout_maxima(run.student.ptr, run.teacher.ptr, run.n, inv_tau), first);
+      combine(shift_max_op{}, maxima[l], row_layout_maxima<T, Acc>(run.student.ptr, run.teacher.ptr, run.n), first);
     });
   }
   Acc z_t[block_rows], z_s[block_rows], cross[block_rows], inv_zt[block_rows], inv_zs[block_rows];

@@ -80,15 +80,15 @@ struct location_problem {
     index_t n, h, s;
     rows.decode(r, n, h, s);
     const index_t keys = columns();
-    const auto logit = [&](index_t k) { return load_as_accum(attention(n, h, s, k)) * inv_tau; };
+    const auto weight = [&](index_t k) { return load_as_accum(attention(n, h, s, k)); };  // a logit or probability
     acc max_logit = acc(0), inv_z = acc(1);
+    const auto shifted_exp = [&](index_t k) { return math::exp_nonpositive(softmax_exponent(weight(k), max_logit, inv_tau)); };
     if (attention_logits) {
-      max_logit = team.reduce_columns(max_op{}, -math::infinity<acc>(), keys, logit);
-      inv_z = acc(1) / team.reduce_columns(sum_op{}, acc(0), keys,
-                                           [&](index_t k) { return math::exp_nonpositive(logit(k) - max_logit); });
+      max_logit = team.reduce_columns(max_op{}, -math::infinity<acc>(), keys, weight);
+      inv_z = acc(1) / team.reduce_columns(sum_op{}, acc(0), keys, shifted_exp);
     }
     return team.reduce_columns(sum_op{}, acc(0), keys, [&](index_t k) {
-      const acc p = attention_logits ? math::exp_nonpositive(logit(k) - max_logit) * inv_z : load_as_accum(attention(n, h, s, k));
+      const acc p = attention_logits ? shifted_exp(k) * inv_z : weight(k);
       acc total = acc(0);
       for (int axis = 0; axis < 2; ++axis) {
         acc value, slope;
