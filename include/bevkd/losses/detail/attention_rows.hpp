@@ -214,9 +214,7 @@ struct attention_problem {
     runs.masked_n = keys();
     source_runs_of(block.first, block.count, runs.runs, runs.run_count, runs.masked, runs.masked_count);
     source_runs_of(block.first + block.count, block.next_count, runs.next, runs.next_run_count, nullptr, nullptr);
-    acc_type scale[block_rows];
-    for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
-    softmax_kl_row_layout(runs, scratch, scale, skip, accumulate, inv_tau, tau, loss);
+    softmax_kl_row_layout(runs, scratch, coeff, skip, accumulate, inv_tau, tau, loss);
     for (int l = 0; l < block.count; ++l) {
       if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
       for (int i = 0; i < runs.masked_count[l]; ++i) zero_keys(host_team(), runs.masked[l][i], accumulate);

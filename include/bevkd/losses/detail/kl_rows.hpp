@@ -260,15 +260,15 @@ BEVKD_HOST_NOINLINE void row_layout_grad(T* BEVKD_RESTRICT g, index_t n, const A
 }
 
 /// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout() and multi_run_block): the same
-/// passes row after row, each row's reductions in row_partials partial accumulators, the gradient written in place;
-/// e receives the exponentials (2 block.n per row). A row is one or more runs (block.for_each_run), a softmax over
-/// all of them; a row of no runs gets loss 0. Rows with skip set have each run's gradient written as exactly 0
-/// (nothing when accumulating).
+/// passes row after row, each row's reductions in row_partials partial accumulators, the gradient (coeff[l] tau
+/// (q_S - q_T)) written in place; e receives the exponentials (2 block.n per row). A row is one or more runs
+/// (block.for_each_run), a softmax over all of them; a row of no runs gets loss 0. Rows with skip set have each
+/// run's gradient written as exactly 0 (nothing when accumulating).
 ///
 /// Every pass runs over all the block's rows before the next one starts, so the rows' dependent
 /// chains (maximum -> sums -> logs -> gradient) overlap, as the lanes of softmax_kl_lanes do.
 template <class Block, class Acc>
-void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const bool* skip, bool accumulate,
+void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
                            Acc inv_tau, Acc tau, Acc* loss) {
   using T = typename Block::value_type;
   const index_t n = block.n;
@@ -285,19 +285,20 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const b
     });
   }
   Acc z_t[block_rows], z_s[block_rows], cross[block_rows], inv_zt[block_rows], inv_zs[block_rows];
-  for (int l = 0; l < block_rows; ++l) z_t[l] = z_s[l] = Acc(1), cross[l] = Acc(0);  // rows of no runs: loss 0
-  for (int l = 0; l < block.count; ++l) {
-    block.prefetch_row(l);
-    acc_array<Acc, 3> z{{Acc(1), Acc(1), Acc(0)}};
+  for (int l = 0; l < block_rows; ++l) {
+    acc_array<Acc, 3> z{{Acc(1), Acc(1), Acc(0)}};  // rows of no runs (and padding rows): loss 0
     bool first = true;
     index_t offset = 2 * n * l;
-    block.for_each_run(l, [&](const auto& run) {
-      combine(sum_op{}, z,
-              row_layout_exponentials(run.student.ptr, run.teacher.ptr, run.n, inv_tau, maxima[l][0], maxima[l][1],
-                                      e + offset, e + offset + n),
-              first);
-      offset += run.n;
-    });
+    if (l < block.count) {
+      block.prefetch_row(l);
+      block.for_each_run(l, [&](const auto& run) {
+        combine(sum_op{}, z,
+                row_layout_exponentials(run.student.ptr, run.teacher.ptr, run.n, inv_tau, maxima[l][0], maxima[l][1],
+                                        e + offset, e + offset + n),
+                first);
+        offset += run.n;
+      });
+    }
     z_t[l] = z[0], z_s[l] = z[1], cross[l] = z[2];
   }
   for (int l = 0; l < block_rows; ++l) {  // all rows at once, as the lanes do
@@ -314,9 +315,9 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* scale, const b
       if (skip[l])  // written as 0 outright: its exponentials may be NaN
         for (index_t c = 0; c < run.n; ++c) run.grad.ptr[c] = store_from_accum<T>(Acc(0));
       else if (accumulate)
-        row_layout_grad<true>(run.grad.ptr, run.n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
+        row_layout_grad<true>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
       else
-        row_layout_grad<false>(run.grad.ptr, run.n, e_t, e_t + n, scale[l], inv_zt[l], inv_zs[l]);
+        row_layout_grad<false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
     });
   }
 }
@@ -333,12 +334,12 @@ index_t softmax_kl_block_scratch_bytes(index_t columns) {
 template <class Block, class Acc>
 void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bool accumulate, Acc* scratch,
                       Acc inv_tau, Acc tau, Acc* loss) {
-  Acc scale[block_rows];
-  for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
   if (block.row_layout()) {
-    softmax_kl_row_layout(block, scratch, scale, skip, accumulate, inv_tau, tau, loss);
+    softmax_kl_row_layout(block, scratch, coeff, skip, accumulate, inv_tau, tau, loss);
     return;
   }
+  Acc scale[block_rows];
+  for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * tau;
   Acc* s = scratch;
   Acc* t = scratch + block_rows * block.n;
   block.gather(s, t);
