@@ -23,6 +23,26 @@ std::int64_t ulp_distance(float got, double want) {
   return std::llabs(static_cast<std::int64_t>(a) - b);
 }
 
+// The contract of exp_nonpositive, checked on one implementation of it.
+template <class Exp>
+void check_exp_nonpositive(Exp exp_np) {
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> arg(-87.33f, 0.0f);
+  std::int64_t worst = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = arg(rng);
+    worst = std::max(worst, ulp_distance(exp_np(x), std::exp(static_cast<double>(x))));
+  }
+  CHECK(worst <= 2);
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(exp_np(0.0f) == 1.0f);
+  CHECK(exp_np(-0.0f) == 1.0f);
+  CHECK(exp_np(-87.33f) > 0.0f);
+  CHECK(std::fpclassify(exp_np(-87.33f)) == FP_NORMAL);
+  for (float x : {-87.34f, -100.0f, -104.0f, -1e4f, -3.4e38f, -inf}) CHECK(exp_np(x) == 0.0f);
+  CHECK(std::isnan(exp_np(std::nanf(""))));
+}
+
 }  // namespace
 
 TEST_CASE("exp and log are within 2 ulp of the correctly rounded result") {
@@ -41,23 +61,20 @@ TEST_CASE("exp and log are within 2 ulp of the correctly rounded result") {
 }
 
 TEST_CASE("exp_nonpositive is within 2 ulp down to -87.33, and exactly 0 below, for -inf and at the subnormals") {
-  std::mt19937 rng(std::random_device{}());
-  std::uniform_real_distribution<float> arg(-87.33f, 0.0f);
-  std::int64_t worst = 0;
-  for (int i = 0; i < 200000; ++i) {
-    const float x = arg(rng);
-    worst = std::max(worst, ulp_distance(bevkd::math::exp_nonpositive(x), std::exp(static_cast<double>(x))));
-  }
-  CHECK(worst <= 2);
-  const float inf = std::numeric_limits<float>::infinity();
-  CHECK(bevkd::math::exp_nonpositive(0.0f) == 1.0f);
-  CHECK(bevkd::math::exp_nonpositive(-0.0f) == 1.0f);
-  CHECK(bevkd::math::exp_nonpositive(-87.33f) > 0.0f);
-  CHECK(std::fpclassify(bevkd::math::exp_nonpositive(-87.33f)) == FP_NORMAL);
-  for (float x : {-87.34f, -100.0f, -104.0f, -1e4f, -3.4e38f, -inf}) CHECK(bevkd::math::exp_nonpositive(x) == 0.0f);
-  CHECK(std::isnan(bevkd::math::exp_nonpositive(std::nanf(""))));
+  check_exp_nonpositive([](float x) { return bevkd::math::exp_nonpositive(x); });
   CHECK(bevkd::math::exp_nonpositive(-1.0) == std::exp(-1.0));  // double: libm
 }
+
+#if defined(BEVKD_KL_ROWS_AVX512)
+TEST_CASE("the AVX-512 exp_nonpositive of the fp32 row blocks keeps the same contract in every lane") {
+  check_exp_nonpositive([](float x) {
+    float lanes[16];
+    _mm512_storeu_ps(lanes, bevkd::detail::avx512::exp_nonpositive(_mm512_set1_ps(x)));
+    for (int l = 1; l < 16; ++l) CHECK(std::memcmp(&lanes[l], &lanes[0], sizeof(float)) == 0);
+    return lanes[0];
+  });
+}
+#endif
 
 TEST_CASE("exp, log and log1p handle inf, NaN, zero and the range ends exactly") {
   const float inf = std::numeric_limits<float>::infinity();

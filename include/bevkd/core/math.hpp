@@ -85,21 +85,33 @@ struct exp_split {
   static constexpr float round_magic = 12582912.0f;
 };
 
+/// @brief The constants of the host's float exponentials (split_exp; the AVX-512 passes of kl_rows_avx512.hpp).
+struct exp_constants {
+  static constexpr float log2e = 1.44269504088896341f;        ///< 1 / ln 2.
+  static constexpr float ln2_hi = 0.693145751953125f;         ///< ln 2 in few mantissa bits: n * ln2_hi is exact.
+  static constexpr float ln2_lo = 1.42860682030941723e-6f;    ///< ln 2 - ln2_hi.
+  // A degree-6 minimax fit of e^r on [-ln2/2, ln2/2] (relative error 1.7e-8, a seventh of an ulp;
+  // one multiply-add fewer than the Taylor series of the same accuracy); c1 = c0 = 1.
+  static constexpr float c6 = 1.3843653723597527e-3f;  ///< Coefficient of r^6.
+  static constexpr float c5 = 8.3741554990410805e-3f;  ///< Coefficient of r^5.
+  static constexpr float c4 = 4.1668001562356949e-2f;  ///< Coefficient of r^4.
+  static constexpr float c3 = 1.6666431725025177e-1f;  ///< Coefficient of r^3.
+  static constexpr float c2 = 4.9999994039535522e-1f;  ///< Coefficient of r^2.
+  /// @brief Largest float below which exp_nonpositive returns 0 (e^x subnormal): -126 ln 2, rounded up.
+  static constexpr float nonpositive_floor = -87.3365f;
+};
+
 /// @brief Range reduction and polynomial of the host's float exp, for |x| <= 104 or NaN.
 BEVKD_FORCEINLINE exp_split split_exp(float x) {
-  constexpr float log2e = 1.44269504088896341f;
-  constexpr float ln2_hi = 0.693145751953125f;  // few mantissa bits: n * ln2_hi is exact
-  constexpr float ln2_lo = 1.42860682030941723e-6f;
-  const float shifted = x * log2e + exp_split::round_magic;
+  using k = exp_constants;
+  const float shifted = x * k::log2e + exp_split::round_magic;
   const float n = shifted - exp_split::round_magic;
-  const float r = (x - n * ln2_hi) - n * ln2_lo;
-  // A degree-6 minimax fit of e^r on [-ln2/2, ln2/2] (relative error 1.7e-8, a seventh of an ulp;
-  // one multiply-add fewer than the Taylor series of the same accuracy).
-  float p = 1.3843653723597527e-3f;
-  p = p * r + 8.3741554990410805e-3f;
-  p = p * r + 4.1668001562356949e-2f;
-  p = p * r + 1.6666431725025177e-1f;
-  p = p * r + 4.9999994039535522e-1f;
+  const float r = (x - n * k::ln2_hi) - n * k::ln2_lo;
+  float p = k::c6;
+  p = p * r + k::c5;
+  p = p * r + k::c4;
+  p = p * r + k::c3;
+  p = p * r + k::c2;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   return exp_split{p, shifted};
@@ -151,7 +163,7 @@ BEVKD_FORCEINLINE float exp_nonpositive(float x) {
   const float y = e.p * detail::pow2(e.n());
   // Below -87.33 (also -inf, and arguments the reduction cannot represent) the result is 0; a
   // mask on the bits, not a float select, keeps the loop vectorisable (see exp).
-  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < -87.3365f));
+  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(!(x < detail::exp_constants::nonpositive_floor));
   return detail::bits_float(detail::float_bits(y) & keep);
 #endif
 }

@@ -11,6 +11,7 @@
 #include "../../core/dtype.hpp"
 #include "../../core/math.hpp"
 #include "../../core/team.hpp"
+#include "kl_rows_avx512.hpp"
 
 namespace bevkd {
 namespace detail {
@@ -216,48 +217,56 @@ void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
       s[lane_index(c, l)] = softmax_kl_grad_value(scale[l], t[lane_index(c, l)], s[lane_index(c, l)], inv_zt[l], inv_zs[l]);
 }
 
-/// @brief Maxima of t and s over one unit-stride row of n (row layout, see softmax_kl_row_layout).
+/// @brief The three per-row passes of softmax_kl_row_layout over one unit-stride row of n: generic loops (a
+/// specialisation may replace them, see kl_rows_avx512.hpp).
 ///
-/// Each pass of the row layout is a named function of restrict pointers, so that GCC sees that
-/// the scratch stores alias no input and vectorises the loops without a runtime alias check.
+/// Each pass is a function of its own taking restrict pointers, so that GCC sees that the
+/// scratch stores alias no input and vectorises the loops without a runtime alias check.
 template <class T, class Acc>
-BEVKD_HOST_NOINLINE acc_array<Acc, 2> row_layout_maxima(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
-                                                        index_t n) {
-  Acc part_t[row_partials], part_s[row_partials];
-  for (int v = 0; v < row_partials; ++v) part_t[v] = part_s[v] = -math::infinity<Acc>();
-  for_row_partials(n, [&](index_t c, int v) {
-    part_t[v] = shift_max_op{}(load_as_accum(t[c]), part_t[v]);
-    part_s[v] = shift_max_op{}(load_as_accum(s[c]), part_s[v]);
-  });
-  return {{fold_partials(shift_max_op{}, part_t), fold_partials(shift_max_op{}, part_s)}};
-}
+struct row_layout_passes {
+  /// @brief Maxima {max t, max s} of the row.
+  static BEVKD_HOST_NOINLINE acc_array<Acc, 2> maxima(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
+                                                      index_t n) {
+    Acc part_t[row_partials], part_s[row_partials];
+    for (int v = 0; v < row_partials; ++v) part_t[v] = part_s[v] = -math::infinity<Acc>();
+    for_row_partials(n, [&](index_t c, int v) {
+      part_t[v] = shift_max_op{}(load_as_accum(t[c]), part_t[v]);
+      part_s[v] = shift_max_op{}(load_as_accum(s[c]), part_s[v]);
+    });
+    return {{fold_partials(shift_max_op{}, part_t), fold_partials(shift_max_op{}, part_s)}};
+  }
 
-/// @brief exponential_sums over one unit-stride row of n in row layout: {z_T, z_S, cross}; the exponentials go to
-/// e_t and e_s.
-template <class T, class Acc>
-BEVKD_HOST_NOINLINE acc_array<Acc, 3> row_layout_exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
-                                                              index_t n, Acc inv_tau, Acc max_t, Acc max_s,
-                                                              Acc* BEVKD_RESTRICT e_t, Acc* BEVKD_RESTRICT e_s) {
-  Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
-  for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
-  for_row_partials(n, [&](index_t c, int v) {
-    const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), inv_tau, max_t, max_s);
-    e_t[c] = x.e_t;
-    e_s[c] = x.e_s;
-    z_t[v] += x.e_t;
-    z_s[v] += x.e_s;
-    cross[v] += x.cross;
-  });
-  return {{fold_partials(sum_op{}, z_t), fold_partials(sum_op{}, z_s), fold_partials(sum_op{}, cross)}};
-}
+  /// @brief exponential_sums over the row: {z_T, z_S, cross}; the exponentials go to e_t and e_s.
+  static BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
+                                                            index_t n, Acc inv_tau, Acc max_t, Acc max_s,
+                                                            Acc* BEVKD_RESTRICT e_t, Acc* BEVKD_RESTRICT e_s) {
+    Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
+    for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
+    for_row_partials(n, [&](index_t c, int v) {
+      const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), inv_tau, max_t, max_s);
+      e_t[c] = x.e_t;
+      e_s[c] = x.e_s;
+      z_t[v] += x.e_t;
+      z_s[v] += x.e_s;
+      cross[v] += x.cross;
+    });
+    return {{fold_partials(sum_op{}, z_t), fold_partials(sum_op{}, z_s), fold_partials(sum_op{}, cross)}};
+  }
 
-/// @brief Writes (Accumulate: adds) scale (q_S - q_T) over one unit-stride row of n from its exponentials.
-template <bool Accumulate, class T, class Acc>
-BEVKD_HOST_NOINLINE void row_layout_grad(T* BEVKD_RESTRICT g, index_t n, const Acc* BEVKD_RESTRICT e_t,
-                                         const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs) {
-  for (index_t c = 0; c < n; ++c)
-    write_grad(g[c], softmax_kl_grad_value(scale, e_t[c], e_s[c], inv_zt, inv_zs), Accumulate);
-}
+  /// @brief Writes (Accumulate: adds) scale (q_S - q_T) over the row from its exponentials.
+  template <bool Accumulate>
+  static BEVKD_HOST_NOINLINE void grad(T* BEVKD_RESTRICT g, index_t n, const Acc* BEVKD_RESTRICT e_t,
+                                       const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs) {
+    for (index_t c = 0; c < n; ++c)
+      write_grad(g[c], softmax_kl_grad_value(scale, e_t[c], e_s[c], inv_zt, inv_zs), Accumulate);
+  }
+};
+
+#if defined(BEVKD_KL_ROWS_AVX512)
+/// @brief fp32 rows on AVX-512 hosts: the hand-vectorised passes, inlined into the block.
+template <>
+struct row_layout_passes<float, float> : avx512::row_passes {};
+#endif
 
 /// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout() and multi_run_block): the same
 /// passes row after row, each row's reductions in row_partials partial accumulators, the gradient (coeff[l] tau
@@ -271,6 +280,7 @@ template <class Block, class Acc>
 void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
                            Acc inv_tau, Acc tau, Acc* loss) {
   using T = typename Block::value_type;
+  using passes = row_layout_passes<T, Acc>;
   const index_t n = block.n;
   // Each combination starts from the first run's own result, as in softmax_kl_segments.
   const auto combine = [](auto op, auto& total, const auto& part, bool& first) {
@@ -281,7 +291,7 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const b
   for (int l = 0; l < block.count; ++l) {
     bool first = true;
     block.for_each_run(l, [&](const auto& run) {
-      combine(shift_max_op{}, maxima[l], row_layout_maxima<T, Acc>(run.student.ptr, run.teacher.ptr, run.n), first);
+      combine(shift_max_op{}, maxima[l], passes::maxima(run.student.ptr, run.teacher.ptr, run.n), first);
     });
   }
   Acc z_t[block_rows], z_s[block_rows], cross[block_rows], inv_zt[block_rows], inv_zs[block_rows];
@@ -293,7 +303,7 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const b
       block.prefetch_row(l);
       block.for_each_run(l, [&](const auto& run) {
         combine(sum_op{}, z,
-                row_layout_exponentials(run.student.ptr, run.teacher.ptr, run.n, inv_tau, maxima[l][0], maxima[l][1],
+                passes::exponentials(run.student.ptr, run.teacher.ptr, run.n, inv_tau, maxima[l][0], maxima[l][1],
                                         e + offset, e + offset + n),
                 first);
         offset += run.n;
@@ -315,9 +325,9 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const b
       if (skip[l])  // written as 0 outright: its exponentials may be NaN
         for (index_t c = 0; c < run.n; ++c) run.grad.ptr[c] = store_from_accum<T>(Acc(0));
       else if (accumulate)
-        row_layout_grad<true>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
+        passes::template grad<true>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
       else
-        row_layout_grad<false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
+        passes::template grad<false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
     });
   }
 }
