@@ -132,6 +132,8 @@ struct row_block {
   /// adjacent within a channel), in all three tensors: then the tensors already are in lane layout.
   bool lanes_adjacent = false;
   bool next_adjacent = false;  ///< The same for the next block (prefetched column by column when set).
+  /// @brief Rows prefetch(step) covers per column: all block_rows rows within the first columns of the pass.
+  index_t prefetch_rows_per_step = 1;
 
   /// @brief Makes this the block of a problem's rows [first_row, first_row + rows_in), with the next block (up to
   /// `end`) to prefetch; when this was the block just before, its `next` rows are taken as they are.
@@ -144,6 +146,7 @@ struct row_block {
     first = first_row;
     count = rows_in;
     n = problem.columns();
+    prefetch_rows_per_step = n > 0 ? (block_rows + n - 1) / n : block_rows;
     const index_t after = first_row + rows_in;
     next_count = static_cast<int>(end - after < block_rows ? end - after : block_rows);
     problem.row_range(after, next_count, next);
@@ -231,11 +234,11 @@ struct row_block {
     }
   }
 
-  /// @brief Prefetches two cache lines (numbers 2 step and 2 step + 1) of each of this block's gradient rows and the
-  /// next block's student and teacher rows; a block kernel calls it once per column of its longest pass, so that
-  /// memory keeps streaming while it computes (rows of 32 or more fp32 columns are covered whole).
+  /// @brief Prefetches, at column `step` of a block kernel's longest pass, a share of this block's gradient rows and
+  /// the next block's student and teacher rows: whole rows (prefetch_row) spread over the first columns, or column
+  /// `step` of adjacent rows; so that memory keeps streaming while the block computes.
   ///
-  /// Force-inlined, as is prefetch_line: GCC deems a function that only prefetches free of
+  /// Force-inlined, as is prefetch_lanes: GCC deems a function that only prefetches free of
   /// effects and deletes the calls to it.
   BEVKD_HOST_FORCEINLINE void prefetch(index_t step) const {
     // Adjacent rows: column `step` of a block is one run of block_rows elements in each tensor.
@@ -245,18 +248,14 @@ struct row_block {
       prefetch_lanes(next[0].teacher, step);
     }
     if (!Unit) return;
-    prefetch_line(2 * step, count, [this](int l) { return rows[l].grad.ptr; });
-    prefetch_line(2 * step + 1, count, [this](int l) { return rows[l].grad.ptr; });
-    prefetch_line(2 * step, next_count, [this](int l) { return next[l].student.ptr; });
-    prefetch_line(2 * step + 1, next_count, [this](int l) { return next[l].student.ptr; });
-    prefetch_line(2 * step, next_count, [this](int l) { return next[l].teacher.ptr; });
-    prefetch_line(2 * step + 1, next_count, [this](int l) { return next[l].teacher.ptr; });
+    const index_t first = step * prefetch_rows_per_step;
+    for (index_t l = first; l < first + prefetch_rows_per_step && l < block_rows; ++l) prefetch_row(static_cast<int>(l));
   }
 
   /// @brief Prefetches row l's gradient and the next block's row l of student and teacher, whole (unit-stride
   /// rows; a row-layout kernel calls it once per row).
   BEVKD_HOST_FORCEINLINE void prefetch_row(int l) const {
-    prefetch_span<true>(rows[l].grad.ptr, n);
+    if (l < count) prefetch_span<true>(rows[l].grad.ptr, n);
     if (l >= next_count) return;
     prefetch_span<false>(next[l].student.ptr, n);
     prefetch_span<false>(next[l].teacher.ptr, n);
@@ -272,22 +271,6 @@ struct row_block {
 #else
     (void)row0;
     (void)step;
-#endif
-  }
-
-  // Prefetches line k of the rows [0, rows_in) that row_start(l) points at, counting each row's lines in turn (the
-  // last "line" of a row is its last byte, as a row need not start on a line boundary).
-  template <class RowStart>
-  BEVKD_HOST_FORCEINLINE void prefetch_line(index_t k, int rows_in, RowStart row_start) const {
-    const index_t bytes = row_bytes<T>(n), lines_per_row = (bytes + 63) / 64 + 1;
-    if (k >= rows_in * lines_per_row) return;
-    const index_t offset = (k % lines_per_row) * 64;
-    const char* at = reinterpret_cast<const char*>(row_start(static_cast<int>(k / lines_per_row))) +
-                     (offset < bytes ? offset : bytes - 1);
-#if defined(__GNUC__) || defined(__clang__)
-    __builtin_prefetch(at);
-#else
-    (void)at;
 #endif
   }
 
