@@ -65,7 +65,7 @@ TEST_CASE("exp_nonpositive is within 2 ulp down to -87.33, and exactly 0 below, 
   CHECK(bevkd::math::exp_nonpositive(-1.0) == std::exp(-1.0));  // double: libm
 }
 
-#if defined(BEVKD_KL_ROWS_AVX512)
+#if defined(BEVKD_HOST_AVX512)
 TEST_CASE("the AVX-512 exp_nonpositive of the fp32 row blocks keeps the same contract in every lane") {
   check_exp_nonpositive([](float x) {
     float lanes[16];

@@ -9,6 +9,7 @@
 #include "../dtype.hpp"
 #include "../reduction.hpp"
 #include "../team.hpp"
+#include "avx512.hpp"
 #include "lanes.hpp"
 #include "row_driver.hpp"
 
@@ -190,6 +191,13 @@ struct row_block {
         }
       return;
     }
+#if defined(BEVKD_HOST_AVX512)
+    if constexpr (in_place) {
+      gather_sixteen([](const loss_row<T, Unit>& r) { return r.student.ptr; }, s);
+      gather_sixteen([](const loss_row<T, Unit>& r) { return r.teacher.ptr; }, t);
+      return;
+    }
+#endif
     int l = 0;
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
     if constexpr (std::is_same<Acc, float>::value) {
@@ -222,6 +230,13 @@ struct row_block {
         for (int l = 0; l < block_rows; ++l) write_grad(grad.ptr[c * grad.stride + l], g[lane_index(c, l)], accumulate);
       return;
     }
+#if defined(BEVKD_HOST_AVX512)
+    if constexpr (in_place)
+      if (!accumulate) {
+        scatter_sixteen(g);
+        return;
+      }
+#endif
     int l = 0;
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
     if constexpr (std::is_same<Acc, float>::value)
@@ -326,6 +341,31 @@ struct row_block {
       for (index_t c = 0; c < n; ++c) write_grad(grad[c], buffer[i][c], accumulate);
     }
   }
+#if defined(BEVKD_HOST_AVX512)
+  // Moves the tensor's rows (pick(row): a row's first element) into lane layout sixteen columns at a time (one
+  // 16 x 16 transpose; lanes from count on get 0).
+  template <class Pick>
+  void gather_sixteen(Pick pick, float* out) const {
+    for (index_t c = 0; c < n; c += 16) {
+      const __mmask16 m = avx512::column_mask(c, n);
+      __m512 v[block_rows];
+      for (int l = 0; l < block_rows; ++l) v[l] = l < count ? _mm512_maskz_loadu_ps(m, pick(rows[l]) + c) : _mm512_setzero_ps();
+      avx512::transpose16(v);
+      for (index_t j = 0; j < block_rows && c + j < n; ++j) _mm512_storeu_ps(out + lane_index(c + j, 0), v[j]);
+    }
+  }
+
+  // Writes lane-layout gradients g into the rows sixteen columns at a time (see gather_sixteen).
+  void scatter_sixteen(const float* g) const {
+    for (index_t c = 0; c < n; c += 16) {
+      const __mmask16 m = avx512::column_mask(c, n);
+      __m512 v[block_rows];
+      for (int j = 0; j < block_rows; ++j) v[j] = c + j < n ? _mm512_loadu_ps(g + lane_index(c + j, 0)) : _mm512_setzero_ps();
+      avx512::transpose16(v);
+      for (int l = 0; l < count; ++l) _mm512_mask_storeu_ps(rows[l].grad.ptr + c, m, v[l]);
+    }
+  }
+#endif
 #endif
 };
 

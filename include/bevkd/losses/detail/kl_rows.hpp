@@ -262,7 +262,7 @@ struct row_layout_passes {
   }
 };
 
-#if defined(BEVKD_KL_ROWS_AVX512)
+#if defined(BEVKD_HOST_AVX512)
 /// @brief fp32 rows on AVX-512 hosts: the hand-vectorised passes, inlined into the block.
 template <>
 struct row_layout_passes<float, float> : avx512::row_passes {};

@@ -1,0 +1,67 @@
+// bevkd internal: the AVX-512 building blocks of the host row blocks (masks and a 16 x 16 transpose).
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// Only host code compiled for AVX-512 (-mavx512f, -march=native on such a CPU) sees these; every
+// caller keeps a portable path. GCC 12.2's AVX-512 headers fill the unused source of some
+// intrinsics with a self-initialised vector, which -Wall reports as uninitialised in every caller
+// (GCC bug 105593): only intrinsics that take all their operands (masked forms with a full mask)
+// are used here and in the callers.
+
+#if defined(__AVX512F__) && !defined(__CUDACC__)
+#include <immintrin.h>
+
+#include "../config.hpp"
+
+/// @brief Defined when the host row blocks use their AVX-512 code (fp32 rows).
+#define BEVKD_HOST_AVX512 1
+
+namespace bevkd {
+namespace detail {
+namespace avx512 {
+
+/// @brief All sixteen lanes.
+constexpr __mmask16 all_lanes = 0xffff;
+
+/// @brief Lanes of the columns [first, first + 16) that lie in a row of n columns.
+BEVKD_HOST_FORCEINLINE __mmask16 column_mask(index_t first, index_t n) {
+  const index_t left = n - first;
+  return left >= 16 ? all_lanes : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+/// @brief Transposes a 16 x 16 block held as sixteen vectors: v[i] lane j becomes v[j] lane i.
+BEVKD_HOST_FORCEINLINE void transpose16(__m512 (&v)[16]) {
+  const __m512 unused = _mm512_setzero_ps();
+  __m512 t[16];
+  // Rows 2i and 2i + 1 interleaved within each 128-bit lane k: columns 4k, 4k + 1 (t[2i]) and 4k + 2, 4k + 3.
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_mask_unpacklo_ps(unused, all_lanes, v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_mask_unpackhi_ps(unused, all_lanes, v[2 * i], v[2 * i + 1]);
+  }
+  // u[4g + j], 128-bit lane k: rows 4g .. 4g + 3 of column 4k + j.
+  __m512 u[16];
+  for (int g = 0; g < 4; ++g)
+    for (int h = 0; h < 2; ++h) {
+      const __m512 a = t[4 * g + h], b = t[4 * g + 2 + h];
+      u[4 * g + 2 * h] = _mm512_mask_shuffle_ps(unused, all_lanes, a, b, _MM_SHUFFLE(1, 0, 1, 0));
+      u[4 * g + 2 * h + 1] = _mm512_mask_shuffle_ps(unused, all_lanes, a, b, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+  // Column 4k + j gathers 128-bit lane k of u[j], u[4 + j], u[8 + j] and u[12 + j].
+  constexpr int even = _MM_SHUFFLE(2, 0, 2, 0), odd = _MM_SHUFFLE(3, 1, 3, 1);
+  for (int j = 0; j < 4; ++j) {
+    const __m512 x0 = _mm512_mask_shuffle_f32x4(unused, all_lanes, u[j], u[4 + j], even);  // lanes 0, 2
+    const __m512 x1 = _mm512_mask_shuffle_f32x4(unused, all_lanes, u[j], u[4 + j], odd);   // lanes 1, 3
+    const __m512 y0 = _mm512_mask_shuffle_f32x4(unused, all_lanes, u[8 + j], u[12 + j], even);
+    const __m512 y1 = _mm512_mask_shuffle_f32x4(unused, all_lanes, u[8 + j], u[12 + j], odd);
+    v[j] = _mm512_mask_shuffle_f32x4(unused, all_lanes, x0, y0, even);
+    v[8 + j] = _mm512_mask_shuffle_f32x4(unused, all_lanes, x0, y0, odd);
+    v[4 + j] = _mm512_mask_shuffle_f32x4(unused, all_lanes, x1, y1, even);
+    v[12 + j] = _mm512_mask_shuffle_f32x4(unused, all_lanes, x1, y1, odd);
+  }
+}
+
+}  // namespace avx512
+}  // namespace detail
+}  // namespace bevkd
+
+#endif
