@@ -213,7 +213,8 @@ struct resample_forward_kernel {
   resample_problem<T> p;   ///< Views, axes and walk.
 
   /// @brief Host path: every channel of output pixel q = (b, y, x), taps computed once per pixel; each element gets
-  /// exactly operator()'s arithmetic, in the same order, so the two paths agree bit for bit.
+  /// exactly operator()'s arithmetic, in the same order, so the two paths agree bit for bit (unless the compiler
+  /// contracts multiply-adds into FMA differently in the two loops, as -march=native builds may).
   void pixel(index_t q) const {
     index_t idx[4];
     p.pixel_index(q, idx);
