@@ -64,7 +64,8 @@ bool equal_but_for_contraction(const std::vector<T>& a, const std::vector<T>& b)
 #if defined(__FMA__)
   if (a.size() != b.size()) return false;
   double scale = 0;
-  for (std::size_t k = 0; k < a.size(); ++k) scale = std::max({scale, std::abs(to_double(a[k])), std::abs(to_double(b[k]))});
+  for (std::size_t k = 0; k < a.size(); ++k)
+    scale = std::max({scale, std::abs(to_double(a[k])), std::abs(to_double(b[k]))});
   for (std::size_t k = 0; k < a.size(); ++k) {
     const double x = to_double(a[k]), y = to_double(b[k]);
     if (!(x == y || std::abs(x - y) <= 8 * unit_roundoff<T>() * scale)) return false;
@@ -344,8 +345,8 @@ struct element_exec {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("the host's per-pixel loops equal the device's per-element kernels bit for bit (without FMA contraction)", T, double, float,
-                   bevkd::half, bevkd::bfloat16) {
+TEST_CASE_TEMPLATE("the host's per-pixel loops equal the device's per-element kernels bit for bit (but for FMA)", T,
+                   double, float, bevkd::half, bevkd::bfloat16) {
   RESAMPLE_TEST_RNG(rng);
   bevkd::host_exec exec;
   element_exec elements;

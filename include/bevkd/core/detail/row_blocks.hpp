@@ -264,7 +264,8 @@ struct row_block {
     }
     if (!Unit) return;
     const index_t first = step * prefetch_rows_per_step;
-    for (index_t l = first; l < first + prefetch_rows_per_step && l < block_rows; ++l) prefetch_row(static_cast<int>(l));
+    for (index_t l = first; l < first + prefetch_rows_per_step && l < block_rows; ++l)
+      prefetch_row(static_cast<int>(l));
   }
 
   /// @brief Prefetches row l's gradient and the next block's row l of student and teacher, whole (unit-stride
@@ -289,10 +290,12 @@ struct row_block {
 #endif
   }
 
-#if defined(BEVKD_ROW_BLOCKS_SSE2)
-  // Rows that are float and unit-stride are read and written in place; others go through a float row buffer, which
-  // a contiguous loop converts (and vectorises), so that every row moves by the same 4 x 4 transposes.
+  // Rows that are float and unit-stride are read and written in place by the transposes below; others go through a
+  // float row buffer, which a contiguous loop converts (and vectorises), so that every row moves by the same 4 x 4
+  // transposes.
   static constexpr bool in_place = std::is_same<T, float>::value && Unit;
+
+#if defined(BEVKD_ROW_BLOCKS_SSE2)
 
   // Moves rows [l, l + 4) of the tensor pick(row) selects into lanes [l, l + 4) of out.
   template <class Pick>
@@ -341,6 +344,8 @@ struct row_block {
       for (index_t c = 0; c < n; ++c) write_grad(grad[c], buffer[i][c], accumulate);
     }
   }
+#endif
+
 #if defined(BEVKD_HOST_AVX512)
   // Moves the tensor's rows (pick(row): a row's first element) into lane layout sixteen columns at a time (one
   // 16 x 16 transpose; lanes from count on get 0).
@@ -349,7 +354,8 @@ struct row_block {
     for (index_t c = 0; c < n; c += 16) {
       const __mmask16 m = avx512::column_mask(c, n);
       __m512 v[block_rows];
-      for (int l = 0; l < block_rows; ++l) v[l] = l < count ? _mm512_maskz_loadu_ps(m, pick(rows[l]) + c) : _mm512_setzero_ps();
+      for (int l = 0; l < block_rows; ++l)
+        v[l] = l < count ? _mm512_maskz_loadu_ps(m, pick(rows[l]) + c) : _mm512_setzero_ps();
       avx512::transpose16(v);
       for (index_t j = 0; j < block_rows && c + j < n; ++j) _mm512_storeu_ps(out + lane_index(c + j, 0), v[j]);
     }
@@ -360,12 +366,12 @@ struct row_block {
     for (index_t c = 0; c < n; c += 16) {
       const __mmask16 m = avx512::column_mask(c, n);
       __m512 v[block_rows];
-      for (int j = 0; j < block_rows; ++j) v[j] = c + j < n ? _mm512_loadu_ps(g + lane_index(c + j, 0)) : _mm512_setzero_ps();
+      for (int j = 0; j < block_rows; ++j)
+        v[j] = c + j < n ? _mm512_loadu_ps(g + lane_index(c + j, 0)) : _mm512_setzero_ps();
       avx512::transpose16(v);
       for (int l = 0; l < count; ++l) _mm512_mask_storeu_ps(rows[l].grad.ptr + c, m, v[l]);
     }
   }
-#endif
 #endif
 };
 
