@@ -14,6 +14,7 @@
 
 #if defined(BEVKD_HOST_AVX512)
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 #include "../../core/config.hpp"
