@@ -133,8 +133,9 @@ struct row_block {
   /// adjacent within a channel), in all three tensors: then the tensors already are in lane layout.
   bool lanes_adjacent = false;
   bool next_adjacent = false;  ///< The same for the next block (prefetched column by column when set).
-  /// @brief Rows prefetch(step) covers per column: all block_rows rows within the first columns of the pass.
-  index_t prefetch_rows_per_step = 1;
+  /// @brief block_rows / n in 16.16 fixed point, rounded up: prefetch(step) covers rows [step, step + 1) times this,
+  /// so the block's rows spread evenly over the pass's n columns (bursts of whole rows stalled on the prefetch queue).
+  index_t prefetch_rows_per_step = 0;
 
   /// @brief Makes this the block of a problem's rows [first_row, first_row + rows_in), with the next block (up to
   /// `end`) to prefetch; when this was the block just before, its `next` rows are taken as they are.
@@ -147,7 +148,7 @@ struct row_block {
     first = first_row;
     count = rows_in;
     n = problem.columns();
-    prefetch_rows_per_step = n > 0 ? (block_rows + n - 1) / n : block_rows;
+    prefetch_rows_per_step = n > 0 ? ((index_t{block_rows} << 16) + n - 1) / n : 0;
     const index_t after = first_row + rows_in;
     next_count = static_cast<int>(end - after < block_rows ? end - after : block_rows);
     problem.row_range(after, next_count, next);
@@ -263,9 +264,8 @@ struct row_block {
       prefetch_lanes(next[0].teacher, step);
     }
     if (!Unit) return;
-    const index_t first = step * prefetch_rows_per_step;
-    for (index_t l = first; l < first + prefetch_rows_per_step && l < block_rows; ++l)
-      prefetch_row(static_cast<int>(l));
+    const index_t first = (step * prefetch_rows_per_step) >> 16, last = ((step + 1) * prefetch_rows_per_step) >> 16;
+    for (index_t l = first; l < last && l < block_rows; ++l) prefetch_row(static_cast<int>(l));
   }
 
   /// @brief Prefetches row l's gradient and the next block's row l of student and teacher, whole (unit-stride
