@@ -8,8 +8,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "ops/resample_testing.hpp"

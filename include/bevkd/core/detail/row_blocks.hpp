@@ -66,24 +66,32 @@ BEVKD_HOST_FORCEINLINE void for_row_partials(index_t n, F&& f) {
   for (int v = 0; first + v < n; ++v) f(first + v, v);
 }
 
+#if defined(BEVKD_ROW_BLOCKS_SSE2)
+/// @brief fold_partials' pairwise tree over sixteen float partials given as four-float quarters q[i] = p[4i..4i+3]
+/// (op: sum_op or shift_max_op).
+template <class Op>
+BEVKD_HOST_FORCEINLINE float fold_quarters(Op, __m128 q0, __m128 q1, __m128 q2, __m128 q3) {
+  const auto op = [](__m128 a, __m128 b) {
+    if constexpr (std::is_same<Op, sum_op>::value)
+      return _mm_add_ps(a, b);
+    else
+      return _mm_max_ps(a, b);  // shift_max_op: a > b ? a : b
+  };
+  __m128 x = op(op(q0, q2), op(q1, q3));  // (k, k + 8) with (k + 4, k + 12)
+  x = op(x, _mm_movehl_ps(x, x));
+  x = op(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+#endif
+
 /// @brief Combines the row_partials partial results p of a row pairwise (p may be overwritten).
 template <class Op, class Acc>
 BEVKD_HOST_FORCEINLINE Acc fold_partials(Op op, Acc (&p)[row_partials]) {
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
   if constexpr (std::is_same<Acc, float>::value) {
     // The same pairwise tree in four-float vectors: the compiler leaves the scalar tree in memory.
-    const auto vector_op = [op](__m128 a, __m128 b) {
-      if constexpr (std::is_same<Op, sum_op>::value)
-        return _mm_add_ps(a, b);
-      else
-        return _mm_max_ps(a, b);  // shift_max_op: a > b ? a : b
-    };
     static_assert(row_partials == 16, "the vector fold takes four vectors");
-    __m128 x = vector_op(vector_op(_mm_loadu_ps(p), _mm_loadu_ps(p + 8)),
-                         vector_op(_mm_loadu_ps(p + 4), _mm_loadu_ps(p + 12)));
-    x = vector_op(x, _mm_movehl_ps(x, x));
-    x = vector_op(x, _mm_shuffle_ps(x, x, 1));
-    return _mm_cvtss_f32(x);
+    return fold_quarters(op, _mm_loadu_ps(p), _mm_loadu_ps(p + 4), _mm_loadu_ps(p + 8), _mm_loadu_ps(p + 12));
   }
 #endif
   for (int half = row_partials / 2; half > 0; half /= 2)
@@ -251,8 +259,9 @@ struct row_block {
   }
 
   /// @brief Prefetches, at column `step` of a block kernel's longest pass, a share of this block's gradient rows and
-  /// the next block's student and teacher rows: whole rows (prefetch_row) spread over the first columns, or column
-  /// `step` of adjacent rows; so that memory keeps streaming while the block computes.
+  /// the next block's student and teacher rows: whole rows (prefetch_row) spread evenly over the pass's n columns
+  /// (prefetch_rows_per_step), or column `step` of adjacent rows; so that memory keeps streaming while the block
+  /// computes.
   ///
   /// Force-inlined, as is prefetch_lanes: GCC deems a function that only prefetches free of
   /// effects and deletes the calls to it.

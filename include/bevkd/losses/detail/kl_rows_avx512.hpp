@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "../../core/config.hpp"
+#include "../../core/detail/row_blocks.hpp"
 #include "../../core/math.hpp"
 #include "../../core/reduction.hpp"
 #include "../../core/team.hpp"
@@ -46,21 +47,10 @@ BEVKD_HOST_FORCEINLINE __m512 exp_nonpositive(__m512 x) {
 
 /// @brief Combines a vector's sixteen partials with op (sum_op or shift_max_op) in fold_partials' pairwise order.
 template <class Op>
-BEVKD_HOST_FORCEINLINE float fold(Op, __m512 v) {
-  const auto op = [](__m128 a, __m128 b) {
-    if constexpr (std::is_same<Op, sum_op>::value)
-      return _mm_add_ps(a, b);
-    else
-      return _mm_max_ps(a, b);  // shift_max_op: a > b ? a : b
-  };
-  const __m128 q0 = _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xf, v, 0);
-  const __m128 q1 = _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xf, v, 1);
-  const __m128 q2 = _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xf, v, 2);
-  const __m128 q3 = _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xf, v, 3);
-  __m128 x = op(op(q0, q2), op(q1, q3));  // (k, k + 8) with (k + 4, k + 12)
-  x = op(x, _mm_movehl_ps(x, x));
-  x = op(x, _mm_shuffle_ps(x, x, 1));
-  return _mm_cvtss_f32(x);
+BEVKD_HOST_FORCEINLINE float fold(Op op, __m512 v) {
+  const __m128 zero = _mm_setzero_ps();
+  return fold_quarters(op, _mm512_mask_extractf32x4_ps(zero, 0xf, v, 0), _mm512_mask_extractf32x4_ps(zero, 0xf, v, 1),
+                       _mm512_mask_extractf32x4_ps(zero, 0xf, v, 2), _mm512_mask_extractf32x4_ps(zero, 0xf, v, 3));
 }
 
 /// @brief row_layout_passes for fp32 rows (the same members; force-inlined, as they need no alias analysis).
@@ -110,7 +100,7 @@ struct row_passes {
       const __mmask16 m = column_mask(c, n);
       const __m512 q_t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e_t + c), inv_zt_v);
       __m512 value = _mm512_mul_ps(scale_v, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, e_s + c), inv_zs_v, q_t));
-      if (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, g + c), value);
+      if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, g + c), value);
       _mm512_mask_storeu_ps(g + c, m, value);
     }
   }
