@@ -29,6 +29,15 @@ BEVKD_HOST_FORCEINLINE __mmask16 column_mask(index_t first, index_t n) {
   return left >= 16 ? all_lanes : static_cast<__mmask16>((1u << left) - 1u);
 }
 
+/// @brief Calls f(c, mask) for each vector of sixteen columns of a row of n: the full vectors with all_lanes (a
+/// constant, so their masked loads and stores compile to plain ones: masked stores cost more), then the tail.
+template <class F>
+BEVKD_HOST_FORCEINLINE void for_each_vector(index_t n, F&& f) {
+  index_t c = 0;
+  for (; c + 16 <= n; c += 16) f(c, all_lanes);
+  if (c < n) f(c, column_mask(c, n));
+}
+
 /// @brief Transposes a 16 x 16 block held as sixteen vectors: v[i] lane j becomes v[j] lane i.
 BEVKD_HOST_FORCEINLINE void transpose16(__m512 (&v)[16]) {
   const __m512 unused = _mm512_setzero_ps();

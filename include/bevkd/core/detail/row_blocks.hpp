@@ -360,26 +360,24 @@ struct row_block {
   // 16 x 16 transpose; lanes from count on get 0).
   template <class Pick>
   void gather_sixteen(Pick pick, float* out) const {
-    for (index_t c = 0; c < n; c += 16) {
-      const __mmask16 m = avx512::column_mask(c, n);
+    avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       __m512 v[block_rows];
       for (int l = 0; l < block_rows; ++l)
         v[l] = l < count ? _mm512_maskz_loadu_ps(m, pick(rows[l]) + c) : _mm512_setzero_ps();
       avx512::transpose16(v);
       for (index_t j = 0; j < block_rows && c + j < n; ++j) _mm512_storeu_ps(out + lane_index(c + j, 0), v[j]);
-    }
+    });
   }
 
   // Writes lane-layout gradients g into the rows sixteen columns at a time (see gather_sixteen).
   void scatter_sixteen(const float* g) const {
-    for (index_t c = 0; c < n; c += 16) {
-      const __mmask16 m = avx512::column_mask(c, n);
+    avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       __m512 v[block_rows];
       for (int j = 0; j < block_rows; ++j)
         v[j] = c + j < n ? _mm512_loadu_ps(g + lane_index(c + j, 0)) : _mm512_setzero_ps();
       avx512::transpose16(v);
       for (int l = 0; l < count; ++l) _mm512_mask_storeu_ps(rows[l].grad.ptr + c, m, v[l]);
-    }
+    });
   }
 #endif
 };

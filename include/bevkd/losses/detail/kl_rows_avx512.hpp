@@ -37,12 +37,8 @@ BEVKD_HOST_FORCEINLINE __m512 exp_nonpositive(__m512 x) {
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(k::ln2_lo), r);
   __m512 p = _mm512_set1_ps(k::c6);
   for (const float c : {k::c5, k::c4, k::c3, k::c2, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  // 2^n from n's bits in the low mantissa of `shifted` (see exp_split::n and pow2).
-  const std::int32_t bias = 127 - static_cast<std::int32_t>(float_bits(exp_split::round_magic));
-  const __m512i biased = _mm512_add_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(bias));
-  const __m512 pow2 = _mm512_castsi512_ps(_mm512_mask_slli_epi32(_mm512_setzero_si512(), all_lanes, biased, 23));
   const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(k::nonpositive_floor), _CMP_NLT_UQ);  // NaN is kept
-  return _mm512_maskz_mul_ps(keep, p, pow2);
+  return _mm512_maskz_scalef_ps(keep, p, n);
 }
 
 /// @brief Combines a vector's sixteen partials with op (sum_op or shift_max_op) in fold_partials' pairwise order.
@@ -59,12 +55,11 @@ struct row_passes {
   static BEVKD_HOST_FORCEINLINE acc_array<float, 2> maxima(const float* s, const float* t, index_t n) {
     const __m512 lowest = _mm512_set1_ps(-math::infinity<float>());
     __m512 max_t = lowest, max_s = lowest;
-    for (index_t c = 0; c < n; c += 16) {
-      const __mmask16 m = column_mask(c, n);
+    for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       // max(x, part): x > part ? x : part, as shift_max_op (a NaN column leaves the partial as it was).
       max_t = _mm512_mask_max_ps(max_t, all_lanes, _mm512_mask_loadu_ps(lowest, m, t + c), max_t);
       max_s = _mm512_mask_max_ps(max_s, all_lanes, _mm512_mask_loadu_ps(lowest, m, s + c), max_s);
-    }
+    });
     return {{fold(shift_max_op{}, max_t), fold(shift_max_op{}, max_s)}};
   }
 
@@ -75,8 +70,7 @@ struct row_passes {
     const __m512 tau_v = _mm512_set1_ps(inv_tau), max_t_v = _mm512_set1_ps(max_t), max_s_v = _mm512_set1_ps(max_s);
     const __m512 zero = _mm512_setzero_ps();
     __m512 z_t = zero, z_s = zero, cross = zero;
-    for (index_t c = 0; c < n; c += 16) {
-      const __mmask16 m = column_mask(c, n);
+    for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       // softmax_terms: a, b = (x - max) / tau; cross = e_t (a - b), 0 where e_t is 0.
       const __m512 a = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, t + c), max_t_v), tau_v);
       const __m512 b = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + c), max_s_v), tau_v);
@@ -87,7 +81,7 @@ struct row_passes {
       z_t = _mm512_mask_add_ps(z_t, m, z_t, et);
       z_s = _mm512_mask_add_ps(z_s, m, z_s, es);
       cross = _mm512_mask_add_ps(cross, m, cross, term);
-    }
+    });
     return {{fold(sum_op{}, z_t), fold(sum_op{}, z_s), fold(sum_op{}, cross)}};
   }
 
@@ -96,13 +90,12 @@ struct row_passes {
   static BEVKD_HOST_FORCEINLINE void grad(float* g, index_t n, const float* e_t, const float* e_s, float scale,
                                           float inv_zt, float inv_zs) {
     const __m512 scale_v = _mm512_set1_ps(scale), inv_zt_v = _mm512_set1_ps(inv_zt), inv_zs_v = _mm512_set1_ps(inv_zs);
-    for (index_t c = 0; c < n; c += 16) {
-      const __mmask16 m = column_mask(c, n);
+    for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       const __m512 q_t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e_t + c), inv_zt_v);
       __m512 value = _mm512_mul_ps(scale_v, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, e_s + c), inv_zs_v, q_t));
       if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, g + c), value);
       _mm512_mask_storeu_ps(g + c, m, value);
-    }
+    });
   }
 };
 
