@@ -13,7 +13,6 @@
 #include "../../core/detail/avx512.hpp"
 
 #if defined(BEVKD_HOST_AVX512)
-#include <cstdint>
 #include <initializer_list>
 #include <type_traits>
 
@@ -38,6 +37,8 @@ BEVKD_HOST_FORCEINLINE __m512 exp_nonpositive(__m512 x) {
   __m512 p = _mm512_set1_ps(k::c6);
   for (const float c : {k::c5, k::c4, k::c3, k::c2, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
   const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(k::nonpositive_floor), _CMP_NLT_UQ);  // NaN is kept
+  // p * 2^n in one instruction (vscalefps): exact wherever the result is normal, i.e. for every kept x, so the same
+  // bits as pow2's multiply, without the integer steps that build 2^n.
   return _mm512_maskz_scalef_ps(keep, p, n);
 }
 
