@@ -236,14 +236,17 @@ struct row_layout_passes {
     return {{fold_partials(shift_max_op{}, part_t), fold_partials(shift_max_op{}, part_s)}};
   }
 
-  /// @brief exponential_sums over the row: {z_T, z_S, cross}; the exponentials go to e_t and e_s.
+  /// @brief exponential_sums over the row: {z_T, z_S, cross}; the exponentials go to e_t and e_s. UnitTau: inv_tau
+  /// is 1 (its multiplies, exact, are left out).
+  template <bool UnitTau>
   static BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
                                                             index_t n, Acc inv_tau, Acc max_t, Acc max_s,
                                                             Acc* BEVKD_RESTRICT e_t, Acc* BEVKD_RESTRICT e_s) {
     Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
     for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
+    const Acc scale = UnitTau ? Acc(1) : inv_tau;
     for_row_partials(n, [&](index_t c, int v) {
-      const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), inv_tau, max_t, max_s);
+      const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), scale, max_t, max_s);
       e_t[c] = x.e_t;
       e_s[c] = x.e_s;
       z_t[v] += x.e_t;
@@ -268,17 +271,10 @@ template <>
 struct row_layout_passes<float, float> : avx512::row_passes {};
 #endif
 
-/// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout() and multi_run_block): the same
-/// passes row after row, each row's reductions in row_partials partial accumulators, the gradient (coeff[l] tau
-/// (q_S - q_T)) written in place; e receives the exponentials (2 block.n per row). A row is one or more runs
-/// (block.for_each_run), a softmax over all of them; a row of no runs gets loss 0. Rows with skip set have each
-/// run's gradient written as exactly 0 (nothing when accumulating).
-///
-/// Every pass runs over all the block's rows before the next one starts, so the rows' dependent
-/// chains (maximum -> sums -> logs -> gradient) overlap, as the lanes of softmax_kl_lanes do.
-template <class Block, class Acc>
-void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
-                           Acc inv_tau, Acc tau, Acc* loss) {
+/// @brief softmax_kl_row_layout with inv_tau known to be 1 (UnitTau) or not.
+template <bool UnitTau, class Block, class Acc>
+void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
+                               Acc inv_tau, Acc tau, Acc* loss) {
   using T = typename Block::value_type;
   using passes = row_layout_passes<T, Acc>;
   const index_t n = block.n;
@@ -303,8 +299,8 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const b
       block.prefetch_row(l);
       block.for_each_run(l, [&](const auto& run) {
         combine(sum_op{}, z,
-                passes::exponentials(run.student.ptr, run.teacher.ptr, run.n, inv_tau, maxima[l][0], maxima[l][1],
-                                        e + offset, e + offset + n),
+                passes::template exponentials<UnitTau>(run.student.ptr, run.teacher.ptr, run.n, inv_tau,
+                                                       maxima[l][0], maxima[l][1], e + offset, e + offset + n),
                 first);
         offset += run.n;
       });
@@ -330,6 +326,24 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const b
         passes::template grad<false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
     });
   }
+}
+
+/// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout() and multi_run_block): the same
+/// passes row after row, each row's reductions in row_partials partial accumulators, the gradient (coeff[l] tau
+/// (q_S - q_T)) written in place; e receives the exponentials (2 block.n per row). A row is one or more runs
+/// (block.for_each_run), a softmax over all of them; a row of no runs gets loss 0. Rows with skip set have each
+/// run's gradient written as exactly 0 (nothing when accumulating).
+///
+/// Every pass runs over all the block's rows before the next one starts, so the rows' dependent
+/// chains (maximum -> sums -> logs -> gradient) overlap, as the lanes of softmax_kl_lanes do.
+template <class Block, class Acc>
+void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
+                           Acc inv_tau, Acc tau, Acc* loss) {
+  // tau = 1, the common case, skips two multiplies per column (exact either way); chosen per block, as a choice
+  // per row inside the block's loops made them slower (measured with the AVX-512 passes).
+  dispatch_bool(inv_tau == Acc(1), [&](auto unit_tau) {
+    softmax_kl_row_layout_tau<decltype(unit_tau)::value>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
+  });
 }
 
 /// @brief Host scratch of softmax_kl_block for rows of `columns` columns: student and teacher in lane layout, or

@@ -64,7 +64,8 @@ struct row_passes {
     return {{fold(shift_max_op{}, max_t), fold(shift_max_op{}, max_s)}};
   }
 
-  /// @brief {z_T, z_S, cross} of the row; the exponentials go to e_t and e_s.
+  /// @brief {z_T, z_S, cross} of the row; the exponentials go to e_t and e_s (UnitTau: inv_tau is 1).
+  template <bool UnitTau>
   static BEVKD_HOST_FORCEINLINE acc_array<float, 3> exponentials(const float* s, const float* t, index_t n,
                                                                 float inv_tau, float max_t, float max_s, float* e_t,
                                                                 float* e_s) {
@@ -73,8 +74,9 @@ struct row_passes {
     __m512 z_t = zero, z_s = zero, cross = zero;
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       // softmax_terms: a, b = (x - max) / tau; cross = e_t (a - b), 0 where e_t is 0.
-      const __m512 a = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, t + c), max_t_v), tau_v);
-      const __m512 b = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + c), max_s_v), tau_v);
+      __m512 a = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, t + c), max_t_v);
+      __m512 b = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + c), max_s_v);
+      if constexpr (!UnitTau) a = _mm512_mul_ps(a, tau_v), b = _mm512_mul_ps(b, tau_v);
       const __m512 et = exp_nonpositive(a), es = exp_nonpositive(b);
       const __m512 term = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(et, zero, _CMP_NEQ_UQ), et, _mm512_sub_ps(a, b));
       _mm512_mask_storeu_ps(e_t + c, m, et);
