@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "../../core/config.hpp"
+#include "../../core/detail/bev_rows.hpp"
 #include "../../core/detail/lanes.hpp"
 #include "../../core/detail/row_blocks.hpp"
 #include "../../core/detail/row_driver.hpp"
@@ -175,15 +176,24 @@ BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& 
   return softmax_kl_segments(team, single_segment<T, Unit>{row}, inv_tau, tau, coeff, accumulate);
 }
 
+/// @brief Calls f(std::true_type{}) when inv_tau is 1, else f(std::false_type{}): tau = 1, the common case, then
+/// leaves out two multiplies per column (exact either way). Chosen once per block: a choice per row inside a block's
+/// loops made them slower (measured with the AVX-512 passes).
+template <class Acc, class F>
+void with_unit_tau(Acc inv_tau, F&& f) {
+  dispatch_bool(inv_tau == Acc(1), f);
+}
+
 /// @brief The three passes of softmax_kl_segments over a block's rows in lane layout; s becomes scale_l (q_S - q_T).
 ///
 /// The same element math as the row kernel, with each row's reductions done in its own SIMD
 /// lane (columns summed in order, not pairwise: rows are at most max_block_columns long).
-/// `t` is overwritten; loss[l] receives row l's tau^2 KL.
-template <class Block, class Acc>
+/// `t` is overwritten; loss[l] receives row l's tau^2 KL. UnitTau: inv_tau is 1 (see with_unit_tau).
+template <bool UnitTau, class Block, class Acc>
 void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_RESTRICT t, const Acc* scale,
                       Acc inv_tau, Acc tau, Acc* loss) {
   constexpr int lanes = block_rows;
+  if (UnitTau) inv_tau = Acc(1);  // a constant: the multiplies by it compile away
   const index_t n = block.n;
   Acc max_t[lanes], max_s[lanes], z_t[lanes], z_s[lanes], cross[lanes], inv_zt[lanes], inv_zs[lanes];
   for (int l = 0; l < lanes; ++l) {
@@ -237,16 +247,16 @@ struct row_layout_passes {
   }
 
   /// @brief exponential_sums over the row: {z_T, z_S, cross}; the exponentials go to e_t and e_s. UnitTau: inv_tau
-  /// is 1 (its multiplies, exact, are left out).
+  /// is 1 (see with_unit_tau).
   template <bool UnitTau>
   static BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
                                                             index_t n, Acc inv_tau, Acc max_t, Acc max_s,
                                                             Acc* BEVKD_RESTRICT e_t, Acc* BEVKD_RESTRICT e_s) {
     Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
     for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
-    const Acc scale = UnitTau ? Acc(1) : inv_tau;
+    if (UnitTau) inv_tau = Acc(1);  // a constant: the multiplies by it compile away
     for_row_partials(n, [&](index_t c, int v) {
-      const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), scale, max_t, max_s);
+      const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), inv_tau, max_t, max_s);
       e_t[c] = x.e_t;
       e_s[c] = x.e_s;
       z_t[v] += x.e_t;
@@ -339,9 +349,7 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
 template <class Block, class Acc>
 void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
                            Acc inv_tau, Acc tau, Acc* loss) {
-  // tau = 1, the common case, skips two multiplies per column (exact either way); chosen per block, as a choice
-  // per row inside the block's loops made them slower (measured with the AVX-512 passes).
-  dispatch_bool(inv_tau == Acc(1), [&](auto unit_tau) {
+  with_unit_tau(inv_tau, [&](auto unit_tau) {
     softmax_kl_row_layout_tau<decltype(unit_tau)::value>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
   });
 }
@@ -367,7 +375,9 @@ void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bo
   Acc* s = scratch;
   Acc* t = scratch + block_rows * block.n;
   block.gather(s, t);
-  softmax_kl_lanes(block, s, t, scale, inv_tau, tau, loss);
+  with_unit_tau(inv_tau, [&](auto unit_tau) {
+    softmax_kl_lanes<decltype(unit_tau)::value>(block, s, t, scale, inv_tau, tau, loss);
+  });
   block.scatter(s, skip, accumulate);
 }
 
