@@ -206,17 +206,22 @@ void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
       max_t[l] = shift_max_op{}(t[lane_index(c, l)], max_t[l]);
       max_s[l] = shift_max_op{}(s[lane_index(c, l)], max_s[l]);
     }
-  for (index_t c = 0; c < n; ++c) {
-    block.prefetch(c);
-    for (int l = 0; l < lanes; ++l) {
-      const softmax_terms<Acc> x(s[lane_index(c, l)], t[lane_index(c, l)], inv_tau, max_t[l], max_s[l]);
-      t[lane_index(c, l)] = x.e_t;
-      s[lane_index(c, l)] = x.e_s;
-      z_t[l] += x.e_t;
-      z_s[l] += x.e_s;
-      cross[l] += x.cross;
+#if defined(BEVKD_HOST_AVX512)
+  if constexpr (std::is_same<Acc, float>::value)
+    avx512::lane_exponentials<UnitTau>(block, s, t, n, inv_tau, max_t, max_s, z_t, z_s, cross);
+  else
+#endif
+    for (index_t c = 0; c < n; ++c) {
+      block.prefetch(c);
+      for (int l = 0; l < lanes; ++l) {
+        const softmax_terms<Acc> x(s[lane_index(c, l)], t[lane_index(c, l)], inv_tau, max_t[l], max_s[l]);
+        t[lane_index(c, l)] = x.e_t;
+        s[lane_index(c, l)] = x.e_s;
+        z_t[l] += x.e_t;
+        z_s[l] += x.e_s;
+        cross[l] += x.cross;
+      }
     }
-  }
   for (int l = 0; l < lanes; ++l) {
     inv_zt[l] = Acc(1) / z_t[l];
     inv_zs[l] = Acc(1) / z_s[l];
