@@ -155,8 +155,10 @@ struct row_block {
       problem.row_range(first_row, rows_in, rows);
     first = first_row;
     count = rows_in;
-    n = problem.columns();
-    prefetch_rows_per_step = n > 0 ? ((index_t{block_rows} << 16) + n - 1) / n : 0;
+    if (problem.columns() != n) {  // once per chunk, not a division per block: a chunk's blocks share n
+      n = problem.columns();
+      prefetch_rows_per_step = n > 0 ? ((index_t{block_rows} << 16) + n - 1) / n : 0;
+    }
     const index_t after = first_row + rows_in;
     next_count = static_cast<int>(end - after < block_rows ? end - after : block_rows);
     problem.row_range(after, next_count, next);
