@@ -338,6 +338,43 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
         }
 }
 
+#if defined(BEVKD_HOST_AVX512)
+TEST_CASE("the AVX-512 row passes fold sixteen runs at a time bit for bit as fold_partials folds each (NaN as NaN)") {
+  std::mt19937 rng(fresh_seed());
+  std::normal_distribution<float> normal(0.0f, 100.0f);
+  std::uniform_int_distribution<int> pick(0, 19);
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), -0.0f, 0.0f};
+  using passes = bevkd::detail::avx512::row_passes;
+  const auto check = [&](auto op, int count) {
+    __m512 partials[128];
+    float values[16 * 128], folded[128];
+    for (int j = 0; j < 16 * count; ++j) {
+      float& x = values[j];
+      const int k = pick(rng);
+      x = k < 5 ? specials[k] : normal(rng);  // a quarter special: NaN and inf in any lane and partial order
+    }
+    for (int i = 0; i < count; ++i) partials[i] = _mm512_loadu_ps(&values[16 * i]);
+    const float* out = passes::fold(op, partials, count, folded);
+    for (int i = 0; i < count; ++i) {
+      float p[bevkd::detail::row_partials];
+      std::memcpy(p, &values[16 * i], sizeof p);
+      const float expected = bevkd::detail::fold_partials(op, p);
+      INFO("run ", i, " of ", count);
+      // A NaN's sign is the compiler's choice (it may swap an add's operands; inf - inf gives -NaN on x86).
+      if (std::isnan(expected))
+        CHECK(std::isnan(out[i]));
+      else
+        CHECK(std::memcmp(&out[i], &expected, sizeof(float)) == 0);
+    }
+  };
+  for (int count : {1, 5, 16, 17, 40, 128}) {
+    check(bevkd::sum_op{}, count);
+    check(bevkd::shift_max_op{}, count);
+  }
+}
+#endif
+
 TEST_CASE("host row blocks keep a NaN, -inf or huge logit in its own row") {
   std::mt19937 rng(fresh_seed());
   auto cs = kl_case<float>(kl_mode::softmax, 1.0, 1, 40, 64);

@@ -131,6 +131,7 @@ BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first, index_t n) {
 template <class T, bool Unit>
 struct row_block {
   using value_type = T;                ///< Element type of the tensors.
+  static constexpr int max_runs = 1;  ///< Most runs a row has (see multi_run_block).
   loss_row<T, Unit> rows[block_rows] = {};  ///< The block's rows; the first `count` are valid.
   loss_row<T, Unit> next[block_rows] = {};  ///< The next block's rows (prefetched); the first `next_count` are valid.
   index_t first = 0;                   ///< The problem's index of row 0.
@@ -392,6 +393,7 @@ constexpr int max_block_runs = 8;
 template <class T>
 struct multi_run_block {
   using value_type = T;                                    ///< Element type of the tensors.
+  static constexpr int max_runs = max_block_runs;          ///< Most runs a row has.
   loss_row<T, true> runs[block_rows][max_block_runs] = {};  ///< Row l's runs, the first run_count[l] valid.
   loss_row<T, true> next[block_rows][max_block_runs] = {};  ///< The next block's runs (prefetched).
   int run_count[block_rows] = {};                          ///< Runs of each row (0: nothing to read).

@@ -232,31 +232,37 @@ void softmax_kl_lanes(const Block& block, Acc* BEVKD_RESTRICT s, Acc* BEVKD_REST
       s[lane_index(c, l)] = softmax_kl_grad_value(scale[l], t[lane_index(c, l)], s[lane_index(c, l)], inv_zt[l], inv_zs[l]);
 }
 
-/// @brief The three per-row passes of softmax_kl_row_layout over one unit-stride row of n: generic loops (a
-/// specialisation may replace them, see kl_rows_avx512.hpp).
+/// @brief The three per-row passes of softmax_kl_row_layout over one unit-stride run of n, and the fold of their
+/// partial results: generic loops (a specialisation may replace them, see kl_rows_avx512.hpp).
 ///
 /// Each pass is a function of its own taking restrict pointers, so that GCC sees that the
 /// scratch stores alias no input and vectorises the loops without a runtime alias check.
 template <class T, class Acc>
 struct row_layout_passes {
-  /// @brief Maxima {max t, max s} of the row.
-  static BEVKD_HOST_NOINLINE acc_array<Acc, 2> maxima(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
-                                                      index_t n) {
+  /// @brief What a pass leaves of one reduction over a run, for fold: here the run's result itself (each pass folds
+  /// its own row_partials; the AVX-512 passes leave the partials, to fold sixteen runs at once).
+  using partials = Acc;
+
+  /// @brief The run's maxima of t and s.
+  static BEVKD_HOST_NOINLINE void maxima(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t, index_t n,
+                                         partials& max_t, partials& max_s) {
     Acc part_t[row_partials], part_s[row_partials];
     for (int v = 0; v < row_partials; ++v) part_t[v] = part_s[v] = -math::infinity<Acc>();
     for_row_partials(n, [&](index_t c, int v) {
       part_t[v] = shift_max_op{}(load_as_accum(t[c]), part_t[v]);
       part_s[v] = shift_max_op{}(load_as_accum(s[c]), part_s[v]);
     });
-    return {{fold_partials(shift_max_op{}, part_t), fold_partials(shift_max_op{}, part_s)}};
+    max_t = fold_partials(shift_max_op{}, part_t);
+    max_s = fold_partials(shift_max_op{}, part_s);
   }
 
-  /// @brief exponential_sums over the row: {z_T, z_S, cross}; the exponentials go to e_t and e_s. UnitTau: inv_tau
-  /// is 1 (see with_unit_tau).
+  /// @brief exponential_sums over the run: z_T, z_S and cross; the exponentials go to e_t and e_s.
+  /// UnitTau: inv_tau is 1 (see with_unit_tau).
   template <bool UnitTau>
-  static BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t,
-                                                            index_t n, Acc inv_tau, Acc max_t, Acc max_s,
-                                                            Acc* BEVKD_RESTRICT e_t, Acc* BEVKD_RESTRICT e_s) {
+  static BEVKD_HOST_NOINLINE void exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t, index_t n,
+                                               Acc inv_tau, Acc max_t, Acc max_s, Acc* BEVKD_RESTRICT e_t,
+                                               Acc* BEVKD_RESTRICT e_s, partials& sum_t, partials& sum_s,
+                                               partials& sum_cross) {
     Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
     for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
     if (UnitTau) inv_tau = Acc(1);  // a constant: the multiplies by it compile away
@@ -268,10 +274,18 @@ struct row_layout_passes {
       z_s[v] += x.e_s;
       cross[v] += x.cross;
     });
-    return {{fold_partials(sum_op{}, z_t), fold_partials(sum_op{}, z_s), fold_partials(sum_op{}, cross)}};
+    sum_t = fold_partials(sum_op{}, z_t);
+    sum_s = fold_partials(sum_op{}, z_s);
+    sum_cross = fold_partials(sum_op{}, cross);
   }
 
-  /// @brief Writes (Accumulate: adds) scale (q_S - q_T) over the row from its exponentials.
+  /// @brief The results of p[0 .. count) (reduced with op): p itself (`buffer`, room for count results, unused).
+  template <class Op>
+  static BEVKD_HOST_FORCEINLINE const Acc* fold(Op, const partials* p, int, Acc*) {
+    return p;
+  }
+
+  /// @brief Writes (Accumulate: adds) scale (q_S - q_T) over the run from its exponentials.
   template <bool Accumulate>
   static BEVKD_HOST_NOINLINE void grad(T* BEVKD_RESTRICT g, index_t n, const Acc* BEVKD_RESTRICT e_t,
                                        const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs) {
@@ -286,46 +300,73 @@ template <>
 struct row_layout_passes<float, float> : avx512::row_passes {};
 #endif
 
+/// @brief N reductions' partial results for each run of a row-layout block (a pass of row_layout_passes), folded
+/// all at once and then combined into each row's results, its runs in order.
+template <class Passes, class Acc, int N, int Capacity>
+struct block_partials {
+  typename Passes::partials part[N][Capacity];  ///< part[i][k]: reduction i of the block's run k (rows in order).
+
+  /// @brief result[i][l] = reduction i of row l: its runs' results combined with op in order, from the first run's
+  /// own result (so that one run is exactly the plain row); rows of no runs keep theirs. `runs`: the block's runs.
+  template <class Op, class Block>
+  BEVKD_HOST_FORCEINLINE void reduce(Op op, const Block& block, int runs, Acc (&result)[N][block_rows]) {
+    Acc buffer[N][Capacity];
+    const Acc* folded[N];
+    for (int i = 0; i < N; ++i) folded[i] = Passes::fold(op, part[i], runs, buffer[i]);
+    int k = 0;
+    for (int l = 0; l < block.count; ++l) {
+      bool first = true;
+      block.for_each_run(l, [&](const auto&) {
+        for (int i = 0; i < N; ++i) result[i][l] = first ? folded[i][k] : op(result[i][l], folded[i][k]);
+        ++k;
+        first = false;
+      });
+    }
+  }
+};
+
 /// @brief softmax_kl_row_layout with inv_tau known to be 1 (UnitTau) or not.
 template <bool UnitTau, class Block, class Acc>
 void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
                                Acc inv_tau, Acc tau, Acc* loss) {
   using T = typename Block::value_type;
   using passes = row_layout_passes<T, Acc>;
+  constexpr int capacity = block_rows * Block::max_runs;
   const index_t n = block.n;
-  // Each combination starts from the first run's own result, as in softmax_kl_segments.
-  const auto combine = [](auto op, auto& total, const auto& part, bool& first) {
-    total = first ? part : op(total, part);
-    first = false;
-  };
-  acc_array<Acc, 2> maxima[block_rows];
-  for (int l = 0; l < block.count; ++l) {
-    bool first = true;
-    block.for_each_run(l, [&](const auto& run) {
-      combine(shift_max_op{}, maxima[l], passes::maxima(run.student.ptr, run.teacher.ptr, run.n), first);
-    });
-  }
-  Acc z_t[block_rows], z_s[block_rows], cross[block_rows], inv_zt[block_rows], inv_zs[block_rows];
-  for (int l = 0; l < block_rows; ++l) {
-    acc_array<Acc, 3> z{{Acc(1), Acc(1), Acc(0)}};  // rows of no runs (and padding rows): loss 0
-    bool first = true;
-    index_t offset = 2 * n * l;
-    if (l < block.count) {
-      block.prefetch_row(l);
+  Acc maxima[2][block_rows];  // t, s
+  {
+    block_partials<passes, Acc, 2, capacity> max;
+    int k = 0;
+    for (int l = 0; l < block.count; ++l)
       block.for_each_run(l, [&](const auto& run) {
-        combine(sum_op{}, z,
-                passes::template exponentials<UnitTau>(run.student.ptr, run.teacher.ptr, run.n, inv_tau,
-                                                       maxima[l][0], maxima[l][1], e + offset, e + offset + n),
-                first);
+        passes::maxima(run.student.ptr, run.teacher.ptr, run.n, max.part[0][k], max.part[1][k]);
+        ++k;
+      });
+    max.reduce(shift_max_op{}, block, k, maxima);
+  }
+  Acc z[3][block_rows];  // z_T, z_S, cross
+  for (int l = 0; l < block_rows; ++l) z[0][l] = z[1][l] = Acc(1), z[2][l] = Acc(0);  // rows of no runs: loss 0
+  {
+    block_partials<passes, Acc, 3, capacity> sums;
+    int k = 0;
+    for (int l = 0; l < block.count; ++l) {
+      block.prefetch_row(l);
+      index_t offset = 2 * n * l;
+      block.for_each_run(l, [&](const auto& run) {
+        passes::template exponentials<UnitTau>(run.student.ptr, run.teacher.ptr, run.n, inv_tau, maxima[0][l],
+                                               maxima[1][l], e + offset, e + offset + n, sums.part[0][k],
+                                               sums.part[1][k], sums.part[2][k]);
         offset += run.n;
+        ++k;
       });
     }
-    z_t[l] = z[0], z_s[l] = z[1], cross[l] = z[2];
+    sums.reduce(sum_op{}, block, k, z);
   }
+  Acc inv_zt[block_rows], inv_zs[block_rows];
   for (int l = 0; l < block_rows; ++l) {  // all rows at once, as the lanes do
-    inv_zt[l] = Acc(1) / z_t[l];
-    inv_zs[l] = Acc(1) / z_s[l];
-    loss[l] = softmax_kl_value(z_t[l], z_s[l], cross[l], inv_zt[l], tau);
+    inv_zt[l] = Acc(1) / z[0][l];
+    inv_zs[l] = Acc(1) / z[1][l];
+    loss[l] = softmax_kl_value(z[0][l], z[1][l], z[2][l], inv_zt[l], tau);
   }
   for (int l = 0; l < block.count; ++l) {
     if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was

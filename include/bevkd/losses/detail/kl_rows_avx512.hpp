@@ -90,18 +90,50 @@ void lane_exponentials(const Block& block, float* s, float* t, index_t n, float 
   _mm512_storeu_ps(cross, sum_cross);
 }
 
-/// @brief Combines a vector's sixteen partials with op (sum_op or shift_max_op) in fold_partials' pairwise order.
+/// @brief op (sum_op or shift_max_op: a > b ? a : b, as vmaxps) on sixteen lanes.
 template <class Op>
-BEVKD_HOST_FORCEINLINE float fold(Op op, __m512 v) {
-  const __m128 zero = _mm_setzero_ps();
-  return fold_quarters(op, _mm512_mask_extractf32x4_ps(zero, 0xf, v, 0), _mm512_mask_extractf32x4_ps(zero, 0xf, v, 1),
-                       _mm512_mask_extractf32x4_ps(zero, 0xf, v, 2), _mm512_mask_extractf32x4_ps(zero, 0xf, v, 3));
+BEVKD_HOST_FORCEINLINE __m512 apply(Op, __m512 a, __m512 b) {
+  if constexpr (std::is_same<Op, sum_op>::value)
+    return _mm512_add_ps(a, b);
+  else
+    return _mm512_mask_max_ps(a, all_lanes, a, b);
+}
+
+/// @brief Folds sixteen vectors of partials at once: lane i of the result is v[i]'s sixteen partials combined with
+/// op in fold_partials' pairwise order (k with k + 8, then k + 4, k + 2, k + 1), bit for bit.
+///
+/// Why: one row's fold is three extracts and six dependent ops on four-float vectors; a C = 64
+/// row has five to fold (two maxima, three sums), which took about a sixth of the call. Each
+/// step here halves the partials of all sixteen rows with two shuffles and one op (15 ops and
+/// 30 shuffles for sixteen rows).
+template <class Op>
+BEVKD_HOST_FORCEINLINE __m512 fold16(Op op, const __m512 (&v)[16]) {
+  const __m512 unused = _mm512_setzero_ps();
+  __m512 half[8], quarter[4], pair[2];
+  for (int i = 0; i < 8; ++i)  // [v[2i]'s k op k + 8 | v[2i + 1]'s]
+    half[i] = apply(op, _mm512_mask_shuffle_f32x4(unused, all_lanes, v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                    _mm512_mask_shuffle_f32x4(unused, all_lanes, v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 4; ++i)  // 128-bit block q: v[4i + q]'s k op k + 4
+    quarter[i] =
+        apply(op, _mm512_mask_shuffle_f32x4(unused, all_lanes, half[2 * i], half[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+              _mm512_mask_shuffle_f32x4(unused, all_lanes, half[2 * i], half[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int i = 0; i < 2; ++i)  // block q: v[8i + q]'s k op k + 2 (two lanes), then v[8i + 4 + q]'s
+    pair[i] = apply(op, _mm512_mask_shuffle_ps(unused, all_lanes, quarter[2 * i], quarter[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                    _mm512_mask_shuffle_ps(unused, all_lanes, quarter[2 * i], quarter[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  // Block q: v[q], v[4 + q], v[8 + q], v[12 + q] folded; into order, v[i] at lane i.
+  const __m512 folded = apply(op, _mm512_mask_shuffle_ps(unused, all_lanes, pair[0], pair[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_mask_shuffle_ps(unused, all_lanes, pair[0], pair[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_mask_permutexvar_ps(unused, all_lanes,
+                                    _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), folded);
 }
 
 /// @brief row_layout_passes for fp32 rows (the same members; force-inlined, as they need no alias analysis).
 struct row_passes {
-  /// @brief Maxima {max t, max s} of the row.
-  static BEVKD_HOST_FORCEINLINE acc_array<float, 2> maxima(const float* s, const float* t, index_t n) {
+  using partials = __m512;  ///< A run's sixteen partial results of one reduction.
+
+  /// @brief The row's partial maxima of t and s.
+  static BEVKD_HOST_FORCEINLINE void maxima(const float* s, const float* t, index_t n, __m512& part_t,
+                                            __m512& part_s) {
     const __m512 lowest = _mm512_set1_ps(-math::infinity<float>());
     __m512 max_t = lowest, max_s = lowest;
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
@@ -109,14 +141,15 @@ struct row_passes {
       max_t = _mm512_mask_max_ps(max_t, all_lanes, _mm512_mask_loadu_ps(lowest, m, t + c), max_t);
       max_s = _mm512_mask_max_ps(max_s, all_lanes, _mm512_mask_loadu_ps(lowest, m, s + c), max_s);
     });
-    return {{fold(shift_max_op{}, max_t), fold(shift_max_op{}, max_s)}};
+    part_t = max_t;
+    part_s = max_s;
   }
 
-  /// @brief {z_T, z_S, cross} of the row; the exponentials go to e_t and e_s (UnitTau: inv_tau is 1).
+  /// @brief The row's partial sums {z_T, z_S, cross}; the exponentials go to e_t and e_s (UnitTau: inv_tau is 1).
   template <bool UnitTau>
-  static BEVKD_HOST_FORCEINLINE acc_array<float, 3> exponentials(const float* s, const float* t, index_t n,
-                                                                float inv_tau, float max_t, float max_s, float* e_t,
-                                                                float* e_s) {
+  static BEVKD_HOST_FORCEINLINE void exponentials(const float* s, const float* t, index_t n, float inv_tau,
+                                                  float max_t, float max_s, float* e_t, float* e_s, __m512& sum_t,
+                                                  __m512& sum_s, __m512& sum_cross) {
     const __m512 tau_v = _mm512_set1_ps(inv_tau), max_t_v = _mm512_set1_ps(max_t), max_s_v = _mm512_set1_ps(max_s);
     const __m512 zero = _mm512_setzero_ps();
     __m512 z_t = zero, z_s = zero, cross = zero;
@@ -130,7 +163,21 @@ struct row_passes {
       z_s = _mm512_mask_add_ps(z_s, m, z_s, x.e_s);
       cross = _mm512_mask_add_ps(cross, m, cross, x.cross);
     });
-    return {{fold(sum_op{}, z_t), fold(sum_op{}, z_s), fold(sum_op{}, cross)}};
+    sum_t = z_t;
+    sum_s = z_s;
+    sum_cross = cross;
+  }
+
+  /// @brief The results of p[0 .. count), p[i]'s partials combined with op, in `out` (sixteen at a time by fold16).
+  template <class Op>
+  static BEVKD_HOST_FORCEINLINE const float* fold(Op op, const __m512* p, int count, float* out) {
+    for (int first = 0; first < count; first += 16) {
+      const int here = count - first < 16 ? count - first : 16;
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i) v[i] = i < here ? p[first + i] : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(out + first, column_mask(0, here), fold16(op, v));
+    }
+    return out;
   }
 
   /// @brief g = scale (e_s / z_S - e_t / z_T), or g += that when Accumulate.
