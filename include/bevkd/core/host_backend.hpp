@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -190,10 +191,15 @@ class host_exec {
     const index_t chunks = (rows + chunk_rows - 1) / chunk_rows;
     const int nthreads = threads();
     partials_.assign(static_cast<std::size_t>(chunks), 0.0);
-    scratch_.resize(static_cast<std::size_t>(scratch_bytes * nthreads) / sizeof(double) + 1);
+    // Each thread's scratch starts on a cache line of its own: the row blocks' vectors of exponentials then never
+    // straddle two lines (std::vector's storage here sat 16 bytes past one; measured: C = 64 KL about 1 % faster).
+    constexpr index_t line = 64;
+    const index_t thread_bytes = (scratch_bytes + line - 1) / line * line;
+    scratch_.resize(static_cast<std::size_t>(thread_bytes * nthreads + line) / sizeof(double) + 1);
+    const auto base = reinterpret_cast<std::uintptr_t>(scratch_.data());
+    double* scratch = reinterpret_cast<double*>((base + line - 1) & ~static_cast<std::uintptr_t>(line - 1));
     double* partials = partials_.data();
-    double* scratch = scratch_.data();
-    const index_t scratch_doubles = scratch_bytes / static_cast<index_t>(sizeof(double));
+    const index_t scratch_doubles = thread_bytes / static_cast<index_t>(sizeof(double));
     const int lanes = lanes_, chunk = chunk_;
     // Small calls stay on the calling thread: starting a parallel region costs more than a few
     // chunks of work (the partition into chunks, and so the result, is the same either way).
