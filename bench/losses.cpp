@@ -67,8 +67,8 @@ double sum_of(const float* x, index_t count, int threads) {
 // Full-size float temporaries of the naive reference, allocated once (PyTorch's caching
 // allocator reuses its blocks too), plus per-row temporaries.
 struct naive_buffers {
-  std::vector<float> s32, t32, grad32, a, b, c, d, e, f, g, masked_s, masked_t;
-  std::vector<float> row_a, row_b, row_c;
+  host_buffer<float> s32, t32, grad32, a, b, c, d, e, f, g, masked_s, masked_t;
+  host_buffer<float> row_a, row_b, row_c;
   void reserve(index_t n, index_t rows) {
     for (auto* v : {&s32, &t32, &grad32, &a, &b, &c, &d, &e, &f, &g, &masked_s, &masked_t})
       v->assign(static_cast<std::size_t>(n), 0.0f);
@@ -290,7 +290,7 @@ double naive_call(loss_case c, const host_inputs<T>& in, T* grad, naive_buffers&
 template <class T>
 void bm_fused(benchmark::State& state, loss_case c) {
   const host_inputs<T>& in = inputs_for<T>(state.range(0));
-  std::vector<T> grad(static_cast<std::size_t>(in.size()));
+  host_buffer<T> grad(static_cast<std::size_t>(in.size()));
   bevkd::host_exec exec(static_cast<int>(state.range(1)));
   for (auto _ : state) {
     double loss = fused_call(c, exec, in, grad.data());
@@ -304,7 +304,7 @@ template <class T>
 void bm_naive(benchmark::State& state, loss_case c) {
   const host_inputs<T>& in = inputs_for<T>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
-  std::vector<T> grad(static_cast<std::size_t>(in.size()));
+  host_buffer<T> grad(static_cast<std::size_t>(in.size()));
   naive_buffers buffers;
   buffers.reserve(in.size(), std::max({batch * std::max(pillars, in.channels), attention_rows().rows, sca_rows().rows}));
   {  // Untimed check: the reference computes what the fused call computes.
@@ -330,7 +330,7 @@ void bm_copy(benchmark::State& state) {
   const host_inputs<T>& in = inputs_for<T>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
   const index_t words = in.size() * static_cast<index_t>(sizeof(T)) / 8;
-  std::vector<std::uint64_t> s(static_cast<std::size_t>(words)), t(s.size()), g(s.size());
+  host_buffer<std::uint64_t> s(static_cast<std::size_t>(words)), t(s.size()), g(s.size());
   std::memcpy(s.data(), in.student.data(), s.size() * 8);
   std::memcpy(t.data(), in.teacher.data(), t.size() * 8);
   const std::uint64_t* BEVKD_RESTRICT sp = s.data();
