@@ -443,18 +443,20 @@ struct has_row_blocks<Problem, std::void_t<decltype(Problem::row_blocks)>>
 template <class Problem, class Acc>
 void run_block(const Problem& problem, const row_block_of<Problem>& block, const row_scaling<Acc>& scaling,
                Acc* scratch, Acc* weighted) {
-  Acc w[block_rows], coeff[block_rows], loss[block_rows];
+  Acc w[block_rows], upstream[block_rows], coeff[block_rows], loss[block_rows];
   bool skip[block_rows];
+  problem.rows.load(block.first, block.count, w, upstream);
   for (int l = 0; l < block_rows; ++l) {
-    w[l] = l < block.count ? problem.rows.weight(block.first + l) : Acc(0);
+    if (l >= block.count) w[l] = Acc(0);
     skip[l] = w[l] == Acc(0);
-    coeff[l] = skip[l] ? Acc(0) : scaling.grad_coeff * w[l] * problem.rows.upstream_grad(block.first + l);
+    coeff[l] = skip[l] ? Acc(0) : scaling.grad_coeff * w[l] * upstream[l];
   }
   problem.block_loss_and_grad(block, coeff, skip, scaling.accumulate, scratch, loss);
   for (int l = 0; l < block.count; ++l) {
     weighted[l] = skip[l] ? Acc(0) : w[l] * loss[l];
-    problem.rows.store(block.first + l, scaling.loss_weight * weighted[l]);
+    loss[l] = scaling.loss_weight * weighted[l];  // the row's output
   }
+  problem.rows.store(block.first, block.count, loss);
 }
 
 }  // namespace detail

@@ -43,6 +43,32 @@ struct row_weighting {
   BEVKD_HOST_DEVICE void store(index_t r, Acc value) const {
     if (row_loss.data) row_loss(r / inner, r % inner) = value;
   }
+  /// @brief weight() and upstream_grad() of rows [first, first + count) into w and u (a host row block's; one
+  /// division for all of them, where weight() and upstream_grad() take one each per row).
+  void load(index_t first, int count, Acc* w, Acc* u) const {
+    for_rows(first, count, [&](int l, index_t r0, index_t r1) {
+      w[l] = weights.data ? weights(r0, r1) : Acc(1);
+      u[l] = upstream.data ? upstream(r0, r1) : Acc(1);
+    });
+  }
+  /// @brief store() of rows [first, first + count) from values.
+  void store(index_t first, int count, const Acc* values) const {
+    if (row_loss.data) for_rows(first, count, [&](int l, index_t r0, index_t r1) { row_loss(r0, r1) = values[l]; });
+  }
+
+ private:
+  // Calls f(l, r0, r1) for rows first + l = r0 * inner + r1, l < count.
+  template <class F>
+  void for_rows(index_t first, int count, F&& f) const {
+    index_t r0 = first / inner, r1 = first % inner;
+    for (int l = 0; l < count; ++l) {
+      f(l, r0, r1);
+      if (++r1 == inner) {
+        r1 = 0;
+        ++r0;
+      }
+    }
+  }
 };
 
 /// @brief Runs one row of a loss problem with the whole team and returns w_r * l_r (every lane gets it).

@@ -71,6 +71,10 @@ struct attention_weighting {
     if (!has_weights()) return Acc(1);  // before the decode: its divisions cost more than a short row
     index_t n, h, s;
     decode(r, n, h, s);
+    return weight_at(n, s);
+  }
+  /// @brief weight() of the row of query n and source s (any source in joint mode).
+  BEVKD_HOST_DEVICE Acc weight_at(index_t n, index_t s) const {
     bool any = !joint ? valid(n, s) : false;
     for (index_t t = 0; joint && t < sources && !any; ++t) any = valid(n, t);
     if (!any) return Acc(0);
@@ -89,6 +93,23 @@ struct attention_weighting {
     index_t n, h, s;
     decode(r, n, h, s);
     row_loss(n, h, s) = value;
+  }
+  /// @brief weight() and upstream_grad() of rows [first, first + count) into w and u (a host row block's; one
+  /// decode for all of them).
+  void load(index_t first, int count, Acc* w, Acc* u) const {
+    index_t n, h, s;
+    decode(first, n, h, s);
+    for (int l = 0; l < count; ++l, advance(n, h, s)) {
+      w[l] = has_weights() ? weight_at(n, s) : Acc(1);
+      u[l] = upstream.data ? upstream(n, h, s) : Acc(1);
+    }
+  }
+  /// @brief store() of rows [first, first + count) from values.
+  void store(index_t first, int count, const Acc* values) const {
+    if (!row_loss.data) return;
+    index_t n, h, s;
+    decode(first, n, h, s);
+    for (int l = 0; l < count; ++l, advance(n, h, s)) row_loss(n, h, s) = values[l];
   }
   /// @brief Moves (n, h, s) on to the next row (the decode of r + 1 from that of r, without divisions).
   BEVKD_HOST_DEVICE void advance(index_t& n, index_t& h, index_t& s) const {
