@@ -37,10 +37,11 @@ constexpr index_t channel_counts[] = {10, 64, 256};
 /// bytes): a row of 64 floats is then four cache lines, not five, and no 64-byte vector straddles two lines.
 ///
 /// std::vector's default allocation of these sizes sits 16 bytes past a page (glibc's mmap
-/// header), which the benchmarks used until bench/RESULTS.md says otherwise. Measured in a
-/// standalone driver (one thread, native, B = 2 x 40000 x 64): the fused KL 4.24-4.65 ms from
-/// aligned buffers, 4.86-4.93 ms from buffers 16 bytes past a line; the copy loop the other way,
-/// 2.31-2.43 against 2.19-2.28 ms.
+/// header), as the benchmarks' buffers did up to the runs at 1c7b7a3 (bench/RESULTS.md).
+/// Measured in a standalone driver (one thread, native, 80000 x 64 fp32 rows): the fused KL
+/// 4.24-4.65 ms from aligned buffers, 4.86-4.93 ms from buffers 16 bytes past a line, the copy
+/// loop 2.31-2.43 against 2.19-2.28 ms; in this benchmark binary, on a busy host, both within
+/// noise.
 template <class T>
 struct aligned_allocator {
   using value_type = T;                         ///< Element type.
