@@ -8,9 +8,11 @@
 // only four vectors, so that overhead weighs (measured, C = 64, -march=native: the exponential
 // pass took 53 % of the call; these passes, inlined into the block, cut the call by about 11 %).
 // These versions compute the same formulas in the same order (column c in partial c mod 16,
-// the same pairwise fold), with plain loads and stores for full vectors and masked ones for the
-// tail. Both layouts' exponentials scale by 2^n with one vscalefps where GCC's vectorisation of
-// the scalar code builds 2^n with integer steps and a multiply (lane layout: TSA 5 % faster).
+// the same pairwise fold, done for sixteen rows at once by fold16), with plain loads and stores
+// for full vectors and masked ones for the tail. Their exponentials take fewer multiply-adds
+// than math's polynomial (table_exp: a table of 2^(j/32) and a cubic, within the same contract)
+// and scale by 2^n with one vscalefps where GCC's vectorisation of the scalar code builds 2^n
+// with integer steps and a multiply (lane layout: TSA 5 % faster).
 
 #include "../../core/detail/avx512.hpp"
 
