@@ -33,12 +33,12 @@ namespace avx512 {
 /// @brief math::exp_nonpositive's contract on sixteen floats (within 2 ulp, exactly 1 at 0, 0 below -87.33 and for
 /// -inf, NaN kept), by a table of 2^(j/32) and a cubic instead of math's degree-6 polynomial.
 ///
-/// Why another algorithm: the exponentials are the KL's cost and run at the multiply-add ports'
-/// limit (two per column); x = (32 n + j) ln2 / 32 + r, |r| <= ln2 / 64, takes 9 of those
-/// operations per exponential instead of 11 (one vpermt2ps reads the 32-entry table from two
-/// registers; measured: KL C = 64 about 5 % faster). Exhaustively over [-87.33, 0]: at most 1.01
-/// ulp from the correctly rounded e^x (math's polynomial: 1.05), so results differ from the
-/// generic passes' by about an ulp per exponential.
+/// Why another algorithm: the exponentials are most of the KL's arithmetic and run at the
+/// multiply-add ports' limit (two per column); x = (32 n + j) ln2 / 32 + r, |r| <= ln2 / 64,
+/// takes 9 of those operations per exponential instead of 11 (one vpermt2ps reads the 32-entry
+/// table from two registers; measured: KL C = 64 rows in cache about 5 % faster). Exhaustively
+/// over [-87.33, 0]: at most 1.01 ulp from the correctly rounded e^x (math's polynomial in
+/// vector form: 1.05), so results differ from the generic passes' by about an ulp per exponential.
 struct table_exp {
   /// @brief 2^(j/32) rounded to float, j = 0..15.
   static BEVKD_HOST_FORCEINLINE __m512 low() {
