@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <random>
 
@@ -23,24 +24,32 @@ std::int64_t ulp_distance(float got, double want) {
   return std::llabs(static_cast<std::int64_t>(a) - b);
 }
 
-// The contract of exp_nonpositive, checked on one implementation of it.
-template <class Exp>
-void check_exp_nonpositive(Exp exp_np) {
+// The contract of a nonpositive exponential (e^x: exp_nonpositive, or 2^x), checked on one implementation of it:
+// within 2 ulp of `exact` from `lowest` (whose result is normal) to 0, exactly 1 at 0, exactly 0 for each of
+// `zero_args` (below the range, -inf), NaN kept.
+template <class Exp, class Exact>
+void check_nonpositive_exponential(Exp exp_np, Exact exact, float lowest, std::initializer_list<float> zero_args) {
   std::mt19937 rng(std::random_device{}());
-  std::uniform_real_distribution<float> arg(-87.33f, 0.0f);
+  std::uniform_real_distribution<float> arg(lowest, 0.0f);
   std::int64_t worst = 0;
   for (int i = 0; i < 200000; ++i) {
     const float x = arg(rng);
-    worst = std::max(worst, ulp_distance(exp_np(x), std::exp(static_cast<double>(x))));
+    worst = std::max(worst, ulp_distance(exp_np(x), exact(static_cast<double>(x))));
   }
   CHECK(worst <= 2);
-  const float inf = std::numeric_limits<float>::infinity();
   CHECK(exp_np(0.0f) == 1.0f);
   CHECK(exp_np(-0.0f) == 1.0f);
-  CHECK(exp_np(-87.33f) > 0.0f);
-  CHECK(std::fpclassify(exp_np(-87.33f)) == FP_NORMAL);
-  for (float x : {-87.34f, -100.0f, -104.0f, -1e4f, -3.4e38f, -inf}) CHECK(exp_np(x) == 0.0f);
+  CHECK(std::fpclassify(exp_np(lowest)) == FP_NORMAL);
+  for (float x : zero_args) CHECK(exp_np(x) == 0.0f);
+  CHECK(exp_np(-std::numeric_limits<float>::infinity()) == 0.0f);
   CHECK(std::isnan(exp_np(std::nanf(""))));
+}
+
+// check_nonpositive_exponential for e^x.
+template <class Exp>
+void check_exp_nonpositive(Exp exp_np) {
+  check_nonpositive_exponential(
+      exp_np, [](double x) { return std::exp(x); }, -87.33f, {-87.34f, -100.0f, -104.0f, -1e4f, -3.4e38f});
 }
 
 }  // namespace
@@ -66,13 +75,17 @@ TEST_CASE("exp_nonpositive is within 2 ulp down to -87.33, and exactly 0 below, 
 }
 
 #if defined(BEVKD_HOST_AVX512)
-TEST_CASE("the AVX-512 exp_nonpositive of the fp32 row blocks keeps the same contract in every lane") {
-  check_exp_nonpositive([](float x) {
+TEST_CASE("the AVX-512 exp2_nonpositive of the fp32 row blocks keeps the same contract for 2^x in every lane") {
+  const auto exp2_np = [](float x) {
+    const auto result = bevkd::detail::avx512::exp2_nonpositive(_mm512_set1_ps(x));
     float lanes[16];
-    _mm512_storeu_ps(lanes, bevkd::detail::avx512::exp_nonpositive(_mm512_set1_ps(x)));
+    _mm512_storeu_ps(lanes, result.value);
     for (int l = 1; l < 16; ++l) CHECK(std::memcmp(&lanes[l], &lanes[0], sizeof(float)) == 0);
+    CHECK(result.nonzero == (lanes[0] != 0.0f ? 0xffff : 0));  // NaN counts as not 0
     return lanes[0];
-  });
+  };
+  check_nonpositive_exponential(
+      exp2_np, [](double x) { return std::exp2(x); }, -126.0f, {-126.01f, -140.0f, -149.0f, -1e4f, -3.4e38f});
 }
 #endif
 

@@ -7,12 +7,11 @@
 // row's tail as scalar code and rebroadcasts every constant per row; a row of 64 columns is
 // only four vectors, so that overhead weighs (measured, C = 64, -march=native: the exponential
 // pass took 53 % of the call; these passes, inlined into the block, cut the call by about 11 %).
-// These versions compute the same formulas in the same order (column c in partial c mod 16,
-// the same pairwise fold, done for sixteen rows at once by fold16), with plain loads and stores
-// for full vectors and masked ones for the tail. Their exponentials take fewer multiply-adds
-// than math's polynomial (table_exp: a table of 2^(j/32) and a cubic, within the same contract)
-// and scale by 2^n with one vscalefps where GCC's vectorisation of the scalar code builds 2^n
-// with integer steps and a multiply (lane layout: TSA 5 % faster).
+// These versions sum in the same order (column c in partial c mod 16, the same pairwise fold,
+// done for sixteen rows at once by fold16), with plain loads and stores for full vectors and
+// masked ones for the tail. Their exponentials are base 2 (table_exp2: a table of 2^(j/32), a
+// cubic, one vscalefps for 2^n; 1 / tau folded into one constant), so results differ from the
+// generic passes' by a few ulp per exponential, the size of the exponent's own rounding.
 
 #include "../../core/detail/avx512.hpp"
 
@@ -30,16 +29,16 @@ namespace bevkd {
 namespace detail {
 namespace avx512 {
 
-/// @brief math::exp_nonpositive's contract on sixteen floats (within 2 ulp, exactly 1 at 0, 0 below -87.33 and for
-/// -inf, NaN kept), by a table of 2^(j/32) and a cubic instead of math's degree-6 polynomial.
+/// @brief The table and constants of exp2_nonpositive: 2^y = 2^n 2^(j/32) 2^f, y = n + j / 32 + f, |f| <= 1/64.
 ///
-/// Why another algorithm: the exponentials are most of the KL's arithmetic and run at the
-/// multiply-add ports' limit (two per column); x = (32 n + j) ln2 / 32 + r, |r| <= ln2 / 64,
-/// takes 9 of those operations per exponential instead of 11 (one vpermt2ps reads the 32-entry
-/// table from two registers; measured: KL C = 64 rows in cache about 5 % faster). Exhaustively
-/// over [-87.33, 0]: at most 1.01 ulp from the correctly rounded e^x (math's polynomial in
-/// vector form: 1.05), so results differ from the generic passes' by about an ulp per exponential.
-struct table_exp {
+/// Why base 2 and a table: the exponentials are most of the KL's arithmetic and run at the
+/// floating-point ports' limit. The softmax's exponent (x - max) / tau, times log2(e) / tau
+/// folded into one constant k, goes straight to 2^y: the range reduction is then two adds (no
+/// Cody-Waite multiply-adds), one vpermt2ps reads 2^(j/32) from two registers, a cubic gives
+/// 2^f, and one vscalefps scales by 2^n: 14 vector operations per exponential, 9 of them on the
+/// multiply-add ports, where e^x by math's degree-6 polynomial takes 16 and 11 (measured: KL
+/// C = 64 rows in cache 11 % faster than the same table in base e, 16 % than the polynomial).
+struct table_exp2 {
   /// @brief 2^(j/32) rounded to float, j = 0..15.
   static BEVKD_HOST_FORCEINLINE __m512 low() {
     return _mm512_setr_ps(0x1.000000p+0f, 0x1.059b0ep+0f, 0x1.0b5586p+0f, 0x1.11301ep+0f,
@@ -57,72 +56,95 @@ struct table_exp {
   /// @brief 1.5 * 2^18: adding it to a float of magnitude below 2^17 rounds that to a multiple of 1/32, whose 32nds
   /// then sit in the low mantissa bits (j in the low five).
   static constexpr float round_magic = 393216.0f;
+  /// @brief The Taylor cubic of 2^f = 1 + f (c1 + f (c2 + f c3)): its error, (f ln 2)^4 / 24 <= 6e-10, is a
+  /// two-hundredth of an ulp.
+  static constexpr float c1 = 0.693147180559945309f;   ///< ln 2.
+  static constexpr float c2 = 0.240226506959100712f;   ///< (ln 2)^2 / 2.
+  static constexpr float c3 = 0.0555041086648215800f;  ///< (ln 2)^3 / 6.
+  /// @brief Smallest y whose 2^y is normal; exp2_nonpositive returns 0 below it.
+  static constexpr float floor = -126.0f;
 };
 
-/// @brief e^x for sixteen floats x <= 0 (NaN kept): see table_exp.
-BEVKD_HOST_FORCEINLINE __m512 exp_nonpositive(__m512 x) {
-  using k = exp_constants;
-  const __m512 magic = _mm512_set1_ps(table_exp::round_magic);
-  const __m512 shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(k::log2e), magic);
+/// @brief 2^y for sixteen floats y <= 0, and the lanes where that is not 0.
+struct exp2_lanes {
+  __m512 value;       ///< 2^y within 2 ulp, exactly 1 at 0, 0 below -126 and for -inf, NaN for NaN.
+  __mmask16 nonzero;  ///< Lanes of y >= -126 or NaN: those whose value is not 0.
+};
+
+/// @brief exp2_lanes of y (see table_exp2).
+BEVKD_HOST_FORCEINLINE exp2_lanes exp2_nonpositive(__m512 y) {
+  using k = table_exp2;
+  const __m512 magic = _mm512_set1_ps(k::round_magic);
+  const __m512 shifted = _mm512_add_ps(y, magic);
   const __m512 n = _mm512_sub_ps(shifted, magic);  // n + j / 32
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(k::ln2_hi), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(k::ln2_lo), r);
+  const __m512 f = _mm512_sub_ps(y, n);            // exact: y and n share their high bits
   // vpermt2ps takes the low five bits of each index: j.
-  const __m512 t = _mm512_permutex2var_ps(table_exp::low(), _mm512_castps_si512(shifted), table_exp::high());
-  // 2^(j/32) e^r = t + t r (1 + r / 2 + r^2 / 6): the Taylor cubic's error, r^4 / 24 <= 6e-10, is a hundredth of an ulp.
-  __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(1.0f / 6.0f), r, _mm512_set1_ps(0.5f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-  const __m512 p = _mm512_fmadd_ps(_mm512_mul_ps(t, r), q, t);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(k::nonpositive_floor), _CMP_NLT_UQ);  // NaN is kept
+  const __m512 t = _mm512_permutex2var_ps(k::low(), _mm512_castps_si512(shifted), k::high());
+  __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(k::c3), f, _mm512_set1_ps(k::c2));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(k::c1));
+  const __m512 p = _mm512_fmadd_ps(_mm512_mul_ps(t, f), q, t);  // 2^(j/32) 2^f
+  const __mmask16 kept = _mm512_cmp_ps_mask(y, _mm512_set1_ps(k::floor), _CMP_NLT_UQ);  // NaN is kept
   // p * 2^floor(n + j / 32) = p * 2^n in one instruction (vscalefps floors its exponent); exact, as the result is
-  // normal for every kept x.
-  return _mm512_maskz_scalef_ps(keep, p, n);
+  // normal for every kept y.
+  return {_mm512_maskz_scalef_ps(kept, p, n), kept};
 }
 
-/// @brief softmax_exponent of sixteen logits: (x - max) / tau (UnitTau: tau is 1, no multiply).
-template <bool UnitTau>
-BEVKD_HOST_FORCEINLINE __m512 softmax_exponent(__m512 x, __m512 max, __m512 inv_tau) {
-  const __m512 shifted = _mm512_sub_ps(x, max);
-  return UnitTau ? shifted : _mm512_mul_ps(shifted, inv_tau);
-}
+/// @brief What softmax_exponent is on sixteen logits here: the shift x - max; the 1 / tau (and log2 e) are folded
+/// into the exponentials' constant and the cross sum's final scale.
+BEVKD_HOST_FORCEINLINE __m512 softmax_shift(__m512 x, __m512 max) { return _mm512_sub_ps(x, max); }
 
-/// @brief softmax_terms of sixteen columns (row layout) or rows (lane layout) from their exponents a (teacher) and
-/// b (student): the terms that softmax_kl_lanes and the row-layout passes add up.
+/// @brief log2(e) / tau: the factor that takes a softmax shift to the base-2 exponent of its exponential.
+BEVKD_HOST_FORCEINLINE float exp2_factor(float inv_tau) { return exp_constants::log2e * inv_tau; }
+
+/// @brief softmax_terms of sixteen columns (row layout) or rows (lane layout) from their shifts d_t (teacher) and
+/// d_s (student), a = d_t / tau and b = d_s / tau: e^a, e^b and, for the cross sum, e^a (d_t - d_s) = tau e^a (a - b).
 struct column_terms {
-  __m512 e_t;    ///< e^a.
-  __m512 e_s;    ///< e^b.
-  __m512 cross;  ///< e_t (a - b), 0 where e_t is 0.
+  exp2_lanes e_t;  ///< e^a, and where it is not 0.
+  __m512 e_s;      ///< e^b.
+  __m512 diff;     ///< d_t - d_s.
 
-  /// @brief The terms of a, b.
-  BEVKD_HOST_FORCEINLINE column_terms(__m512 a, __m512 b) : e_t(exp_nonpositive(a)), e_s(exp_nonpositive(b)) {
-    const __m512 zero = _mm512_setzero_ps();
-    cross = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(e_t, zero, _CMP_NEQ_UQ), e_t, _mm512_sub_ps(a, b));
+  /// @brief The terms of d_t, d_s with exp2_factor k.
+  BEVKD_HOST_FORCEINLINE column_terms(__m512 d_t, __m512 d_s, __m512 k)
+      : e_t(exp2_nonpositive(_mm512_mul_ps(d_t, k))),
+        e_s(exp2_nonpositive(_mm512_mul_ps(d_s, k)).value),
+        diff(_mm512_sub_ps(d_t, d_s)) {}
+
+  /// @brief cross + e^a (d_t - d_s) in the lanes of `lanes` where e^a is not 0 (a zero teacher probability adds 0,
+  /// not 0 * inf); cross elsewhere.
+  BEVKD_HOST_FORCEINLINE __m512 add_cross(__m512 cross, __mmask16 lanes) const {
+    return _mm512_mask3_fmadd_ps(e_t.value, diff, cross, e_t.nonzero & lanes);
   }
 };
 
+/// @brief A cross sum of column_terms::add_cross in the units of softmax_terms::cross (times 1 / tau).
+template <bool UnitTau>
+BEVKD_HOST_FORCEINLINE __m512 cross_in_exponent_units(__m512 cross, float inv_tau) {
+  return UnitTau ? cross : _mm512_mul_ps(cross, _mm512_set1_ps(inv_tau));
+}
+
 /// @brief The exponential pass of softmax_kl_lanes over a block of n columns in lane layout (s, t: column c's
-/// sixteen rows at 16 c), exponentials written over s and t, each lane's sums added in column order.
+/// sixteen rows at 16 c), exponentials written over s and t; writes each lane's sums, added in column order.
 template <bool UnitTau, class Block>
 void lane_exponentials(const Block& block, float* s, float* t, index_t n, float inv_tau, const float* max_t,
                        const float* max_s, float* z_t, float* z_s, float* cross) {
-  const __m512 tau_v = _mm512_set1_ps(inv_tau);
+  const __m512 k = _mm512_set1_ps(exp2_factor(UnitTau ? 1.0f : inv_tau));
   const __m512 max_t_v = _mm512_loadu_ps(max_t), max_s_v = _mm512_loadu_ps(max_s);
-  __m512 sum_t = _mm512_loadu_ps(z_t), sum_s = _mm512_loadu_ps(z_s), sum_cross = _mm512_loadu_ps(cross);
+  __m512 sum_t = _mm512_setzero_ps(), sum_s = sum_t, sum_cross = sum_t;
   for (index_t c = 0; c < n; ++c) {
     block.prefetch(c);
     float* const s_c = s + 16 * c;
     float* const t_c = t + 16 * c;
-    const column_terms x(softmax_exponent<UnitTau>(_mm512_loadu_ps(t_c), max_t_v, tau_v),
-                         softmax_exponent<UnitTau>(_mm512_loadu_ps(s_c), max_s_v, tau_v));
-    _mm512_storeu_ps(t_c, x.e_t);
+    const column_terms x(softmax_shift(_mm512_loadu_ps(t_c), max_t_v), softmax_shift(_mm512_loadu_ps(s_c), max_s_v),
+                         k);
+    _mm512_storeu_ps(t_c, x.e_t.value);
     _mm512_storeu_ps(s_c, x.e_s);
-    sum_t = _mm512_add_ps(sum_t, x.e_t);
+    sum_t = _mm512_add_ps(sum_t, x.e_t.value);
     sum_s = _mm512_add_ps(sum_s, x.e_s);
-    sum_cross = _mm512_add_ps(sum_cross, x.cross);
+    sum_cross = x.add_cross(sum_cross, all_lanes);
   }
   _mm512_storeu_ps(z_t, sum_t);
   _mm512_storeu_ps(z_s, sum_s);
-  _mm512_storeu_ps(cross, sum_cross);
+  _mm512_storeu_ps(cross, cross_in_exponent_units<UnitTau>(sum_cross, inv_tau));
 }
 
 /// @brief op (sum_op or shift_max_op: a > b ? a : b, as vmaxps) on sixteen lanes.
@@ -185,22 +207,23 @@ struct row_passes {
   static BEVKD_HOST_FORCEINLINE void exponentials(const float* s, const float* t, index_t n, float inv_tau,
                                                   float max_t, float max_s, float* e_t, float* e_s, __m512& sum_t,
                                                   __m512& sum_s, __m512& sum_cross) {
-    const __m512 tau_v = _mm512_set1_ps(inv_tau), max_t_v = _mm512_set1_ps(max_t), max_s_v = _mm512_set1_ps(max_s);
+    const __m512 k = _mm512_set1_ps(exp2_factor(UnitTau ? 1.0f : inv_tau));
+    const __m512 max_t_v = _mm512_set1_ps(max_t), max_s_v = _mm512_set1_ps(max_s);
     const __m512 zero = _mm512_setzero_ps();
     __m512 z_t = zero, z_s = zero, cross = zero;
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
-      const column_terms x(softmax_exponent<UnitTau>(_mm512_maskz_loadu_ps(m, t + c), max_t_v, tau_v),
-                           softmax_exponent<UnitTau>(_mm512_maskz_loadu_ps(m, s + c), max_s_v, tau_v));
-      _mm512_mask_storeu_ps(e_t + c, m, x.e_t);
+      const column_terms x(softmax_shift(_mm512_maskz_loadu_ps(m, t + c), max_t_v),
+                           softmax_shift(_mm512_maskz_loadu_ps(m, s + c), max_s_v), k);
+      _mm512_mask_storeu_ps(e_t + c, m, x.e_t.value);
       _mm512_mask_storeu_ps(e_s + c, m, x.e_s);
       // Masked adds: the tail's padding columns have exponentials of their own.
-      z_t = _mm512_mask_add_ps(z_t, m, z_t, x.e_t);
+      z_t = _mm512_mask_add_ps(z_t, m, z_t, x.e_t.value);
       z_s = _mm512_mask_add_ps(z_s, m, z_s, x.e_s);
-      cross = _mm512_mask_add_ps(cross, m, cross, x.cross);
+      cross = x.add_cross(cross, m);
     });
     sum_t = z_t;
     sum_s = z_s;
-    sum_cross = cross;
+    sum_cross = cross_in_exponent_units<UnitTau>(cross, inv_tau);
   }
 
   /// @brief The results of p[0 .. count), p[i]'s partials combined with op, in `out` (sixteen at a time by fold16).
@@ -215,14 +238,15 @@ struct row_passes {
     return out;
   }
 
-  /// @brief g = scale (e_s / z_S - e_t / z_T), or g += that when Accumulate.
+  /// @brief g = scale (e_s / z_S - e_t / z_T), or g += that when Accumulate (as e_s (scale / z_S) - e_t (scale / z_T):
+  /// one multiply fewer per column).
   template <bool Accumulate>
   static BEVKD_HOST_FORCEINLINE void grad(float* g, index_t n, const float* e_t, const float* e_s, float scale,
                                           float inv_zt, float inv_zs) {
-    const __m512 scale_v = _mm512_set1_ps(scale), inv_zt_v = _mm512_set1_ps(inv_zt), inv_zs_v = _mm512_set1_ps(inv_zs);
+    const __m512 coeff_t = _mm512_set1_ps(scale * inv_zt), coeff_s = _mm512_set1_ps(scale * inv_zs);
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
-      const __m512 q_t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e_t + c), inv_zt_v);
-      __m512 value = _mm512_mul_ps(scale_v, _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, e_s + c), inv_zs_v, q_t));
+      const __m512 q_t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e_t + c), coeff_t);
+      __m512 value = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, e_s + c), coeff_s, q_t);
       if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, g + c), value);
       _mm512_mask_storeu_ps(g + c, m, value);
     });
