@@ -307,6 +307,40 @@ TEST_CASE("attention_distill in host row blocks gives the per-row kernel's resul
           }
 }
 
+TEST_CASE("attention_distill streams a masked joint gradient of several MiB where its runs start on a line") {
+  // Spatial cross-attention's shape: S = 6 cameras of K = 32 keys, a mask of hit cameras, the gradient over
+  // min_streamed_grad_bytes. From a line, key runs and masked runs' zeros go out with non-temporal stores on AVX-512
+  // hosts; one float off a line they are stored as usual: the same bits either way, and the per-row kernel's values.
+  std::mt19937 rng(fresh_seed());
+  bevkd::host_exec blocks, per_row;
+  per_row.run_row_blocks(false);
+  for (bool heads_outer : {true, false}) {
+    auto cs = make_case<float>(attention_normalize::joint, divergence::kl, attention_input::logits,
+                               attention_input::logits);
+    cs.H = 8;
+    cs.S = 6;
+    cs.K = 32;
+    cs.N = bevkd::detail::min_streamed_grad_bytes / (cs.H * cs.S * cs.K * index_t{sizeof(float)}) + 5;
+    cs.heads_outer = heads_outer;
+    cs.randomize(rng);
+    cs.random_weights(rng);
+    cs.random_mask(rng);
+    const auto n = static_cast<std::size_t>(cs.N * cs.H * cs.S * cs.K);
+    line_buffer<float> on_line(n, 0, std::nanf("")), off_line(n, 1, std::nanf("")), by_row(n, 0, std::nanf(""));
+    std::vector<float> rows;
+    const double streamed = cs.run(blocks, on_line.data(), rows).loss;
+    const double stored = cs.run(blocks, off_line.data(), rows).loss;
+    const double row_loss = cs.run(per_row, by_row.data(), rows).loss;
+    INFO("heads_outer ", heads_outer);
+    CHECK(streamed == stored);
+    CHECK(std::memcmp(on_line.data(), off_line.data(), n * sizeof(float)) == 0);
+    CHECK(streamed == doctest::Approx(row_loss).epsilon(2e-6));
+    const auto got = on_line.values(), want = by_row.values();
+    CHECK(relative_error(std::vector<double>(got.begin(), got.end()), std::vector<double>(want.begin(), want.end())) <
+          2e-6);
+  }
+}
+
 TEST_CASE("attention_distill rejects bad input before writing anything") {
   bevkd::host_exec exec;
   std::vector<float> s(24, 0.1f), t(48, 0.2f), g(24, 3.0f);

@@ -338,6 +338,42 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
         }
 }
 
+TEST_CASE("a gradient of several MiB streams past the caches where its rows start on a line: the same bits as stored") {
+  // Over min_streamed_grad_bytes, fp32 rows of whole lines written from a line go out with non-temporal stores on
+  // AVX-512 hosts; the same call one float off a line stores them as usual. Lane layout (C = 32) and row layout
+  // (C = 48, 64); rows of weight 0 are streamed zeros.
+  std::mt19937 rng(fresh_seed());
+  bevkd::host_exec blocks, per_row;
+  per_row.run_row_blocks(false);
+  for (index_t C : {index_t{32}, index_t{48}, index_t{64}}) {
+    const index_t P = bevkd::detail::min_streamed_grad_bytes / (C * index_t{sizeof(float)}) + 37;
+    const auto n = static_cast<std::size_t>(P * C);
+    const auto s = random_values<float>(P * C, rng, 4.0), t = random_values<float>(P * C, rng, 4.0);
+    std::vector<float> w = random_values<float>(P, rng);
+    for (std::size_t r = 0; r < w.size(); ++r) w[r] = r % 7 == 0 ? 0.0f : std::fabs(w[r]);
+    bevkd::row_io<float> io;
+    io.weights = bevkd::rows_contiguous(w.data(), 1, P);
+    const bevkd::response_kl kl({kl_mode::softmax, 1.7, reduction::mean});
+    const auto call = [&](bevkd::host_exec& exec, float* g) {
+      return kl(exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, P, C),
+                bevkd::bev_nhwc<const float>(t.data(), 1, 1, P, C), bevkd::bev_nhwc(g, 1, 1, P, C), io)
+          .loss;
+    };
+    line_buffer<float> on_line(n, 0, std::nanf("")), off_line(n, 1, std::nanf("")), by_row(n, 0, std::nanf(""));
+    const double streamed = call(blocks, on_line.data()), stored = call(blocks, off_line.data());
+    const double row_loss = call(per_row, by_row.data());
+    INFO("C ", C);
+    CHECK(streamed == stored);
+    CHECK(std::memcmp(on_line.data(), off_line.data(), n * sizeof(float)) == 0);
+    CHECK(relative_error(streamed, row_loss) < 2e-6);
+    const auto got = on_line.values(), want = by_row.values();
+    CHECK(relative_error(std::vector<double>(got.begin(), got.end()), std::vector<double>(want.begin(), want.end())) <
+          2e-6);
+    for (std::size_t r = 0; r < w.size(); r += 7)
+      for (index_t c = 0; c < C; ++c) CHECK(std::signbit(got[r * static_cast<std::size_t>(C) + c]) == false);
+  }
+}
+
 #if defined(BEVKD_HOST_AVX512)
 TEST_CASE("the AVX-512 row passes fold sixteen runs at a time bit for bit as fold_partials folds each (NaN as NaN)") {
   std::mt19937 rng(fresh_seed());

@@ -80,7 +80,12 @@ struct attention_case {
 
   template <class Exec>
   typename Exec::result_type run(Exec& exec, std::vector<T>& grad, std::vector<acc>& row_loss) const {
-    return bevkd::attention_distill(opts)(exec, student_view(), teacher_view(), grad_view(grad), io(row_loss));
+    return run(exec, grad.data(), row_loss);
+  }
+  /// @brief The call with the gradient at `grad` (N H S K values in this case's layout).
+  template <class Exec>
+  typename Exec::result_type run(Exec& exec, T* grad, std::vector<acc>& row_loss) const {
+    return bevkd::attention_distill(opts)(exec, student_view(), teacher_view(), view<T>(grad, H, K), io(row_loss));
   }
 
  private:

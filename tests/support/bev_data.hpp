@@ -5,6 +5,7 @@
 #include <bevkd/core/dtype.hpp>
 #include <bevkd/core/view.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -73,6 +74,27 @@ template <>
 inline double from_double<double>(double v) {
   return v;
 }
+
+/// @brief Storage for n values of T that starts `offset` elements past a 64-byte line (offset 0: as PyTorch's CPU
+/// allocator places a tensor; large std::vectors sit 16 bytes past a page).
+template <class T>
+class line_buffer {
+ public:
+  /// @brief n values of `fill`.
+  line_buffer(std::size_t n, std::size_t offset, T fill) : storage_(n + offset + 64 / sizeof(T), fill), n_(n) {
+    const auto base = reinterpret_cast<std::uintptr_t>(storage_.data());
+    first_ = storage_.data() + ((64 - base % 64) % 64) / sizeof(T) + offset;
+  }
+  /// @brief The first value.
+  T* data() { return first_; }
+  /// @brief The values as a vector.
+  std::vector<T> values() const { return std::vector<T>(first_, first_ + n_); }
+
+ private:
+  std::vector<T> storage_;
+  std::size_t n_;
+  T* first_ = nullptr;
+};
 
 /// @brief A fresh seed per run (printed by the tests that use it, so a failure can be replayed).
 inline std::uint32_t fresh_seed() { return std::random_device{}(); }

@@ -166,12 +166,14 @@ class host_exec {
           Acc weighted[detail::block_rows];
           double partial = 0;
           detail::row_block_of<Problem> block;  // each block takes its rows from the one before's `next`
+          block.stream_call = detail::streams_grad(problem, scaling.accumulate);
           for (index_t r = first; r < last; r += detail::block_rows) {
             const int count = static_cast<int>(last - r < detail::block_rows ? last - r : detail::block_rows);
             block.load(problem, r, count, last);
             detail::run_block(problem, block, scaling, scratch, weighted);
             for (int l = 0; l < count; ++l) partial += static_cast<double>(weighted[l]);
           }
+          if (block.stream_call) detail::fence_streamed_stores();
           return partial;
         });
       }

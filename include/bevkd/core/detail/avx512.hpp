@@ -11,6 +11,8 @@
 #if defined(__AVX512F__) && !defined(__CUDACC__)
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "../config.hpp"
 
 /// @brief Defined when the host row blocks use their AVX-512 code (fp32 rows).
@@ -36,6 +38,15 @@ BEVKD_HOST_FORCEINLINE void for_each_vector(index_t n, F&& f) {
   index_t c = 0;
   for (; c + 16 <= n; c += 16) f(c, all_lanes);
   if (c < n) f(c, column_mask(c, n));
+}
+
+/// @brief Stores the lanes m of v at p; with a non-temporal store (around the caches, no read for ownership) when
+/// `stream` is set and the store covers one whole, aligned cache line.
+BEVKD_HOST_FORCEINLINE void store_lanes(float* p, __m512 v, __mmask16 m, bool stream) {
+  if (stream && m == all_lanes && (reinterpret_cast<std::uintptr_t>(p) & 63) == 0)
+    _mm512_stream_ps(p, v);
+  else
+    _mm512_mask_storeu_ps(p, m, v);
 }
 
 /// @brief Transposes a 16 x 16 block held as sixteen vectors: v[i] lane j becomes v[j] lane i.

@@ -235,10 +235,13 @@ struct attention_problem {
     runs.masked_n = keys();
     source_runs_of(block.first, block.count, runs.runs, runs.run_count, runs.masked, runs.masked_count);
     source_runs_of(block.first + block.count, block.next_count, runs.next, runs.next_run_count, nullptr, nullptr);
+    runs.stream_grad = block.stream_call && runs.grad_runs_on_lines();
     softmax_kl_row_layout(runs, scratch, coeff, skip, accumulate, inv_tau, tau, loss);
     for (int l = 0; l < block.count; ++l) {
       if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
-      for (int i = 0; i < runs.masked_count[l]; ++i) zero_keys(host_team(), runs.masked[l][i], accumulate);
+      for (int i = 0; i < runs.masked_count[l]; ++i)
+        if (!(runs.stream_grad && stream_zeros(runs.masked[l][i], keys())))
+          zero_keys(host_team(), runs.masked[l][i], accumulate);
     }
   }
 

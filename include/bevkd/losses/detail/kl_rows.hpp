@@ -285,10 +285,11 @@ struct row_layout_passes {
     return p;
   }
 
-  /// @brief Writes (Accumulate: adds) scale (q_S - q_T) over the run from its exponentials.
+  /// @brief Writes (Accumulate: adds) scale (q_S - q_T) over the run from its exponentials (with plain stores:
+  /// `stream` is for the AVX-512 passes, see streams_grad).
   template <bool Accumulate>
   static BEVKD_HOST_NOINLINE void grad(T* BEVKD_RESTRICT g, index_t n, const Acc* BEVKD_RESTRICT e_t,
-                                       const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs) {
+                                       const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs, bool) {
     for (index_t c = 0; c < n; ++c)
       write_grad(g[c], softmax_kl_grad_value(scale, e_t[c], e_s[c], inv_zt, inv_zs), Accumulate);
   }
@@ -374,12 +375,14 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
     block.for_each_run(l, [&](const auto& run) {
       const Acc* e_t = e + offset;
       offset += run.n;
-      if (skip[l])  // written as 0 outright: its exponentials may be NaN
-        for (index_t c = 0; c < run.n; ++c) run.grad.ptr[c] = store_from_accum<T>(Acc(0));
-      else if (accumulate)
-        passes::template grad<true>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
+      if (skip[l]) {  // written as 0 outright: its exponentials may be NaN
+        if (!(block.stream_grad && stream_zeros(run.grad.ptr, run.n)))
+          for (index_t c = 0; c < run.n; ++c) run.grad.ptr[c] = store_from_accum<T>(Acc(0));
+      } else if (accumulate)
+        passes::template grad<true>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l], false);
       else
-        passes::template grad<false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
+        passes::template grad<false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l],
+                                      block.stream_grad);
     });
   }
 }

@@ -239,16 +239,16 @@ struct row_passes {
   }
 
   /// @brief g = scale (e_s / z_S - e_t / z_T), or g += that when Accumulate (as e_s (scale / z_S) - e_t (scale / z_T):
-  /// one multiply fewer per column).
+  /// one multiply fewer per column); whole aligned lines with non-temporal stores when `stream` is set.
   template <bool Accumulate>
   static BEVKD_HOST_FORCEINLINE void grad(float* g, index_t n, const float* e_t, const float* e_s, float scale,
-                                          float inv_zt, float inv_zs) {
+                                          float inv_zt, float inv_zs, bool stream) {
     const __m512 coeff_t = _mm512_set1_ps(scale * inv_zt), coeff_s = _mm512_set1_ps(scale * inv_zs);
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       const __m512 q_t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e_t + c), coeff_t);
       __m512 value = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, e_s + c), coeff_s, q_t);
       if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, g + c), value);
-      _mm512_mask_storeu_ps(g + c, m, value);
+      store_lanes(g + c, value, m, stream);
     });
   }
 };
