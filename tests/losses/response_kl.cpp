@@ -340,12 +340,12 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
 
 TEST_CASE("a gradient of several MiB streams past the caches where its rows start on a line: the same bits as stored") {
   // Over min_streamed_grad_bytes, fp32 rows of whole lines written from a line go out with non-temporal stores on
-  // AVX-512 hosts; the same call one float off a line stores them as usual. Lane layout (C = 32) and row layout
+  // AVX-512 hosts; the same call one float off a line stores them as usual. Lane layout (C = 16, 32) and row layout
   // (C = 48, 64); rows of weight 0 are streamed zeros.
   std::mt19937 rng(fresh_seed());
   bevkd::host_exec blocks, per_row;
   per_row.run_row_blocks(false);
-  for (index_t C : {index_t{32}, index_t{48}, index_t{64}}) {
+  for (index_t C : {index_t{16}, index_t{32}, index_t{48}, index_t{64}}) {
     const index_t P = bevkd::detail::min_streamed_grad_bytes / (C * index_t{sizeof(float)}) + 37;
     const auto n = static_cast<std::size_t>(P * C);
     const auto s = random_values<float>(P * C, rng, 4.0), t = random_values<float>(P * C, rng, 4.0);
