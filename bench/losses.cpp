@@ -16,8 +16,9 @@
 //                     OpenMP-parallel too). bf16 inputs are first upcast to float buffers
 //                     (`x.float()`), the gradient is downcast at the end.
 //   exp_floor/<dtype> two exponentials per element as the softmax kernels take them
-//                     (math::exp_nonpositive of a nonpositive argument, here -|x|) and a
-//                     sum, nothing else: the compute floor of every exact softmax loss.
+//                     (math::exp_nonpositive of a nonpositive argument, here -|x|; fp32 on
+//                     AVX-512 builds the row blocks' base-2 exponential) and a sum, nothing
+//                     else: the compute floor of every exact softmax loss.
 // The counter floor_bw is the byte floor (3 tensors once) divided by the time, for every
 // entry, so floor_bw ratios are time ratios (the masked S = 6 case counts whole tensors,
 // although its fused call reads only the hit cameras' keys). The naive benchmarks check
@@ -343,9 +344,32 @@ void bm_copy(benchmark::State& state) {
   set_floor_counter(state, in.floor_bytes());
 }
 
-// The compute floor of a softmax KL: the two bevkd::math::exp per element (teacher, student)
-// that it cannot avoid, summed, and nothing else: no maxima, logs, divisions or stores. Next to
-// copy/ it shows how much of the copy bandwidth any exact fused softmax loss can reach here.
+#if defined(BEVKD_HOST_AVX512)
+// The sum of the fp32 row blocks' exponentials of -|x| over 4096 floats of s and of t from i: 2^(-|x| log2 e) by
+// avx512::exp2_nonpositive, as those blocks take e^((x - max) / tau).
+float row_block_exp_sum(const float* s, const float* t, index_t i) {
+  const __m512 factor = _mm512_set1_ps(bevkd::detail::exp_constants::log2e), zero = _mm512_setzero_ps();
+  const auto exp_of_minus_abs = [&](const float* x) {
+    const __m512 v = _mm512_loadu_ps(x);
+    // The masked form with every lane set: GCC 12 warns on the plain one's placeholder operand (its bug 105593).
+    const __m512 minus_abs = _mm512_mask_min_ps(v, bevkd::detail::avx512::all_lanes, v, _mm512_sub_ps(zero, v));
+    return bevkd::detail::avx512::exp2_nonpositive(_mm512_mul_ps(minus_abs, factor)).value;
+  };
+  __m512 sum = zero;
+  for (index_t j = i; j < i + 4096; j += 16)
+    sum = _mm512_add_ps(sum, _mm512_add_ps(exp_of_minus_abs(s + j), exp_of_minus_abs(t + j)));
+  float lanes[16];
+  _mm512_storeu_ps(lanes, sum);
+  float total = 0;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+#endif
+
+// The compute floor of a softmax KL: the two exponentials per element (teacher, student) that it
+// cannot avoid, as its kernels take them (bevkd::math::exp_nonpositive; fp32 on AVX-512 builds: the
+// row blocks' base-2 exponential), summed, and nothing else: no maxima, logs, divisions or stores.
+// Next to copy/ it shows how much of the copy bandwidth any exact fused softmax loss can reach here.
 template <class T>
 void bm_exp_floor(benchmark::State& state) {
   const host_inputs<T>& in = inputs_for<T>(state.range(0));
@@ -357,6 +381,12 @@ void bm_exp_floor(benchmark::State& state) {
   const T* t = in.teacher.data();
   for (auto _ : state) {
     for_range(blocks, threads, [&](index_t b) {
+#if defined(BEVKD_HOST_AVX512)
+      if constexpr (std::is_same<T, float>::value) {
+        block_sums[static_cast<std::size_t>(b)] = row_block_exp_sum(s, t, b * block);
+        return;
+      }
+#endif
       float partial[lanes] = {};
       for (index_t i = b * block; i < (b + 1) * block; i += lanes)
         for (index_t l = 0; l < lanes; ++l)
