@@ -152,7 +152,7 @@ bool streams_grad(const Problem& problem, bool accumulate) {
 }
 
 /// @brief Orders this thread's non-temporal stores before whatever it does next (they are weakly ordered): called
-/// by each thread after its last block of a call that may stream.
+/// after each chunk of blocks of a call that may stream, before the chunk's thread reports its result.
 inline void fence_streamed_stores() {
 #if defined(BEVKD_HOST_AVX512)
   _mm_sfence();
@@ -165,7 +165,7 @@ template <class T>
 bool stream_zeros(T* p, index_t n) {
 #if defined(BEVKD_HOST_AVX512)
   if constexpr (std::is_same<T, float>::value) {
-    avx512::for_each_vector(n, [&](index_t c, __mmask16 m) { avx512::store_lanes(p + c, _mm512_setzero_ps(), m, true); });
+    avx512::for_each_vector(n, [&](index_t c, __mmask16 m) { avx512::store_lanes<true>(p + c, _mm512_setzero_ps(), m); });
     return true;
   }
 #endif
@@ -429,14 +429,23 @@ struct row_block {
     });
   }
 
-  // Writes lane-layout gradients g into the rows sixteen columns at a time (see gather_sixteen).
+  // Writes lane-layout gradients g into the rows sixteen columns at a time (see gather_sixteen), streamed when
+  // stream_grad is set.
   void scatter_sixteen(const float* g) const {
+    if (stream_grad)
+      scatter_sixteen_as<true>(g);
+    else
+      scatter_sixteen_as<false>(g);
+  }
+
+  template <bool Stream>
+  void scatter_sixteen_as(const float* g) const {
     avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       __m512 v[block_rows];
       for (int j = 0; j < block_rows; ++j)
         v[j] = c + j < n ? _mm512_loadu_ps(g + lane_index(c + j, 0)) : _mm512_setzero_ps();
       avx512::transpose16(v);
-      for (int l = 0; l < count; ++l) avx512::store_lanes(rows[l].grad.ptr + c, v[l], m, stream_grad);
+      for (int l = 0; l < count; ++l) avx512::store_lanes<Stream>(rows[l].grad.ptr + c, v[l], m);
     });
   }
 #endif

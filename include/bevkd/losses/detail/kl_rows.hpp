@@ -285,11 +285,11 @@ struct row_layout_passes {
     return p;
   }
 
-  /// @brief Writes (Accumulate: adds) scale (q_S - q_T) over the run from its exponentials (with plain stores:
-  /// `stream` is for the AVX-512 passes, see streams_grad).
-  template <bool Accumulate>
+  /// @brief Writes (Accumulate: adds) scale (q_S - q_T) over the run from its exponentials, with plain stores (Stream
+  /// is for the AVX-512 passes, see streams_grad: never set for these).
+  template <bool Accumulate, bool Stream>
   static BEVKD_HOST_NOINLINE void grad(T* BEVKD_RESTRICT g, index_t n, const Acc* BEVKD_RESTRICT e_t,
-                                       const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs, bool) {
+                                       const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs) {
     for (index_t c = 0; c < n; ++c)
       write_grad(g[c], softmax_kl_grad_value(scale, e_t[c], e_s[c], inv_zt, inv_zs), Accumulate);
   }
@@ -369,6 +369,7 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
     inv_zs[l] = Acc(1) / z[1][l];
     loss[l] = softmax_kl_value(z[0][l], z[1][l], z[2][l], inv_zt[l], tau);
   }
+  const bool stream = block.stream_grad;  // set only for fp32 rows on AVX-512 hosts (streams_grad)
   for (int l = 0; l < block.count; ++l) {
     if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
     index_t offset = 2 * n * l;
@@ -376,13 +377,15 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
       const Acc* e_t = e + offset;
       offset += run.n;
       if (skip[l]) {  // written as 0 outright: its exponentials may be NaN
-        if (!(block.stream_grad && stream_zeros(run.grad.ptr, run.n)))
+        if (!(stream && stream_zeros(run.grad.ptr, run.n)))
           for (index_t c = 0; c < run.n; ++c) run.grad.ptr[c] = store_from_accum<T>(Acc(0));
-      } else if (accumulate)
-        passes::template grad<true>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l], false);
-      else
-        passes::template grad<false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l],
-                                      block.stream_grad);
+      } else if (accumulate) {
+        passes::template grad<true, false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
+      } else if (stream) {
+        passes::template grad<false, true>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
+      } else {
+        passes::template grad<false, false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
+      }
     });
   }
 }

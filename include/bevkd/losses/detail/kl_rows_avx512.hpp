@@ -32,12 +32,12 @@ namespace avx512 {
 /// @brief The table and constants of exp2_nonpositive: 2^y = 2^n 2^(j/32) 2^f, y = n + j / 32 + f, |f| <= 1/64.
 ///
 /// Why base 2 and a table: the exponentials are most of the KL's arithmetic and run at the
-/// floating-point ports' limit. The softmax's exponent (x - max) / tau, times log2(e) / tau
+/// floating-point ports' limit. The softmax's shift x - max, times log2(e) / tau
 /// folded into one constant k, goes straight to 2^y: the range reduction is then two adds (no
 /// Cody-Waite multiply-adds), one vpermt2ps reads 2^(j/32) from two registers, a cubic gives
-/// 2^f, and one vscalefps scales by 2^n: 14 vector operations per exponential, 9 of them on the
-/// multiply-add ports, where e^x by math's degree-6 polynomial takes 16 and 11 (measured: KL
-/// C = 64 rows in cache 11 % faster than the same table in base e, 16 % than the polynomial).
+/// 2^f, and one vscalefps scales by 2^n: 11 vector operations per exponential counting the
+/// multiply that forms y, 6 of them on the multiply-add ports, where the same table in base e
+/// took 11 and 8 besides its multiply by 1 / tau (measured: KL C = 64 rows in cache 7-8 % faster).
 struct table_exp2 {
   /// @brief 2^(j/32) rounded to float, j = 0..15.
   static BEVKD_HOST_FORCEINLINE __m512 low() {
@@ -239,16 +239,16 @@ struct row_passes {
   }
 
   /// @brief g = scale (e_s / z_S - e_t / z_T), or g += that when Accumulate (as e_s (scale / z_S) - e_t (scale / z_T):
-  /// one multiply fewer per column); whole aligned lines with non-temporal stores when `stream` is set.
-  template <bool Accumulate>
+  /// one multiply fewer per column); whole aligned lines with non-temporal stores when Stream is set.
+  template <bool Accumulate, bool Stream>
   static BEVKD_HOST_FORCEINLINE void grad(float* g, index_t n, const float* e_t, const float* e_s, float scale,
-                                          float inv_zt, float inv_zs, bool stream) {
+                                          float inv_zt, float inv_zs) {
     const __m512 coeff_t = _mm512_set1_ps(scale * inv_zt), coeff_s = _mm512_set1_ps(scale * inv_zs);
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       const __m512 q_t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e_t + c), coeff_t);
       __m512 value = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, e_s + c), coeff_s, q_t);
       if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, g + c), value);
-      store_lanes(g + c, value, m, stream);
+      store_lanes<Stream>(g + c, value, m);
     });
   }
 };
