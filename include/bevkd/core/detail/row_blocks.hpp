@@ -143,7 +143,8 @@ bool streams_grad(const Problem& problem, bool accumulate) {
 #if defined(BEVKD_HOST_AVX512)
   using T = typename Problem::value_type;
   const index_t bytes = problem.row_count() * problem.columns() * static_cast<index_t>(sizeof(T));
-  return std::is_same<T, float>::value && !accumulate && problem.columns() % 16 == 0 && bytes >= min_streamed_grad_bytes;
+  return std::is_same<T, float>::value && !accumulate && problem.columns() % 16 == 0 &&
+         bytes >= min_streamed_grad_bytes;
 #else
   (void)problem;
   (void)accumulate;
@@ -159,19 +160,21 @@ inline void fence_streamed_stores() {
 #endif
 }
 
-/// @brief Writes 0 over the n elements from p with non-temporal stores where it can (fp32 on an AVX-512 host; see
-/// streams_grad); false, with nothing written, where it cannot.
+/// @brief Writes gradient +0 over the n elements from p: with non-temporal stores when `stream` is set and T is
+/// float on an AVX-512 host (see streams_grad), else with plain stores.
 template <class T>
-bool stream_zeros(T* p, index_t n) {
+void write_zeros(T* p, index_t n, bool stream) {
 #if defined(BEVKD_HOST_AVX512)
   if constexpr (std::is_same<T, float>::value) {
-    avx512::for_each_vector(n, [&](index_t c, __mmask16 m) { avx512::store_lanes<true>(p + c, _mm512_setzero_ps(), m); });
-    return true;
+    if (stream) {
+      const __m512 zero = _mm512_setzero_ps();
+      avx512::for_each_vector(n, [&](index_t c, __mmask16 m) { avx512::store_lanes<true>(p + c, zero, m); });
+      return;
+    }
   }
 #endif
-  (void)p;
-  (void)n;
-  return false;
+  (void)stream;
+  for (index_t c = 0; c < n; ++c) p[c] = store_from_accum<T>(accum_t<T>(0));
 }
 
 /// @brief The rows of one host block (and the next block's, to prefetch) and their moves to and from lane layout.

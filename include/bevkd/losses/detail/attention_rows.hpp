@@ -239,9 +239,12 @@ struct attention_problem {
     softmax_kl_row_layout(runs, scratch, coeff, skip, accumulate, inv_tau, tau, loss);
     for (int l = 0; l < block.count; ++l) {
       if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
-      for (int i = 0; i < runs.masked_count[l]; ++i)
-        if (!(runs.stream_grad && stream_zeros(runs.masked[l][i], keys())))
+      for (int i = 0; i < runs.masked_count[l]; ++i) {
+        if (runs.stream_grad)  // set only when writing, not accumulating
+          write_zeros(runs.masked[l][i], keys(), true);
+        else
           zero_keys(host_team(), runs.masked[l][i], accumulate);
+      }
     }
   }
 

@@ -377,8 +377,7 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
       const Acc* e_t = e + offset;
       offset += run.n;
       if (skip[l]) {  // written as 0 outright: its exponentials may be NaN
-        if (!(stream && stream_zeros(run.grad.ptr, run.n)))
-          for (index_t c = 0; c < run.n; ++c) run.grad.ptr[c] = store_from_accum<T>(Acc(0));
+        write_zeros(run.grad.ptr, run.n, stream);
       } else if (accumulate) {
         passes::template grad<true, false>(run.grad.ptr, run.n, e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
       } else if (stream) {
