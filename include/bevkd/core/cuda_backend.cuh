@@ -103,12 +103,17 @@ __global__ void __launch_bounds__(cuda_block_threads)
   if (threadIdx.x == 0) *weight_sum = negatives > 0 ? __longlong_as_double(0x7ff8000000000000LL) : sum;
 }
 
-/// @brief Blocks of a row kernel that must fit on one multiprocessor: three (so at most 80 registers a thread).
+#ifndef BEVKD_CUDA_ROW_KERNEL_MIN_BLOCKS
+/// @brief Blocks of a row kernel that must fit on one multiprocessor (default 3: at most 80 registers a thread).
 ///
 /// Left to itself, nvcc gives the row kernels 91-117 registers: two blocks per multiprocessor,
 /// at which the TSA attention ran 15-20 % slower than the same rows at 80 registers (H200,
-/// bench/RESULTS.md).
-constexpr int rows_kernel_min_blocks = 3;
+/// bench/RESULTS.md). Defining it before the first include overrides the bound for a whole build.
+#define BEVKD_CUDA_ROW_KERNEL_MIN_BLOCKS 3
+#endif
+
+/// @brief Blocks of a row kernel that must fit on one multiprocessor (BEVKD_CUDA_ROW_KERNEL_MIN_BLOCKS).
+constexpr int rows_kernel_min_blocks = BEVKD_CUDA_ROW_KERNEL_MIN_BLOCKS;
 
 /// @brief Runs rows [blockIdx.x * rows_per_block, ...) with teams of kind Team; writes the block's weighted loss.
 template <class Problem, class Team>
