@@ -10,7 +10,7 @@
 // These versions sum in the same order (column c in partial c mod 16, the same pairwise fold,
 // done for sixteen rows at once by fold16), with plain loads and stores for full vectors and
 // masked ones for the tail. Their exponentials are base 2 (table_exp2: a table of 2^(j/32), a
-// cubic, one vscalefps for 2^n; 1 / tau folded into one constant), so results differ from the
+// quadratic, one vscalefps for 2^n; 1 / tau folded into one constant), so results differ from the
 // generic passes' by a few ulp per exponential, the size of the exponent's own rounding.
 
 #include "../../core/detail/avx512.hpp"
@@ -34,10 +34,11 @@ namespace avx512 {
 /// Why base 2 and a table: the exponentials are most of the KL's arithmetic and run at the
 /// floating-point ports' limit. The softmax's shift x - max, times log2(e) / tau
 /// folded into one constant k, goes straight to 2^y: the range reduction is then two adds (no
-/// Cody-Waite multiply-adds), one vpermt2ps reads 2^(j/32) from two registers, a cubic gives
-/// 2^f, and one vscalefps scales by 2^n: 11 vector operations per exponential counting the
-/// multiply that forms y, 6 of them on the multiply-add ports, where the same table in base e
-/// took 11 and 8 besides its multiply by 1 / tau (measured: KL C = 64 rows in cache 7-8 % faster).
+/// Cody-Waite multiply-adds), one vpermt2ps reads 2^(j/32) from two registers, a quadratic
+/// gives 2^f, and one vscalefps scales by 2^n: 10 vector operations per exponential counting the
+/// multiply that forms y, 5 of them on the multiply-add ports, where the same table in base e
+/// took 11 and 8 besides its multiply by 1 / tau (measured: KL C = 64 rows in cache 7-8 % faster
+/// with the cubic this had first; the quadratic then took 1-3 % off C = 64 and 5 % off C = 256).
 struct table_exp2 {
   /// @brief 2^(j/32) rounded to float, j = 0..15.
   static BEVKD_HOST_FORCEINLINE __m512 low() {
@@ -56,18 +57,19 @@ struct table_exp2 {
   /// @brief 1.5 * 2^18: adding it to a float of magnitude below 2^17 rounds that to a multiple of 1/32, whose 32nds
   /// then sit in the low mantissa bits (j in the low five).
   static constexpr float round_magic = 393216.0f;
-  /// @brief The Taylor cubic of 2^f = 1 + f (c1 + f (c2 + f c3)): its error, (f ln 2)^4 / 24 <= 6e-10, is a
-  /// two-hundredth of an ulp.
-  static constexpr float c1 = 0.693147180559945309f;   ///< ln 2.
-  static constexpr float c2 = 0.240226506959100712f;   ///< (ln 2)^2 / 2.
-  static constexpr float c3 = 0.0555041086648215800f;  ///< (ln 2)^3 / 6.
+  /// @brief The quadratic 2^f ~ 1 + f (c1 + f c2), minimax in relative error on |f| <= 1/64 (5.3e-8, under half an
+  /// ulp): with the table's and the final multiply-add's roundings, 2^y is within 1.73 ulp (exhaustive over the
+  /// floats in [-126, 0]; mean 0.10 ulp). A cubic (Taylor, 0.072 ulp mean, 1.005 worst) took one more multiply-add
+  /// per exponential, two per element of a softmax KL.
+  static constexpr float c1 = 0x1.62e584p-1f;  ///< ln 2, nudged by the fit.
+  static constexpr float c2 = 0x1.ebfbdep-3f;  ///< (ln 2)^2 / 2, nudged by the fit.
   /// @brief Smallest y whose 2^y is normal; exp2_nonpositive returns 0 below it.
   static constexpr float floor = -126.0f;
 };
 
 /// @brief 2^y for sixteen floats y <= 0, and the lanes where that is not 0.
 struct exp2_lanes {
-  __m512 value;       ///< 2^y within 2 ulp, exactly 1 at 0, 0 below -126 and for -inf, NaN for NaN.
+  __m512 value;       ///< 2^y within 1.73 ulp, exactly 1 at 0, 0 below -126 and for -inf, NaN for NaN.
   __mmask16 nonzero;  ///< Lanes of y >= -126 or NaN: those whose value is not 0.
 };
 
@@ -80,8 +82,7 @@ BEVKD_HOST_FORCEINLINE exp2_lanes exp2_nonpositive(__m512 y) {
   const __m512 f = _mm512_sub_ps(y, n);            // exact: y and n share their high bits
   // vpermt2ps takes the low five bits of each index: j.
   const __m512 t = _mm512_permutex2var_ps(k::low(), _mm512_castps_si512(shifted), k::high());
-  __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(k::c3), f, _mm512_set1_ps(k::c2));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(k::c1));
+  const __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(k::c2), f, _mm512_set1_ps(k::c1));
   const __m512 p = _mm512_fmadd_ps(_mm512_mul_ps(t, f), q, t);  // 2^(j/32) 2^f
   const __mmask16 kept = _mm512_cmp_ps_mask(y, _mm512_set1_ps(k::floor), _CMP_NLT_UQ);  // NaN is kept
   // p * 2^floor(n + j / 32) = p * 2^n in one instruction (vscalefps floors its exponent); exact, as the result is
