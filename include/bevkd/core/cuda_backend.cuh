@@ -114,6 +114,8 @@ __global__ void __launch_bounds__(cuda_block_threads)
 
 /// @brief Blocks of a row kernel that must fit on one multiprocessor (BEVKD_CUDA_ROW_KERNEL_MIN_BLOCKS).
 constexpr int rows_kernel_min_blocks = BEVKD_CUDA_ROW_KERNEL_MIN_BLOCKS;
+static_assert(rows_kernel_min_blocks >= 1 && rows_kernel_min_blocks <= 8,
+              "BEVKD_CUDA_ROW_KERNEL_MIN_BLOCKS: 1 to 8 blocks of 256 threads per multiprocessor");
 
 /// @brief Runs rows [blockIdx.x * rows_per_block, ...) with teams of kind Team; writes the block's weighted loss.
 template <class Problem, class Team>
