@@ -6,13 +6,17 @@
 #   scripts/gpu-check.sh --pack-deps   on a machine with the Debian packages (a developer's): copies doctest,
 #                                      Google Benchmark and nlohmann/json into .deps/ (git-ignored), since the GPU
 #                                      machine has no package registry; send .deps/ along with the tree.
-#   scripts/gpu-check.sh [tests] [sanitize] [bench]
+#   scripts/gpu-check.sh [tests] [memcheck] [bench] [racecheck] [sanitize]
 #                                      on the machine with the GPU: builds into build-gpu/ (incrementally), then
-#                                      runs the parts named (default: all three), writes gpu-check.log,
+#                                      runs the parts named (default: tests memcheck bench racecheck, in that
+#                                      order; sanitize = memcheck and racecheck), writes gpu-check.log,
 #                                      summary.txt, bench_*.json and torch_eager.json (bench/torch_eager.py,
 #                                      where PyTorch with CUDA is installed) to ${OUT:-build-gpu/logs}, and exits non-zero
 #                                      if any step failed. Naming parts splits a run that would not fit one
-#                                      command's time limit into calls that reuse the build.
+#                                      command's time limit into calls that reuse the build. Racecheck runs last:
+#                                      on an H100 (2026-11-26) racecheck of test_losses_cuda ran past 70 s and a
+#                                      call running it lost the machine twice, so with little device time give it
+#                                      a call of its own (`scripts/gpu-check.sh racecheck`) after the others.
 # Builds with CMake where it is installed, else with plain nvcc (GPU tests and CUDA benchmarks only).
 # Environment: BEVKD_CUDA_ARCHITECTURES (default 90), BEVKD_JOBS (default: all cores), BEVKD_GPU_BUILD (cmake|nvcc),
 #   BEVKD_STEP_TIMEOUT (seconds per step, default 300), BEVKD_BENCH_ARGS (extra benchmark arguments,
@@ -55,11 +59,12 @@ if [ "${1:-}" = "--pack-deps" ]; then
   pack_deps
   exit 0
 fi
-parts=" ${*:-tests sanitize bench} "
+parts=" ${*:-tests memcheck bench racecheck} "
+parts=${parts/ sanitize / memcheck racecheck }
 for part in ${parts}; do
   case "${part}" in
-    tests | sanitize | bench) ;;
-    *) echo "gpu-check: unknown part '${part}' (expected tests, sanitize, bench or --pack-deps)"; exit 2 ;;
+    tests | memcheck | racecheck | bench) ;;
+    *) echo "gpu-check: unknown part '${part}' (expected tests, memcheck, racecheck, sanitize, bench or --pack-deps)"; exit 2 ;;
   esac
 done
 wants() { [[ "${parts}" == *" $1 "* ]]; }
@@ -192,21 +197,25 @@ if wants tests; then
   fi
 fi
 
-if wants sanitize; then
+# run_sanitizer <tool> [options...]: the tool over every GPU test binary.
+run_sanitizer() {
+  local tool=$1
+  shift
+  local sanitizer
   sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
               /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)
-  [ ${#gpu_tests[@]} -gt 0 ] || skip "compute-sanitizer" "no GPU tests built"
+  [ ${#gpu_tests[@]} -gt 0 ] || skip "${tool}" "no GPU tests built"
   for bin in "${gpu_tests[@]}"; do
     if [ -z "${sanitizer}" ]; then
-      skip "memcheck/racecheck $(basename "${bin}")" "compute-sanitizer not found"
+      skip "${tool} $(basename "${bin}")" "compute-sanitizer not found"
       continue
     fi
-    step "memcheck $(basename "${bin}")" run_gpu_test timeout -k 10 "${step_timeout}" "${sanitizer}" --tool memcheck \
-      --leak-check full --error-exitcode 1 "${bin}" "${sanitizer_test_args[@]}"
-    step "racecheck $(basename "${bin}")" run_gpu_test timeout -k 10 "${step_timeout}" "${sanitizer}" --tool racecheck \
-      --error-exitcode 1 "${bin}" "${sanitizer_test_args[@]}"
+    step "${tool} $(basename "${bin}")" run_gpu_test timeout -k 10 "${step_timeout}" "${sanitizer}" --tool "${tool}" \
+      "$@" --error-exitcode 1 "${bin}" "${sanitizer_test_args[@]}"
   done
-fi
+}
+
+if wants memcheck; then run_sanitizer memcheck --leak-check full; fi
 
 # --- benchmarks ----------------------------------------------------------------
 if wants bench; then
@@ -226,6 +235,9 @@ if wants bench; then
     skip "torch_eager" "no python3 torch with CUDA"
   fi
 fi
+
+# Racecheck last (see the usage note): a call that loses the machine there has the rest already.
+if wants racecheck; then run_sanitizer racecheck; fi
 
 # --- summary -------------------------------------------------------------------
 {
