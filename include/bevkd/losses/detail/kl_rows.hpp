@@ -242,6 +242,8 @@ struct row_layout_passes {
   /// @brief What a pass leaves of one reduction over a run, for fold: here the run's result itself (each pass folds
   /// its own row_partials; the AVX-512 passes leave the partials, to fold sixteen runs at once).
   using partials = Acc;
+  /// @brief False: fold hands back the runs' results where they lie (see fold).
+  static constexpr bool fold_writes_results = false;
 
   /// @brief The run's maxima of t and s.
   static BEVKD_HOST_NOINLINE void maxima(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t, index_t n,
@@ -311,6 +313,12 @@ struct block_partials {
   /// own result (so that one run is exactly the plain row); rows of no runs keep theirs. `runs`: the block's runs.
   template <class Op, class Block>
   BEVKD_HOST_FORCEINLINE void reduce(Op op, const Block& block, int runs, Acc (&result)[N][block_rows]) {
+    if constexpr (Block::max_runs == 1 && Passes::fold_writes_results) {
+      // One run per row: run k is row k, so the folds write the results in place (the AVX-512 passes' fold stores
+      // `runs` results).
+      for (int i = 0; i < N; ++i) Passes::fold(op, part[i], runs, result[i]);
+      return;
+    }
     Acc buffer[N][Capacity];
     const Acc* folded[N];
     for (int i = 0; i < N; ++i) folded[i] = Passes::fold(op, part[i], runs, buffer[i]);
@@ -396,24 +404,30 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
     inv_zs[l] = Acc(1) / z[1][l];
     loss[l] = softmax_kl_value(z[0][l], z[1][l], z[2][l], inv_zt[l], tau);
   }
-  const bool stream = block.stream_grad;  // set only for fp32 rows on AVX-512 hosts (streams_grad)
-  for (int l = 0; l < block.count; ++l) {
-    if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
-    index_t offset = 2 * n * l;
-    block.for_each_run(l, [&](const auto& run) {
-      const Acc* e_t = e + offset;
-      offset += run_columns<FixedColumns>(run);
-      if (skip[l]) {  // written as 0 outright: its exponentials may be NaN
-        write_zeros(run.grad.ptr, run_columns<FixedColumns>(run), stream);
-      } else if (accumulate) {
-        passes::template grad<true, false>(run.grad.ptr, run_columns<FixedColumns>(run), e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
-      } else if (stream) {
-        passes::template grad<false, true>(run.grad.ptr, run_columns<FixedColumns>(run), e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
-      } else {
-        passes::template grad<false, false>(run.grad.ptr, run_columns<FixedColumns>(run), e_t, e_t + n, coeff[l] * tau, inv_zt[l], inv_zs[l]);
-      }
-    });
-  }
+  // The gradient mode as compile-time constants, chosen once per block (branches in each row's loop cost about 5 % at
+  // C = 64, measured).
+  const auto grad_pass = [&](auto accumulating, auto streaming) BEVKD_INLINE_LAMBDA {
+    constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
+    for (int l = 0; l < block.count; ++l) {
+      if (skip[l] && add) continue;  // an excluded row's gradient is left as it was
+      index_t offset = 2 * n * l;
+      block.for_each_run(l, [&](const auto& run) {
+        const Acc* e_t = e + offset;
+        offset += run_columns<FixedColumns>(run);
+        if (skip[l])  // written as 0 outright: its exponentials may be NaN
+          write_zeros(run.grad.ptr, run_columns<FixedColumns>(run), stream);
+        else
+          passes::template grad<add, stream>(run.grad.ptr, run_columns<FixedColumns>(run), e_t, e_t + n, coeff[l] * tau,
+                                            inv_zt[l], inv_zs[l]);
+      });
+    }
+  };
+  if (accumulate)
+    grad_pass(std::true_type{}, std::false_type{});
+  else if (block.stream_grad)  // set only for fp32 rows on AVX-512 hosts (streams_grad)
+    grad_pass(std::false_type{}, std::true_type{});
+  else
+    grad_pass(std::false_type{}, std::false_type{});
 }
 
 /// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout() and multi_run_block): the same

@@ -188,6 +188,8 @@ BEVKD_HOST_FORCEINLINE __m512 fold16(Op op, const __m512 (&v)[16]) {
 /// @brief row_layout_passes for fp32 rows (the same members; force-inlined, as they need no alias analysis).
 struct row_passes {
   using partials = __m512;  ///< A run's sixteen partial results of one reduction.
+  /// @brief True: fold writes the runs' results into its `out`.
+  static constexpr bool fold_writes_results = true;
 
   /// @brief The row's partial maxima of t and s.
   static BEVKD_HOST_FORCEINLINE void maxima(const float* s, const float* t, index_t n, __m512& part_t,
