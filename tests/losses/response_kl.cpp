@@ -292,10 +292,11 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
   CHECK(!bevkd::host_exec().simulate_team(1, 1, false).runs_row_blocks());
   // 74 rows: four full blocks and a tail of 10. Lane layout up to max_block_columns (strided rows) or below
   // min_row_layout_columns (unit-stride rows), row layout from there to max_row_layout_columns; per row beyond.
+  // On AVX-512 builds unit-stride rows of 32 run in row layout too, they and rows of 64 with a constant count.
   using bevkd::detail::max_block_columns;
   using bevkd::detail::max_row_layout_columns;
   using bevkd::detail::min_row_layout_columns;
-  for (index_t channels : {index_t{1}, index_t{10}, index_t{37}, min_row_layout_columns - 1, min_row_layout_columns,
+  for (index_t channels : {index_t{1}, index_t{10}, index_t{32}, index_t{37}, min_row_layout_columns - 1, min_row_layout_columns,
                            index_t{64}, max_block_columns, max_block_columns + 1, index_t{333}, max_row_layout_columns,
                            max_row_layout_columns + 1})
     for (layout lay : all_layouts)

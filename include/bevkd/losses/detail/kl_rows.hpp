@@ -334,24 +334,11 @@ struct block_partials {
   }
 };
 
-/// @brief Rows of this many columns run in row layout with the count a compile-time constant (0: none).
-///
-/// Why: a row of 64 fp32 columns is four AVX-512 vectors, so each pass's per-row work (loop
-/// set-up, trip count, tail test) weighs as much as a fifth of its arithmetic; with the count
-/// known the passes unroll (measured, -march=native, 2-core Zen 5: the C = 64 KL 6 % faster).
-/// 64 is the BEV feature width of DESIGN.md's sizes; one more instantiation per loss and tau case.
-constexpr index_t fixed_row_columns = 64;
-
-/// @brief True when a block's rows of fixed_row_columns get their own instantiation: single-run blocks of fp32 rows on
-/// AVX-512 hosts, whose passes inline into the block (the generic passes are out-of-line functions of n).
+/// @brief True when a block's runs of a fixed_run_length get instantiations of their own: fp32 rows on AVX-512 hosts,
+/// whose passes inline into the block (the generic passes are out-of-line functions of n).
 template <class Block, class Acc>
-constexpr bool unrolls_fixed_rows() {
-#if defined(BEVKD_HOST_AVX512)
-  return Block::max_runs == 1 && std::is_same<typename Block::value_type, float>::value &&
-         std::is_same<Acc, float>::value;
-#else
-  return false;
-#endif
+constexpr bool unrolls_fixed_runs() {
+  return fixed_run_length<typename Block::value_type>(32) && std::is_same<Acc, float>::value;
 }
 
 /// @brief A run's column count: FixedColumns when that is set (every run has it), else the run's own.
@@ -361,14 +348,14 @@ BEVKD_HOST_FORCEINLINE index_t run_columns(const Run& run) {
 }
 
 /// @brief softmax_kl_row_layout with inv_tau known to be 1 (UnitTau) or not, and every run FixedColumns long
-/// (0: each run's own n).
+/// (0: each run's own n; see fixed_run_length).
 template <bool UnitTau, index_t FixedColumns, class Block, class Acc>
 void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
                                Acc inv_tau, Acc tau, Acc* loss) {
   using T = typename Block::value_type;
   using passes = row_layout_passes<T, Acc>;
   constexpr int capacity = block_rows * Block::max_runs;
-  const index_t n = FixedColumns ? FixedColumns : block.n;
+  const index_t n = FixedColumns && Block::max_runs == 1 ? FixedColumns : block.n;  // a row's scratch: 2 n
   Acc maxima[2][block_rows];  // t, s
   {
     block_partials<passes, Acc, 2, capacity> max;
@@ -443,10 +430,12 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const b
                            Acc inv_tau, Acc tau, Acc* loss) {
   with_unit_tau(inv_tau, [&](auto unit_tau) {
     constexpr bool unit = decltype(unit_tau)::value;
-    if constexpr (unrolls_fixed_rows<Block, Acc>())
-      if (block.n == fixed_row_columns)
-        return softmax_kl_row_layout_tau<unit, fixed_row_columns>(block, e, coeff, skip, accumulate, inv_tau, tau,
-                                                                  loss);
+    if constexpr (unrolls_fixed_runs<Block, Acc>()) {
+      if (block.run_length() == 32)
+        return softmax_kl_row_layout_tau<unit, 32>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
+      if (block.run_length() == 64)
+        return softmax_kl_row_layout_tau<unit, 64>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
+    }
     softmax_kl_row_layout_tau<unit, 0>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
   });
 }
