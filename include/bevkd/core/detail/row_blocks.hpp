@@ -43,7 +43,8 @@ constexpr int row_partials = 16;
 
 /// @brief Shortest unit-stride rows a block runs in row layout (in place, no transposes); shorter ones are
 /// transposed into lane layout, whose lanes they fill better (measured, -march=native: K = 32 attention rows 4 %
-/// faster in lane layout, C = 64 rows 12 % faster in row layout; 48 lies between).
+/// faster in lane layout, C = 64 rows 12 % faster in row layout; 48 lies between), except rows of a
+/// fixed_run_length (fp32 rows of 32 on AVX-512 hosts: with their count a constant, row layout is faster).
 constexpr index_t min_row_layout_columns = 48;
 
 /// @brief True for the unit-stride run lengths whose row-layout kernels are compiled with the column count a constant
