@@ -543,11 +543,12 @@ struct multi_run_block {
 /// k + 1): four dependent adds instead of sixteen (a chain the next block's work cannot hide).
 template <class Acc>
 BEVKD_HOST_FORCEINLINE double block_sum(const Acc (&v)[block_rows]) {
-  double p[block_rows];
-  for (int l = 0; l < block_rows; ++l) p[l] = static_cast<double>(v[l]);
-  for (int half = block_rows / 2; half > 0; half /= 2)
-    for (int l = 0; l < half; ++l) p[l] += p[l + half];
-  return p[0];
+  static_assert(block_rows == 16, "four halving steps");
+  // Each step a separate array (GCC kept one halving loop's array in memory: a chain of stores and reloads).
+  double eighths[8], quarters[4];
+  for (int l = 0; l < 8; ++l) eighths[l] = static_cast<double>(v[l]) + static_cast<double>(v[l + 8]);
+  for (int l = 0; l < 4; ++l) quarters[l] = eighths[l] + eighths[l + 4];
+  return (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]);
 }
 
 /// @brief The host row block type of a problem.
