@@ -46,6 +46,10 @@ struct row_weighting {
   /// @brief weight() and upstream_grad() of rows [first, first + count) into w and u (a host row block's; one
   /// division for all of them, where weight() and upstream_grad() take one each per row).
   void load(index_t first, int count, Acc* w, Acc* u) const {
+    if (!weights.data && !upstream.data) {  // every row weighs 1: no division, no per-row tests
+      for (int l = 0; l < count; ++l) w[l] = u[l] = Acc(1);
+      return;
+    }
     for_rows(first, count, [&](int l, index_t r0, index_t r1) {
       w[l] = weights.data ? weights(r0, r1) : Acc(1);
       u[l] = upstream.data ? upstream(r0, r1) : Acc(1);
