@@ -47,21 +47,37 @@ constexpr int row_partials = 16;
 /// fixed_run_length (fp32 rows of 32 on AVX-512 hosts: with their count a constant, row layout is faster).
 constexpr index_t min_row_layout_columns = 48;
 
-/// @brief True for the unit-stride run lengths whose row-layout kernels are compiled with the column count a constant
-/// (fp32 rows on AVX-512 hosts): 32 (BEVFormer's K = 4 levels x 8 points) and 64 (a BEV feature width).
+/// @brief A compile-time list of run lengths.
+template <index_t... Lengths>
+struct run_length_list {
+  /// @brief True when n is one of Lengths.
+  static constexpr bool contains(index_t n) { return ((n == Lengths) || ...); }
+};
+
+/// @brief The unit-stride run lengths whose row-layout kernels are compiled with the column count a constant (where
+/// has_fixed_run_lengths): 32 (BEVFormer's K = 4 levels x 8 points) and 64 (a BEV feature width).
 ///
 /// Why: such a run is two or four AVX-512 vectors, so each pass's per-row work (loop set-up, trip
 /// count, tail test) weighs as much as a fifth of its arithmetic; with the count known the passes
 /// unroll. Measured (-march=native, 2-core Zen 5, 1 thread): the C = 64 KL 6-8 % faster; K = 32
-/// attention rows 6-7 % faster in row layout so than in lane layout (TSA), the SCA's runs 8 %.
+/// attention rows 6-7 % faster in row layout than in lane layout (TSA), the SCA's runs 8 %.
+using fixed_run_lengths = run_length_list<32, 64>;
+
+/// @brief True when rows of T get the fixed_run_lengths kernels: fp32 on AVX-512 hosts, whose passes inline into the
+/// block (the generic passes are out-of-line functions of n).
 template <class T>
-constexpr bool fixed_run_length(index_t n) {
+constexpr bool has_fixed_run_lengths() {
 #if defined(BEVKD_HOST_AVX512)
-  return std::is_same<T, float>::value && (n == 32 || n == 64);
+  return std::is_same<T, float>::value;
 #else
-  (void)n;
   return false;
 #endif
+}
+
+/// @brief True when unit-stride runs of n elements of T run with their count a constant (see fixed_run_lengths).
+template <class T>
+constexpr bool fixed_run_length(index_t n) {
+  return has_fixed_run_lengths<T>() && fixed_run_lengths::contains(n);
 }
 
 /// @brief Longest rows run in row layout (C = 256 measured 7 % (fp32) to 27 % (bf16) faster than the per-row

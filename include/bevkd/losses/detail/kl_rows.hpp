@@ -334,13 +334,6 @@ struct block_partials {
   }
 };
 
-/// @brief True when a block's runs of a fixed_run_length get instantiations of their own: fp32 rows on AVX-512 hosts,
-/// whose passes inline into the block (the generic passes are out-of-line functions of n).
-template <class Block, class Acc>
-constexpr bool unrolls_fixed_runs() {
-  return fixed_run_length<typename Block::value_type>(32) && std::is_same<Acc, float>::value;
-}
-
 /// @brief A run's column count: FixedColumns when that is set (every run has it), else the run's own.
 template <index_t FixedColumns, class Run>
 BEVKD_HOST_FORCEINLINE index_t run_columns(const Run& run) {
@@ -362,7 +355,8 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
     int k = 0;
     for (int l = 0; l < block.count; ++l)
       block.for_each_run(l, [&](const auto& run) {
-        passes::maxima(run.student.ptr, run.teacher.ptr, run_columns<FixedColumns>(run), max.part[0][k], max.part[1][k]);
+        passes::maxima(run.student.ptr, run.teacher.ptr, run_columns<FixedColumns>(run), max.part[0][k],
+                       max.part[1][k]);
         ++k;
       });
     max.reduce(shift_max_op{}, block, k, maxima);
@@ -376,9 +370,9 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
       block.prefetch_row(l);
       index_t offset = 2 * n * l;
       block.for_each_run(l, [&](const auto& run) {
-        passes::template exponentials<UnitTau>(run.student.ptr, run.teacher.ptr, run_columns<FixedColumns>(run), inv_tau, maxima[0][l],
-                                               maxima[1][l], e + offset, e + offset + n, sums.part[0][k],
-                                               sums.part[1][k], sums.part[2][k]);
+        passes::template exponentials<UnitTau>(run.student.ptr, run.teacher.ptr, run_columns<FixedColumns>(run),
+                                               inv_tau, maxima[0][l], maxima[1][l], e + offset, e + offset + n,
+                                               sums.part[0][k], sums.part[1][k], sums.part[2][k]);
         offset += run_columns<FixedColumns>(run);
         ++k;
       });
@@ -404,8 +398,8 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
         if (skip[l])  // written as 0 outright: its exponentials may be NaN
           write_zeros(run.grad.ptr, run_columns<FixedColumns>(run), stream);
         else
-          passes::template grad<add, stream>(run.grad.ptr, run_columns<FixedColumns>(run), e_t, e_t + n, coeff[l] * tau,
-                                            inv_zt[l], inv_zs[l]);
+          passes::template grad<add, stream>(run.grad.ptr, run_columns<FixedColumns>(run), e_t, e_t + n,
+                                            coeff[l] * tau, inv_zt[l], inv_zs[l]);
       });
     }
   };
@@ -415,6 +409,19 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
     grad_pass(std::false_type{}, std::true_type{});
   else
     grad_pass(std::false_type{}, std::false_type{});
+}
+
+/// @brief softmax_kl_row_layout_tau of the instantiation for the block's run length when that is one of Lengths, else
+/// of the general one.
+template <bool UnitTau, index_t... Lengths, class Block, class Acc>
+void softmax_kl_row_layout_length(run_length_list<Lengths...>, const Block& block, Acc* e, const Acc* coeff,
+                                  const bool* skip, bool accumulate, Acc inv_tau, Acc tau, Acc* loss) {
+  const bool fixed = (false || ... ||
+                      (block.run_length() == Lengths &&
+                       (softmax_kl_row_layout_tau<UnitTau, Lengths>(block, e, coeff, skip, accumulate, inv_tau, tau,
+                                                                    loss),
+                        true)));
+  if (!fixed) softmax_kl_row_layout_tau<UnitTau, 0>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
 }
 
 /// @brief softmax_kl_lanes for a block in row layout (see row_block::row_layout() and multi_run_block): the same
@@ -430,13 +437,10 @@ void softmax_kl_row_layout(const Block& block, Acc* e, const Acc* coeff, const b
                            Acc inv_tau, Acc tau, Acc* loss) {
   with_unit_tau(inv_tau, [&](auto unit_tau) {
     constexpr bool unit = decltype(unit_tau)::value;
-    if constexpr (unrolls_fixed_runs<Block, Acc>()) {
-      if (block.run_length() == 32)
-        return softmax_kl_row_layout_tau<unit, 32>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
-      if (block.run_length() == 64)
-        return softmax_kl_row_layout_tau<unit, 64>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
-    }
-    softmax_kl_row_layout_tau<unit, 0>(block, e, coeff, skip, accumulate, inv_tau, tau, loss);
+    using lengths = std::conditional_t<has_fixed_run_lengths<typename Block::value_type>() &&
+                                           std::is_same<Acc, float>::value,
+                                       fixed_run_lengths, run_length_list<>>;
+    softmax_kl_row_layout_length<unit>(lengths{}, block, e, coeff, skip, accumulate, inv_tau, tau, loss);
   });
 }
 
