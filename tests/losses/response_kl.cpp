@@ -296,9 +296,9 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
   using bevkd::detail::max_block_columns;
   using bevkd::detail::max_row_layout_columns;
   using bevkd::detail::min_row_layout_columns;
-  for (index_t channels : {index_t{1}, index_t{10}, index_t{32}, index_t{37}, min_row_layout_columns - 1, min_row_layout_columns,
-                           index_t{64}, max_block_columns, max_block_columns + 1, index_t{333}, max_row_layout_columns,
-                           max_row_layout_columns + 1})
+  for (index_t channels : {index_t{1}, index_t{10}, index_t{32}, index_t{37}, min_row_layout_columns - 1,
+                           min_row_layout_columns, index_t{64}, max_block_columns, max_block_columns + 1, index_t{333},
+                           max_row_layout_columns, max_row_layout_columns + 1})
     for (layout lay : all_layouts)
       for (bool accumulate : {false, true})
         for (reduction red : {reduction::mean, reduction::none}) {

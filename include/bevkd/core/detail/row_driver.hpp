@@ -20,6 +20,13 @@ struct loss_call {
   index_t batch = 1;                ///< B, the batchmean divisor.
 };
 
+/// @brief Weight 1 and upstream gradient 1 for `count` rows: a host row block's weights when a call has neither (no
+/// decode of the rows' indices, no per-row tests).
+template <class Acc>
+void unit_row_weights(int count, Acc* w, Acc* u) {
+  for (int l = 0; l < count; ++l) w[l] = u[l] = Acc(1);
+}
+
 /// @brief Per-row weights, per-row loss outputs and per-row upstream gradients over a 2-D row grid [R0, R1].
 ///
 /// Row r is (r / R1, r % R1). A view with a null pointer is absent: weight 1, upstream 1,
@@ -46,10 +53,7 @@ struct row_weighting {
   /// @brief weight() and upstream_grad() of rows [first, first + count) into w and u (a host row block's; one
   /// division for all of them, where weight() and upstream_grad() take one each per row).
   void load(index_t first, int count, Acc* w, Acc* u) const {
-    if (!weights.data && !upstream.data) {  // every row weighs 1: no division, no per-row tests
-      for (int l = 0; l < count; ++l) w[l] = u[l] = Acc(1);
-      return;
-    }
+    if (!weights.data && !upstream.data) return unit_row_weights(count, w, u);
     for_rows(first, count, [&](int l, index_t r0, index_t r1) {
       w[l] = weights.data ? weights(r0, r1) : Acc(1);
       u[l] = upstream.data ? upstream(r0, r1) : Acc(1);

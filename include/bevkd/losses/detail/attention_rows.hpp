@@ -97,10 +97,7 @@ struct attention_weighting {
   /// @brief weight() and upstream_grad() of rows [first, first + count) into w and u (a host row block's; one
   /// decode for all of them).
   void load(index_t first, int count, Acc* w, Acc* u) const {
-    if (!has_weights() && !upstream.data) {  // every row weighs 1: no decode, no per-row tests
-      for (int l = 0; l < count; ++l) w[l] = u[l] = Acc(1);
-      return;
-    }
+    if (!has_weights() && !upstream.data) return unit_row_weights(count, w, u);
     index_t n, h, s;
     decode(first, n, h, s);
     for (int l = 0; l < count; ++l, advance(n, h, s)) {
