@@ -13,10 +13,10 @@
 #                                      summary.txt, bench_*.json and torch_eager.json (bench/torch_eager.py,
 #                                      where PyTorch with CUDA is installed) to ${OUT:-build-gpu/logs}, and exits non-zero
 #                                      if any step failed. Naming parts splits a run that would not fit one
-#                                      command's time limit into calls that reuse the build. Racecheck runs last:
-#                                      on an H100 (2026-11-26) racecheck of test_losses_cuda ran past 70 s and a
-#                                      call running it lost the machine twice, so with little device time give it
-#                                      a call of its own (`scripts/gpu-check.sh racecheck`) after the others.
+#                                      command's time limit into calls that reuse the build. The sanitizers run
+#                                      each test case as a step of its own. Racecheck runs last: it is the
+#                                      slowest part (about 3 minutes on an H100 in 2026-11), so with little
+#                                      device time give it a call of its own (`scripts/gpu-check.sh racecheck`).
 # Builds with CMake where it is installed, else with plain nvcc (GPU tests and CUDA benchmarks only).
 # Environment: BEVKD_CUDA_ARCHITECTURES (default 90), BEVKD_JOBS (default: all cores), BEVKD_GPU_BUILD (cmake|nvcc),
 #   BEVKD_STEP_TIMEOUT (seconds per step, default 300), BEVKD_BENCH_ARGS (extra benchmark arguments,
@@ -197,11 +197,18 @@ if wants tests; then
   fi
 fi
 
-# run_sanitizer <tool> [options...]: the tool over every GPU test binary.
+# The doctest test cases of a test binary, one name a line (doctest's -ltc listing between its rules of '=').
+list_test_cases() {
+  "$1" -ltc 2>/dev/null | sed -n '/^====/,/^====/{/^====/d;p}'
+}
+
+# run_sanitizer <tool> [options...]: the tool over every GPU test binary, one step per test case, so that
+# a slow case (racecheck of test_losses_cuda's warp-team sweep took 29 s on an H100, the whole binary more
+# than 70 s) costs one step's limit and every other case still reports.
 run_sanitizer() {
   local tool=$1
   shift
-  local sanitizer
+  local sanitizer bin cases test_case i
   sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
               /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)
   [ ${#gpu_tests[@]} -gt 0 ] || skip "${tool}" "no GPU tests built"
@@ -210,8 +217,16 @@ run_sanitizer() {
       skip "${tool} $(basename "${bin}")" "compute-sanitizer not found"
       continue
     fi
-    step "${tool} $(basename "${bin}")" run_gpu_test timeout -k 10 "${step_timeout}" "${sanitizer}" --tool "${tool}" \
-      "$@" --error-exitcode 1 "${bin}" "${sanitizer_test_args[@]}"
+    mapfile -t cases < <(list_test_cases "${bin}")
+    [ ${#cases[@]} -gt 0 ] || cases=("*")
+    i=0
+    for test_case in "${cases[@]}"; do
+      i=$((i + 1))
+      # doctest splits filters at commas; a '*' matches the comma instead.
+      step "${tool} $(basename "${bin}") case ${i}/${#cases[@]}" run_gpu_test timeout -k 10 "${step_timeout}" \
+        "${sanitizer}" --tool "${tool}" "$@" --error-exitcode 1 "${bin}" "--test-case=${test_case//,/*}" \
+        "${sanitizer_test_args[@]}"
+    done
   done
 }
 
