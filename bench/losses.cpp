@@ -346,14 +346,15 @@ void bm_copy(benchmark::State& state) {
 
 #if defined(BEVKD_HOST_AVX512)
 // The sum of the fp32 row blocks' exponentials of -|x| over 4096 floats of s and of t from i: 2^(-|x| log2 e) by
-// avx512::exp2_nonpositive, as those blocks take e^((x - max) / tau).
+// avx512::exp2_of_shift, as those blocks take e^((x - max) / tau).
 float row_block_exp_sum(const float* s, const float* t, index_t i) {
-  const __m512 factor = _mm512_set1_ps(bevkd::detail::exp_constants::log2e), zero = _mm512_setzero_ps();
+  const bevkd::detail::avx512::exp2_of_shift exp2(bevkd::detail::exp_constants::log2e);
+  const __m512 zero = _mm512_setzero_ps();
   const auto exp_of_minus_abs = [&](const float* x) {
     const __m512 v = _mm512_loadu_ps(x);
     // The masked form with every lane set: GCC 12 warns on the plain one's placeholder operand (its bug 105593).
     const __m512 minus_abs = _mm512_mask_min_ps(v, bevkd::detail::avx512::all_lanes, v, _mm512_sub_ps(zero, v));
-    return bevkd::detail::avx512::exp2_nonpositive(_mm512_mul_ps(minus_abs, factor)).value;
+    return exp2(minus_abs).value;
   };
   __m512 sum = zero;
   for (index_t j = i; j < i + 4096; j += 16)

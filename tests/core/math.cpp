@@ -75,17 +75,27 @@ TEST_CASE("exp_nonpositive is within 2 ulp down to -87.33, and exactly 0 below, 
 }
 
 #if defined(BEVKD_HOST_AVX512)
-TEST_CASE("the AVX-512 exp2_nonpositive of the fp32 row blocks keeps the same contract for 2^x in every lane") {
-  const auto exp2_np = [](float x) {
-    const auto result = bevkd::detail::avx512::exp2_nonpositive(_mm512_set1_ps(x));
-    float lanes[16];
-    _mm512_storeu_ps(lanes, result.value);
-    for (int l = 1; l < 16; ++l) CHECK(std::memcmp(&lanes[l], &lanes[0], sizeof(float)) == 0);
-    CHECK(result.nonzero == (lanes[0] != 0.0f ? 0xffff : 0));  // NaN counts as not 0
-    return lanes[0];
-  };
-  check_nonpositive_exponential(
-      exp2_np, [](double x) { return std::exp2(x); }, -126.0f, {-126.01f, -140.0f, -149.0f, -1e4f, -3.4e38f});
+TEST_CASE("the AVX-512 exp2_of_shift of the fp32 row blocks keeps the same contract for 2^(d k) in every lane") {
+  // k = 1, and log2(e) / tau at tau = 1 and 0.3, as the blocks form it.
+  for (const float k : {1.0f, bevkd::detail::avx512::exp2_factor(1.0f), bevkd::detail::avx512::exp2_factor(1 / 0.3f)}) {
+    CAPTURE(k);
+    const bevkd::detail::avx512::exp2_of_shift exp2(k);
+    const auto exp2_lanes = [&](float d) {
+      const auto result = exp2(_mm512_set1_ps(d));
+      float lanes[16];
+      _mm512_storeu_ps(lanes, result.value);
+      for (int l = 1; l < 16; ++l) CHECK(std::memcmp(&lanes[l], &lanes[0], sizeof(float)) == 0);
+      CHECK(result.nonzero == (lanes[0] != 0.0f ? 0xffff : 0));  // NaN counts as not 0
+      return lanes[0];
+    };
+    const float lowest = bevkd::detail::avx512::exp2_of_shift::lowest(k);
+    const float below = std::nextafter(lowest, -std::numeric_limits<float>::infinity());
+    CHECK(static_cast<double>(lowest) * k >= -126.0);
+    CHECK(static_cast<double>(below) * k < -126.0);
+    check_nonpositive_exponential(
+        exp2_lanes, [&](double d) { return std::exp2(d * k); }, lowest,
+        {below, -140.0f / k, -149.0f / k, -1e4f, -3.4e38f});
+  }
 }
 #endif
 

@@ -16,6 +16,7 @@
 #include "../../core/detail/avx512.hpp"
 
 #if defined(BEVKD_HOST_AVX512)
+#include <cmath>
 #include <initializer_list>
 #include <type_traits>
 
@@ -29,16 +30,17 @@ namespace bevkd {
 namespace detail {
 namespace avx512 {
 
-/// @brief The table and constants of exp2_nonpositive: 2^y = 2^n 2^(j/32) 2^f, y = n + j / 32 + f, |f| <= 1/64.
+/// @brief The table and constants of exp2_of_shift: 2^(d k) = 2^n 2^(j/32) 2^f, d k = n + j / 32 + f, |f| <= 1/64.
 ///
 /// Why base 2 and a table: the exponentials are most of the KL's arithmetic and run at the
-/// floating-point ports' limit. The softmax's shift x - max, times log2(e) / tau
-/// folded into one constant k, goes straight to 2^y: the range reduction is then two adds (no
-/// Cody-Waite multiply-adds), one vpermt2ps reads 2^(j/32) from two registers, a quadratic
-/// gives 2^f, and one vscalefps scales by 2^n: 10 vector operations per exponential counting the
-/// multiply that forms y, 5 of them on the multiply-add ports, where the same table in base e
-/// took 11 and 8 besides its multiply by 1 / tau (measured: KL C = 64 rows in cache 7-8 % faster
-/// with the cubic this had first; the quadratic then took 1-3 % off C = 64 and 5 % off C = 256).
+/// floating-point ports' limit. The softmax's shift d = x - max, times log2(e) / tau folded into
+/// one constant k, goes straight to 2^(d k): one multiply-add rounds d k to n + j / 32, one
+/// subtract recovers n + j / 32 and one multiply-add f = d k - (n + j / 32) (no Cody-Waite
+/// steps, and d k is never rounded on its own), one vpermt2ps reads 2^(j/32) from two registers,
+/// a quadratic gives 2^f, and one vscalefps scales by 2^n: 9 vector operations per exponential,
+/// where the same table in base e took 11 besides its multiply by 1 / tau (measured: KL C = 64
+/// rows in cache 7-8 % faster with the cubic this had first; the quadratic then took 1-3 % off
+/// C = 64 and 5 % off C = 256; forming d k inside the rounding instead of first, 6 % off C = 64).
 struct table_exp2 {
   /// @brief 2^(j/32) rounded to float, j = 0..15.
   static BEVKD_HOST_FORCEINLINE __m512 low() {
@@ -58,37 +60,57 @@ struct table_exp2 {
   /// then sit in the low mantissa bits (j in the low five).
   static constexpr float round_magic = 393216.0f;
   /// @brief The quadratic 2^f ~ 1 + f (c1 + f c2), minimax in relative error on |f| <= 1/64 (5.3e-8, under half an
-  /// ulp): with the table's and the final multiply-add's roundings, 2^y is within 1.73 ulp (exhaustive over the
-  /// floats in [-126, 0]; mean 0.10 ulp). A cubic (Taylor, 0.072 ulp mean, 1.005 worst) took one more multiply-add
-  /// per exponential, two per element of a softmax KL.
+  /// ulp): with the table's and the final multiply-add's roundings, 2^(d k) is within 2 ulp of the exact power
+  /// (exhaustive over the floats d down to -126 / k for k = 1, log2(e) / tau at tau = 0.5, 0.75, 1, 2; mean 0.06
+  /// ulp). A cubic (Taylor, 0.072 ulp mean, 1.005 worst, before d k was fused) took one more multiply-add per
+  /// exponential, two per element of a softmax KL.
   static constexpr float c1 = 0x1.62e584p-1f;  ///< ln 2, nudged by the fit.
   static constexpr float c2 = 0x1.ebfbdep-3f;  ///< (ln 2)^2 / 2, nudged by the fit.
-  /// @brief Smallest y whose 2^y is normal; exp2_nonpositive returns 0 below it.
+  /// @brief Smallest power whose 2^y is normal; exp2_of_shift returns 0 below it.
   static constexpr float floor = -126.0f;
 };
 
-/// @brief 2^y for sixteen floats y <= 0, and the lanes where that is not 0.
+/// @brief 2^(d k) for sixteen floats d <= 0 and the lanes where that is not 0.
 struct exp2_lanes {
-  __m512 value;       ///< 2^y within 1.73 ulp, exactly 1 at 0, 0 below -126 and for -inf, NaN for NaN.
-  __mmask16 nonzero;  ///< Lanes of y >= -126 or NaN: those whose value is not 0.
+  __m512 value;       ///< 2^(d k) within 2 ulp, exactly 1 at 0, 0 below lowest() and for -inf, NaN for NaN.
+  __mmask16 nonzero;  ///< Lanes of d >= lowest() or NaN: those whose value is not 0.
 };
 
-/// @brief exp2_lanes of y (see table_exp2).
-BEVKD_HOST_FORCEINLINE exp2_lanes exp2_nonpositive(__m512 y) {
-  using k = table_exp2;
-  const __m512 magic = _mm512_set1_ps(k::round_magic);
-  const __m512 shifted = _mm512_add_ps(y, magic);
-  const __m512 n = _mm512_sub_ps(shifted, magic);  // n + j / 32
-  const __m512 f = _mm512_sub_ps(y, n);            // exact: y and n share their high bits
-  // vpermt2ps takes the low five bits of each index: j.
-  const __m512 t = _mm512_permutex2var_ps(k::low(), _mm512_castps_si512(shifted), k::high());
-  const __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(k::c2), f, _mm512_set1_ps(k::c1));
-  const __m512 p = _mm512_fmadd_ps(_mm512_mul_ps(t, f), q, t);  // 2^(j/32) 2^f
-  const __mmask16 kept = _mm512_cmp_ps_mask(y, _mm512_set1_ps(k::floor), _CMP_NLT_UQ);  // NaN is kept
-  // p * 2^floor(n + j / 32) = p * 2^n in one instruction (vscalefps floors its exponent); exact, as the result is
-  // normal for every kept y.
-  return {_mm512_maskz_scalef_ps(kept, p, n), kept};
-}
+/// @brief 2^(d k) of sixteen shifts d <= 0 for one factor k > 0 (see table_exp2).
+class exp2_of_shift {
+ public:
+  /// @brief The exponential of factor k (finite, > 0).
+  explicit exp2_of_shift(float k) : factor_(_mm512_set1_ps(k)), lowest_(_mm512_set1_ps(lowest(k))) {}
+
+  /// @brief The smallest float d whose d k is at least table_exp2::floor: 2^(d k) is normal from it to 0.
+  static float lowest(float k) {
+    float d = table_exp2::floor / k;
+    // d k of two floats is exact in double; round d toward 0 until it is in range.
+    while (static_cast<double>(d) * k < table_exp2::floor) d = std::nextafter(d, 0.0f);
+    return d;
+  }
+
+  /// @brief exp2_lanes of d.
+  BEVKD_HOST_FORCEINLINE exp2_lanes operator()(__m512 d) const {
+    using c = table_exp2;
+    const __m512 magic = _mm512_set1_ps(c::round_magic);
+    const __m512 shifted = _mm512_fmadd_ps(d, factor_, magic);  // d k rounded to a multiple of 1/32, plus magic
+    const __m512 n = _mm512_sub_ps(shifted, magic);               // n + j / 32
+    const __m512 f = _mm512_fmsub_ps(d, factor_, n);              // d k - n - j / 32, one rounding
+    // vpermt2ps takes the low five bits of each index: j.
+    const __m512 t = _mm512_permutex2var_ps(c::low(), _mm512_castps_si512(shifted), c::high());
+    const __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(c::c2), f, _mm512_set1_ps(c::c1));
+    const __m512 p = _mm512_fmadd_ps(_mm512_mul_ps(t, f), q, t);  // 2^(j/32) 2^f
+    const __mmask16 kept = _mm512_cmp_ps_mask(d, lowest_, _CMP_NLT_UQ);  // NaN is kept
+    // p * 2^floor(n + j / 32) = p * 2^n in one instruction (vscalefps floors its exponent); exact, as the result is
+    // normal for every kept d.
+    return {_mm512_maskz_scalef_ps(kept, p, n), kept};
+  }
+
+ private:
+  __m512 factor_;  // k
+  __m512 lowest_;  // lowest(k)
+};
 
 /// @brief What softmax_exponent is on sixteen logits here: the shift x - max; the 1 / tau (and log2 e) are folded
 /// into the exponentials' constant and the cross sum's final scale.
@@ -104,10 +126,10 @@ struct column_terms {
   __m512 e_s;      ///< e^b.
   __m512 diff;     ///< d_t - d_s.
 
-  /// @brief The terms of d_t, d_s with exp2_factor k.
-  BEVKD_HOST_FORCEINLINE column_terms(__m512 d_t, __m512 d_s, __m512 k)
-      : e_t(exp2_nonpositive(_mm512_mul_ps(d_t, k))),
-        e_s(exp2_nonpositive(_mm512_mul_ps(d_s, k)).value),
+  /// @brief The terms of d_t, d_s with the exponential of exp2_factor.
+  BEVKD_HOST_FORCEINLINE column_terms(__m512 d_t, __m512 d_s, const exp2_of_shift& exp2)
+      : e_t(exp2(d_t)),
+        e_s(exp2(d_s).value),
         diff(_mm512_sub_ps(d_t, d_s)) {}
 
   /// @brief cross + e^a (d_t - d_s) in the lanes of `lanes` where e^a is not 0 (a zero teacher probability adds 0,
@@ -128,7 +150,7 @@ BEVKD_HOST_FORCEINLINE __m512 cross_in_exponent_units(__m512 cross, float inv_ta
 template <bool UnitTau, class Block>
 void lane_exponentials(const Block& block, float* s, float* t, index_t n, float inv_tau, const float* max_t,
                        const float* max_s, float* z_t, float* z_s, float* cross) {
-  const __m512 k = _mm512_set1_ps(exp2_factor(UnitTau ? 1.0f : inv_tau));
+  const exp2_of_shift exp2(exp2_factor(UnitTau ? 1.0f : inv_tau));
   const __m512 max_t_v = _mm512_loadu_ps(max_t), max_s_v = _mm512_loadu_ps(max_s);
   __m512 sum_t = _mm512_setzero_ps(), sum_s = sum_t, sum_cross = sum_t;
   for (index_t c = 0; c < n; ++c) {
@@ -136,7 +158,7 @@ void lane_exponentials(const Block& block, float* s, float* t, index_t n, float 
     float* const s_c = s + 16 * c;
     float* const t_c = t + 16 * c;
     const column_terms x(softmax_shift(_mm512_loadu_ps(t_c), max_t_v), softmax_shift(_mm512_loadu_ps(s_c), max_s_v),
-                         k);
+                         exp2);
     _mm512_storeu_ps(t_c, x.e_t.value);
     _mm512_storeu_ps(s_c, x.e_s);
     sum_t = _mm512_add_ps(sum_t, x.e_t.value);
@@ -210,13 +232,13 @@ struct row_passes {
   static BEVKD_HOST_FORCEINLINE void exponentials(const float* s, const float* t, index_t n, float inv_tau,
                                                   float max_t, float max_s, float* e_t, float* e_s, __m512& sum_t,
                                                   __m512& sum_s, __m512& sum_cross) {
-    const __m512 k = _mm512_set1_ps(exp2_factor(UnitTau ? 1.0f : inv_tau));
+    const exp2_of_shift exp2(exp2_factor(UnitTau ? 1.0f : inv_tau));
     const __m512 max_t_v = _mm512_set1_ps(max_t), max_s_v = _mm512_set1_ps(max_s);
     const __m512 zero = _mm512_setzero_ps();
     __m512 z_t = zero, z_s = zero, cross = zero;
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       const column_terms x(softmax_shift(_mm512_maskz_loadu_ps(m, t + c), max_t_v),
-                           softmax_shift(_mm512_maskz_loadu_ps(m, s + c), max_s_v), k);
+                           softmax_shift(_mm512_maskz_loadu_ps(m, s + c), max_s_v), exp2);
       _mm512_mask_storeu_ps(e_t + c, m, x.e_t.value);
       _mm512_mask_storeu_ps(e_s + c, m, x.e_s);
       // Masked adds: the tail's padding columns have exponentials of their own.
