@@ -21,7 +21,10 @@ import sys
 STAT = "min"
 BATCH, PILLARS = 2, 200 * 200
 DTYPE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2}
-LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2", "attention_kl", "attention_sca"]
+LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2", "attention_kl", "attention_sca",
+          "kl_softmax_cold", "attention_kl_cold", "attention_sca_cold"]
+# A cold case ("<loss>_cold": caches swept before each iteration) is compared with the copy swept the same way.
+COLD = "_cold"
 
 
 # The resample cases of bench/losses.cpp (resample_benches), by index.
@@ -76,10 +79,10 @@ def main():
             fused = runs.get((loss, dtype, channels, threads))
             if not fused:
                 continue
-            copy = runs.get(("copy", dtype, channels, threads))
+            copy = runs.get(("copy_cold" if loss.endswith(COLD) else "copy", dtype, channels, threads))
             naive = runs.get(("naive_" + loss, dtype, channels, threads))
             share = f"{100 * fused['bw'] / copy['bw']:.1f} %" if copy else "-"
-            floor = runs.get(("exp_floor", dtype, channels, threads))
+            floor = None if loss.endswith(COLD) else runs.get(("exp_floor", dtype, channels, threads))
             floor_share = f"{100 * floor['bw'] / copy['bw']:.1f} %" if floor and copy else "-"
             speedup = f"{naive['ms'] / fused['ms']:.2f}x" if naive else "-"
             naive_ms = f"{naive['ms']:.2f}" if naive else "-"
