@@ -5,6 +5,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace bevkd {
@@ -46,6 +47,27 @@ std::string cat(const Parts&... parts) {
 template <class... Parts>
 void require(bool ok, const std::string& argument, const Parts&... problem) {
   if (!ok) throw invalid_argument(argument, cat(problem...));
+}
+
+/// @brief The argument name "base.member[index]" (no "[index]" when index < 0), formed only when a check fails:
+/// a loss call checks every dimension of every view, and building each name up front cost string allocations on
+/// every call.
+struct argument_member {
+  std::string_view base;   ///< The argument, e.g. "student".
+  const char* member;      ///< Its member, e.g. "stride".
+  int index = -1;          ///< The dimension, or -1.
+
+  /// @brief The name as the message prints it.
+  std::string str() const {
+    std::string name = std::string(base) + "." + member;
+    return index < 0 ? name : name + "[" + std::to_string(index) + "]";
+  }
+};
+
+/// @brief require() naming argument.str(), which is built only when `ok` is false.
+template <class... Parts>
+void require(bool ok, const argument_member& argument, const Parts&... problem) {
+  if (!ok) throw invalid_argument(argument.str(), cat(problem...));
 }
 
 }  // namespace detail

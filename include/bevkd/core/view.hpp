@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "config.hpp"
@@ -145,43 +146,46 @@ index_t span_elements(const strided_view<T, Rank>& v) {
 
 /// @brief Checks extents and strides are non-negative and the view's span fits index_t; throws naming `name`.
 template <class T, int Rank>
-void validate_view(const strided_view<T, Rank>& v, const std::string& name) {
+void validate_view(const strided_view<T, Rank>& v, std::string_view name) {
   constexpr index_t limit = index_t(1) << 62;
   index_t last = 0;
   bool empty = false;
   for (int d = 0; d < Rank; ++d) {
-    require(v.extent[d] >= 0, name + ".extent[" + std::to_string(d) + "]", "must be >= 0, got ", v.extent[d]);
-    require(v.stride[d] >= 0, name + ".stride[" + std::to_string(d) + "]", "must be >= 0, got ", v.stride[d]);
-    require(v.stride[d] < limit && v.extent[d] < limit, name + ".stride[" + std::to_string(d) + "]",
+    require(v.extent[d] >= 0, argument_member{name, "extent", d}, "must be >= 0, got ", v.extent[d]);
+    require(v.stride[d] >= 0, argument_member{name, "stride", d}, "must be >= 0, got ", v.stride[d]);
+    require(v.stride[d] < limit && v.extent[d] < limit, argument_member{name, "stride", d},
             "out of range: extent ", v.extent[d], " x stride ", v.stride[d], " overflows a 64-bit offset");
     empty = empty || v.extent[d] == 0;
     if (v.extent[d] > 0 && v.stride[d] > 0) {
-      require((limit - last) / v.stride[d] >= v.extent[d] - 1, name + ".stride[" + std::to_string(d) + "]",
+      require((limit - last) / v.stride[d] >= v.extent[d] - 1, argument_member{name, "stride", d},
               "out of range: the view's span overflows a 64-bit offset");
       last += (v.extent[d] - 1) * v.stride[d];
     }
   }
-  require(empty || v.data != nullptr, name + ".data", "is null for a non-empty view");
+  require(empty || v.data != nullptr, argument_member{name, "data"}, "is null for a non-empty view");
   if (empty || v.capacity < 0 || last < v.capacity) return;
   int widest = 0;  // name the dimension that reaches furthest
   for (int d = 1; d < Rank; ++d)
     if ((v.extent[d] - 1) * v.stride[d] > (v.extent[widest] - 1) * v.stride[widest]) widest = d;
-  throw invalid_argument(name + ".stride[" + std::to_string(widest) + "]",
+  throw invalid_argument(argument_member{name, "stride", widest}.str(),
                          cat("out of range: the view reaches element ", last, " but the buffer holds ", v.capacity,
                              " elements"));
 }
 
-/// @brief Checks that a view has the given extent in dimension d; throws naming `name`.extent[d] and what was expected.
+/// @brief Checks that a view has the given extent in dimension d; throws naming `name`.extent[d] and what was expected
+/// (with "(<meaning><meaning_of>)" when a meaning is given: the parts are joined only for the message).
 template <class T, int Rank>
-void require_extent(const strided_view<T, Rank>& v, int d, index_t expected, const std::string& name,
-                    const std::string& meaning = "") {
-  require(v.extent[d] == expected, name + ".extent[" + std::to_string(d) + "]", "expected ", expected,
-          meaning.empty() ? "" : " (" + meaning + ")", ", got ", v.extent[d]);
+void require_extent(const strided_view<T, Rank>& v, int d, index_t expected, std::string_view name,
+                    std::string_view meaning = {}, std::string_view meaning_of = {}) {
+  if (v.extent[d] == expected) return;
+  throw invalid_argument(argument_member{name, "extent", d}.str(),
+                         meaning.empty() ? cat("expected ", expected, ", got ", v.extent[d])
+                                         : cat("expected ", expected, " (", meaning, meaning_of, "), got ", v.extent[d]));
 }
 
 /// @brief Checks that a written view never maps two logical elements to one address (no racing writes).
 template <class T, int Rank>
-void require_no_self_overlap(const strided_view<T, Rank>& v, const std::string& name) {
+void require_no_self_overlap(const strided_view<T, Rank>& v, std::string_view name) {
   if (v.size() <= 1) return;
   // Sort the non-trivial dimensions by stride; each stride must clear the span of the smaller ones.
   int order[Rank];
@@ -197,7 +201,7 @@ void require_no_self_overlap(const strided_view<T, Rank>& v, const std::string& 
   index_t span = 1;
   for (int i = 0; i < count; ++i) {
     const int d = order[i];
-    require(v.stride[d] >= span, name + ".stride[" + std::to_string(d) + "]",
+    require(v.stride[d] >= span, argument_member{name, "stride", d},
             "makes two elements share one address (overlapping output), got stride ", v.stride[d]);
     span = v.stride[d] * (v.extent[d] - 1) + span;
   }

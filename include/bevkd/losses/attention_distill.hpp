@@ -52,7 +52,7 @@ void validate_attention_io(const attention_io<Acc>& io, index_t n, index_t h, in
   const auto check = [](const auto& v, const char* name, std::initializer_list<index_t> extents) {
     if (!v.data && v.size() == 0) return;
     validate_view(v, name);
-    require(v.data != nullptr, std::string(name) + ".data", "is null");
+    require(v.data != nullptr, argument_member{name, "data"}, "is null");
     int d = 0;
     for (index_t e : extents) require_extent(v, d++, e, name);
   };

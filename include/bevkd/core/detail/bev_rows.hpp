@@ -181,9 +181,9 @@ template <class V>
 void validate_row_view(const V& v, const char* name, index_t r0, index_t r1, const char* const dim_names[3]) {
   if (!v.data && v.size() == 0) return;
   validate_view(v, name);
-  require(v.data != nullptr, std::string(name) + ".data", "is null");
-  require_extent(v, 0, r0, name, std::string(dim_names[0]) + " of the student");
-  require_extent(v, 1, r1, name, std::string(dim_names[1]) + " of the student");
+  require(v.data != nullptr, argument_member{name, "data"}, "is null");
+  require_extent(v, 0, r0, name, dim_names[0], " of the student");
+  require_extent(v, 1, r1, name, dim_names[1], " of the student");
 }
 
 /// @brief Validates student/teacher/grad [R0, R1, N] views and the row inputs of one loss call; throws on the first problem.
@@ -195,8 +195,8 @@ void validate_rows_call(const strided_view<const T, 3>& student, const strided_v
   validate_view(teacher, "teacher");
   validate_view(grad, "grad");
   for (int d = 0; d < 3; ++d) {
-    require_extent(teacher, d, student.extent[d], "teacher", std::string(dim_names[d]) + " of the student");
-    require_extent(grad, d, student.extent[d], "grad", std::string(dim_names[d]) + " of the student");
+    require_extent(teacher, d, student.extent[d], "teacher", dim_names[d], " of the student");
+    require_extent(grad, d, student.extent[d], "grad", dim_names[d], " of the student");
   }
   require(student.extent[2] >= 1, "student.extent[2]", "(", dim_names[2], ") must be >= 1, got ", student.extent[2]);
   require_no_self_overlap(grad, "grad");
