@@ -43,10 +43,10 @@ std::string cat(const Parts&... parts) {
   return out.str();
 }
 
-/// @brief Throws bevkd::invalid_argument(argument, problem) when `ok` is false.
+/// @brief Throws bevkd::invalid_argument(argument, problem) when `ok` is false (the strings are built only then).
 template <class... Parts>
-void require(bool ok, const std::string& argument, const Parts&... problem) {
-  if (!ok) throw invalid_argument(argument, cat(problem...));
+void require(bool ok, std::string_view argument, const Parts&... problem) {
+  if (!ok) throw invalid_argument(std::string(argument), cat(problem...));
 }
 
 /// @brief The argument name "base.member[index]" (no "[index]" when index < 0), formed only when a check fails:
