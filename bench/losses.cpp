@@ -89,7 +89,7 @@ class cache_evictor {
   host_buffer<float> buffer_;
 };
 
-// Runs evict(threads) untimed when the case is cold.
+// Sweeps the caches with `threads` threads, untimed, when the case is cold.
 inline void evict_if_cold(benchmark::State& state, bool cold, int threads) {
   if (!cold) return;
   static cache_evictor evictor;

@@ -258,16 +258,21 @@ struct row_layout_passes {
     max_s = fold_partials(shift_max_op{}, part_s);
   }
 
+  /// @brief What exponentials needs of 1 / tau, made once per block (UnitTau: inv_tau is 1, see with_unit_tau).
+  template <bool UnitTau>
+  struct exponent {
+    Acc inv_tau;  ///< 1 / tau.
+  };
+
   /// @brief exponential_sums over the run: z_T, z_S and cross; the exponentials go to e_t and e_s.
-  /// UnitTau: inv_tau is 1 (see with_unit_tau).
   template <bool UnitTau>
   static BEVKD_HOST_NOINLINE void exponentials(const T* BEVKD_RESTRICT s, const T* BEVKD_RESTRICT t, index_t n,
-                                               Acc inv_tau, Acc max_t, Acc max_s, Acc* BEVKD_RESTRICT e_t,
+                                               exponent<UnitTau> x_of, Acc max_t, Acc max_s, Acc* BEVKD_RESTRICT e_t,
                                                Acc* BEVKD_RESTRICT e_s, partials& sum_t, partials& sum_s,
                                                partials& sum_cross) {
     Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
     for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
-    if (UnitTau) inv_tau = Acc(1);  // a constant: the multiplies by it compile away
+    const Acc inv_tau = UnitTau ? Acc(1) : x_of.inv_tau;  // a constant when UnitTau: the multiplies compile away
     for_row_partials(n, [&](index_t c, int v) {
       const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), inv_tau, max_t, max_s);
       e_t[c] = x.e_t;
@@ -365,13 +370,14 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
   for (int l = 0; l < block_rows; ++l) z[0][l] = z[1][l] = Acc(1), z[2][l] = Acc(0);  // rows of no runs: loss 0
   {
     block_partials<passes, Acc, 3, capacity> sums;
+    const typename passes::template exponent<UnitTau> x_of{inv_tau};
     int k = 0;
     for (int l = 0; l < block.count; ++l) {
       block.prefetch_row(l);
       index_t offset = 2 * n * l;
       block.for_each_run(l, [&](const auto& run) {
         passes::template exponentials<UnitTau>(run.student.ptr, run.teacher.ptr, run_columns<FixedColumns>(run),
-                                               inv_tau, maxima[0][l], maxima[1][l], e + offset, e + offset + n,
+                                               x_of, maxima[0][l], maxima[1][l], e + offset, e + offset + n,
                                                sums.part[0][k], sums.part[1][k], sums.part[2][k]);
         offset += run_columns<FixedColumns>(run);
         ++k;

@@ -16,7 +16,8 @@
 #include "../../core/detail/avx512.hpp"
 
 #if defined(BEVKD_HOST_AVX512)
-#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
@@ -40,7 +41,7 @@ namespace avx512 {
 /// a quadratic gives 2^f, and one vscalefps scales by 2^n: 9 vector operations per exponential,
 /// where the same table in base e took 11 besides its multiply by 1 / tau (measured: KL C = 64
 /// rows in cache 7-8 % faster with the cubic this had first; the quadratic then took 1-3 % off
-/// C = 64 and 5 % off C = 256; forming d k inside the rounding instead of first, 6 % off C = 64).
+/// C = 64 and 5 % off C = 256; forming d k inside the rounding instead of first, 4 % off C = 64 rows in L2).
 struct table_exp2 {
   /// @brief 2^(j/32) rounded to float, j = 0..15.
   static BEVKD_HOST_FORCEINLINE __m512 low() {
@@ -85,8 +86,14 @@ class exp2_of_shift {
   /// @brief The smallest float d whose d k is at least table_exp2::floor: 2^(d k) is normal from it to 0.
   static float lowest(float k) {
     float d = table_exp2::floor / k;
-    // d k of two floats is exact in double; round d toward 0 until it is in range.
-    while (static_cast<double>(d) * k < table_exp2::floor) d = std::nextafter(d, 0.0f);
+    // d k of two floats is exact in double; step d toward 0 (one less in the magnitude's bits, d being negative)
+    // until it is in range.
+    while (static_cast<double>(d) * k < table_exp2::floor) {
+      std::uint32_t bits;
+      std::memcpy(&bits, &d, sizeof bits);
+      --bits;
+      std::memcpy(&d, &bits, sizeof d);
+    }
     return d;
   }
 
@@ -227,12 +234,22 @@ struct row_passes {
     part_s = max_s;
   }
 
-  /// @brief The row's partial sums {z_T, z_S, cross}; the exponentials go to e_t and e_s (UnitTau: inv_tau is 1).
+  /// @brief What exponentials needs of 1 / tau, made once per block (UnitTau: inv_tau is 1): the exponential's
+  /// constants take a division, which per row cost the K = 32 rows 16 % at tau != 1.
   template <bool UnitTau>
-  static BEVKD_HOST_FORCEINLINE void exponentials(const float* s, const float* t, index_t n, float inv_tau,
-                                                  float max_t, float max_s, float* e_t, float* e_s, __m512& sum_t,
-                                                  __m512& sum_s, __m512& sum_cross) {
-    const exp2_of_shift exp2(exp2_factor(UnitTau ? 1.0f : inv_tau));
+  struct exponent {
+    float inv_tau;       ///< 1 / tau.
+    exp2_of_shift exp2;  ///< e^(d / tau) as 2^(d exp2_factor(1 / tau)).
+    /// @brief The constants of 1 / tau.
+    explicit exponent(float inv_tau_in) : inv_tau(inv_tau_in), exp2(exp2_factor(UnitTau ? 1.0f : inv_tau_in)) {}
+  };
+
+  /// @brief The row's partial sums {z_T, z_S, cross}; the exponentials go to e_t and e_s.
+  template <bool UnitTau>
+  static BEVKD_HOST_FORCEINLINE void exponentials(const float* s, const float* t, index_t n,
+                                                  const exponent<UnitTau>& x_of, float max_t, float max_s, float* e_t,
+                                                  float* e_s, __m512& sum_t, __m512& sum_s, __m512& sum_cross) {
+    const exp2_of_shift& exp2 = x_of.exp2;
     const __m512 max_t_v = _mm512_set1_ps(max_t), max_s_v = _mm512_set1_ps(max_s);
     const __m512 zero = _mm512_setzero_ps();
     __m512 z_t = zero, z_s = zero, cross = zero;
@@ -248,7 +265,7 @@ struct row_passes {
     });
     sum_t = z_t;
     sum_s = z_s;
-    sum_cross = cross_in_exponent_units<UnitTau>(cross, inv_tau);
+    sum_cross = cross_in_exponent_units<UnitTau>(cross, x_of.inv_tau);
   }
 
   /// @brief The results of p[0 .. count), p[i]'s partials combined with op, in `out` (sixteen at a time by fold16).
