@@ -5,8 +5,10 @@
 #include <bevkd/core/detail/lanes.hpp>
 #include <bevkd/core/team.hpp>
 
+#include <array>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 TEST_CASE("for_lane_columns gives every column to exactly one lane, in chunks, for any team size and tail") {
@@ -55,4 +57,69 @@ TEST_CASE("max_op propagates NaN like PyTorch's max") {
   CHECK(std::isnan(bevkd::max_op{}(nan, 1.0f)));
   CHECK(std::isnan(bevkd::max_op{}(1.0f, nan)));
   CHECK(bevkd::max_op{}(2.0f, 1.0f) == 2.0f);
+}
+
+namespace {
+
+/// @brief The (column, student, teacher) triples a lane's pass over a row visits, in order.
+template <class Row>
+std::vector<std::array<double, 3>> lane_visits(int lane, int lanes, int chunk, const Row& row) {
+  std::vector<std::array<double, 3>> visits;
+  bevkd::detail::for_lane_values(lane, lanes, chunk, row, [&](bevkd::index_t c, float s, float t) {
+    visits.push_back({static_cast<double>(c), s, t});
+  });
+  return visits;
+}
+
+}  // namespace
+
+TEST_CASE("held_row holds a lane's share of a row: the columns, values and order of for_lane_values, and its gradients") {
+  using bevkd::index_t;
+  constexpr int chunks = bevkd::detail::held_row_chunks;
+  if (chunks == 0) return;  // held rows turned off (BEVKD_HELD_ROW_CHUNKS=0)
+  constexpr int width = bevkd::detail::vector_width<float>();
+  for (int lanes : {1, 4, 7, 32})
+    for (index_t n : {1, 3, 4, 5, 17, 63, 64, 65, 127, 128, 448, 511, 512}) {
+      if (!bevkd::detail::row_fits_held<float, chunks>(lanes, width, n)) continue;
+      INFO("lanes ", lanes, " n ", n);
+      const index_t padded = n + 2 * width;  // columns past n must be neither read into results nor written
+      std::vector<float> s(padded), t(padded);
+      for (index_t c = 0; c < padded; ++c) {
+        s[c] = c < n ? 0.25f + static_cast<float>(c) : 1e30f;
+        t[c] = c < n ? -static_cast<float>(c) : 1e30f;
+      }
+      for (bool accumulate : {false, true}) {
+        std::vector<float> want(padded, 7.0f), got(padded, 7.0f);
+        const bevkd::detail::loss_row<float, true> in_memory{{s.data(), 1}, {t.data(), 1}, {want.data(), 1}, n};
+        const bevkd::detail::loss_row<float, true> to_hold{{s.data(), 1}, {t.data(), 1}, {got.data(), 1}, n};
+        const auto grad_of = [](index_t c, float sc, float tc) { return sc - 2 * tc + static_cast<float>(c); };
+        for (int lane = 0; lane < lanes; ++lane) {
+          const bevkd::detail::held_row<float, chunks> held(lane, lanes, to_hold);
+          CHECK(lane_visits(lane, lanes, width, held) == lane_visits(lane, lanes, width, in_memory));
+          bevkd::detail::for_lane_grads(lane, lanes, width, in_memory, accumulate, grad_of);
+          bevkd::detail::for_lane_grads(lane, lanes, width, held, accumulate, grad_of);
+        }
+        CHECK(got == want);
+        for (index_t c = 0; c < padded; ++c) {
+          const float expected = c < n ? (accumulate ? 7.0f : 0.0f) + s[c] - 2 * t[c] + static_cast<float>(c) : 7.0f;
+          CHECK(got[c] == expected);
+        }
+      }
+    }
+}
+
+TEST_CASE("host_team::hold_row holds rows only where a device warp team would: chunks of one vector, up to 32 lanes") {
+  std::vector<float> x(600, 1.0f);
+  const auto row = [&](bevkd::index_t n) {
+    return bevkd::detail::loss_row<float, true>{{x.data(), 1}, {x.data(), 1}, {x.data(), 1}, n};
+  };
+  const auto held = [](const bevkd::host_team& team, const bevkd::detail::loss_row<float, true>& r) {
+    return team.hold_row(r, [](const auto& h) { return !bevkd::detail::is_loss_row<std::decay_t<decltype(h)>>::value; });
+  };
+  const bool holds = bevkd::detail::held_row_chunks > 0;
+  CHECK(!held(bevkd::host_team(1, 1), row(64)));     // the production team
+  CHECK(!held(bevkd::host_team(8, 1), row(64)));     // single columns
+  CHECK(held(bevkd::host_team(8, 4), row(64)) == holds);
+  CHECK(!held(bevkd::host_team(256, 4), row(64)));   // a block team
+  CHECK(!held(bevkd::host_team(4, 4), row(4 * 4 * bevkd::detail::held_row_chunks + 1)));  // past a lane's share
 }

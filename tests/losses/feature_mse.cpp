@@ -74,7 +74,7 @@ TEST_CASE("feature_mse on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes") {
     for (int chunk : {1, 4}) {
       bevkd::host_exec exec;
       exec.simulate_team(lanes, chunk);
-      for (index_t C : {1, 3, 33, 300})
+      for (index_t C : {1, 3, 33, 64, 65, 300})
         for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2}) {
           INFO("lanes ", lanes, " chunk ", chunk, " C ", C);
           auto cs = mse_case<float>(normalize, 2, 3, C);

@@ -84,6 +84,24 @@ void check_device_matches_host(const loss_case<T>& cs, bevkd::cuda_exec& exec) {
   CHECK(same_padding);
 }
 
+/// @brief Runs a case with accumulate set on host and device, into the same random gradient, and checks they agree.
+template <class T>
+void check_accumulate_matches_host(loss_case<T> cs, std::mt19937& rng, bevkd::cuda_exec& exec) {
+  using acc = bevkd::accum_t<T>;
+  cs.randomize(rng);
+  cs.opts.accumulate = true;
+  const std::vector<T> prior = random_values<T>(storage_size(cs.lay, cs.B, cs.P, cs.C), rng);
+  std::vector<T> host_grad = prior;
+  std::vector<acc> host_rows;
+  bevkd::host_exec host;
+  cs.run(host, host_grad, host_rows);
+  const auto dev = run_on_device(cs, exec, prior);
+  INFO("accumulate: layout ", layout_name(cs.lay), " C ", cs.C);
+  std::vector<T> dev_grad = dev.grad;
+  CHECK(relative_error(logical_grad(cs, dev_grad), logical_grad(cs, host_grad), grad_floor<T>()) <
+        std::max(tolerance<T>(), 1e-5));
+}
+
 template <class T>
 void check_all_on_device(loss_case<T> cs, std::mt19937& rng, bevkd::cuda_exec& exec) {
   for (layout lay : all_layouts) {
@@ -142,8 +160,9 @@ TEST_SUITE("gpu") {
     for (int width : {4, 8, 16, 32}) {
       INFO("team width ", width);
       exec.team_width(width);
-      // Rows of fewer chunks than lanes, about two per lane, and many per lane; aligned (64) and not.
-      for (index_t C : {5, 64, 300}) {
+      // Rows of fewer chunks than lanes, about two per lane, and many per lane; aligned (64) and not; 64 and 65 at and
+      // just past what a team of 4 (bfloat16) or 8 (float) lanes holds in registers (held_row).
+      for (index_t C : {5, 33, 64, 65, 300}) {
         loss_case<T> cs;
         cs.B = 2;
         cs.P = 50;
@@ -153,11 +172,15 @@ TEST_SUITE("gpu") {
           cs.kind.mode = mode;
           cs.kind.tau = 1.5;
           check_all_on_device(cs, rng, exec);
+          check_accumulate_matches_host(cs, rng, exec);  // adds in the vector stores' chunks too
         }
         cs.kind = loss_kind{};
         cs.kind.is_kl = false;
-        cs.kind.normalize = mse_normalize::per_pillar_l2;
-        check_all_on_device(cs, rng, exec);
+        for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2}) {
+          cs.kind.normalize = normalize;
+          check_all_on_device(cs, rng, exec);
+          check_accumulate_matches_host(cs, rng, exec);
+        }
       }
     }
   }

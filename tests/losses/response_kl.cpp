@@ -57,8 +57,9 @@ TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 4, 7, 8,
       for (bool scratch : {true, false}) {
         bevkd::host_exec exec;
         exec.simulate_team(lanes, chunk, scratch);
-        // Rows shorter than the team, not a multiple of it, and longer than it.
-        for (index_t C : {1, 3, 33, 300})
+        // Rows shorter than the team, not a multiple of it, and longer than it; 64 and 65: at and just past what a
+        // team of 8 lanes holds in chunks of 4 (held_row, 2 chunks a lane).
+        for (index_t C : {1, 3, 33, 64, 65, 300})
           for (kl_mode mode : all_modes) {
             INFO("lanes ", lanes, " chunk ", chunk, " scratch ", scratch, " C ", C, " mode ", static_cast<int>(mode));
             auto cs = kl_case<float>(mode, 1.5, 2, 3, C);

@@ -175,6 +175,30 @@ inline int warp_team_width(index_t columns, int chunk) {
   return width;
 }
 
+/// @brief True when a problem's rows are held by the warp teams for their passes (Problem::holds_rows, see
+/// column_ops::hold_row).
+template <class Problem, class = void>
+struct problem_holds_rows : std::false_type {};
+/// @brief Problems with holds_rows.
+template <class Problem>
+struct problem_holds_rows<Problem, std::void_t<decltype(Problem::holds_rows)>>
+    : std::integral_constant<bool, Problem::holds_rows> {};
+
+/// @brief Lanes per unit-stride row of a problem: for rows a warp team holds, the fewest lanes (4 to 32) that hold the
+/// whole row; else (or when none does) warp_team_width's choice.
+///
+/// Held rows are read once, so more rows in flight no longer beat wider teams: on an H100 the
+/// fp32 softmax KL at C = 256 took 113 us on 32 lanes (held) and 127 us on 16 (not held);
+/// held rows of 2 chunks a lane were fastest at every measured size (bench/RESULTS.md).
+template <class Problem>
+int problem_team_width(index_t columns, int chunk) {
+  if constexpr (problem_holds_rows<Problem>::value) {
+    for (int width = 4; width <= warp_lanes; width *= 2)
+      if (row_fits_held<typename Problem::value_type, held_row_chunks>(width, chunk, columns)) return width;
+  }
+  return warp_team_width(columns, chunk);
+}
+
 /// @brief True when a problem's passes run over runs shorter than its rows (run_columns(), e.g. one camera's keys).
 template <class Problem, class = void>
 struct has_run_columns : std::false_type {};
@@ -300,11 +324,11 @@ class cuda_exec {
   device_loss_result run_loss(const Problem& problem, const detail::loss_call& call) {
     // Long rows get a block; unit-stride rows a group of 4 to 16 lanes of a warp (coalesced along
     // the row); strided rows (NCHW) a thread each, so that neighbouring threads read neighbouring pillars.
-    // Aligned unit-stride rows read 16-byte vectors: chunks of one vector per lane.
+    // Aligned unit-stride rows read (and write their gradients in) 16-byte vectors: chunks of one vector per lane.
     const int chunk = problem.vector_aligned() ? detail::vector_width<typename Problem::value_type>() : 1;
     if (problem.columns() >= 1024) return launch<detail::block_team>(problem, call, chunk);
     if constexpr (Problem::unit_stride) {
-      switch (team_width_ ? team_width_ : detail::warp_team_width(detail::team_columns(problem), chunk)) {
+      switch (team_width_ ? team_width_ : detail::problem_team_width<Problem>(detail::team_columns(problem), chunk)) {
         case 4: return launch<detail::warp_team<4>>(problem, call, chunk);
         case 8: return launch<detail::warp_team<8>>(problem, call, chunk);
         case 16: return launch<detail::warp_team<16>>(problem, call, chunk);

@@ -28,13 +28,14 @@ struct column_ops {
     for_lane_columns(team.lane(), team.size(), team.chunk(), n, [&](index_t c) { partial = op(partial, f(c)); });
     return team.reduce(op, [&](int) { return partial; });
   }
-  /// @brief reduce_columns with the student and teacher values loaded (16-byte vector loads when the chunk allows).
-  template <class Op, class V, class T, bool Unit, class F>
-  BEVKD_DEVICE V reduce_values(Op op, V init, const loss_row<T, Unit>& row, F&& f) const {
+  /// @brief reduce_columns with the student and teacher values loaded (16-byte vector loads when the chunk allows),
+  /// from a loss_row or a held_row.
+  template <class Op, class V, class Row, class F>
+  BEVKD_DEVICE V reduce_values(Op op, V init, const Row& row, F&& f) const {
     const Team& team = static_cast<const Team&>(*this);
     V partial = init;
     for_lane_values(team.lane(), team.size(), team.chunk(), row,
-                    [&](index_t c, accum_t<T> s, accum_t<T> t) { partial = op(partial, f(c, s, t)); });
+                    [&](index_t c, auto s, auto t) { partial = op(partial, f(c, s, t)); });
     return team.reduce(op, [&](int) { return partial; });
   }
   /// @brief Runs f(c) for this lane's columns.
@@ -44,10 +45,36 @@ struct column_ops {
     for_lane_columns(team.lane(), team.size(), team.chunk(), n, f);
   }
   /// @brief for_columns with the student and teacher values loaded.
-  template <class T, bool Unit, class F>
-  BEVKD_DEVICE void for_values(const loss_row<T, Unit>& row, F&& f) const {
+  template <class Row, class F>
+  BEVKD_DEVICE void for_values(const Row& row, F&& f) const {
     const Team& team = static_cast<const Team&>(*this);
     for_lane_values(team.lane(), team.size(), team.chunk(), row, f);
+  }
+  /// @brief Writes (accumulate: adds) the gradient f(c, s_c, t_c) of this lane's columns (16-byte vector stores when
+  /// the chunk allows).
+  template <class Row, class F>
+  BEVKD_DEVICE void write_grads(const Row& row, bool accumulate, F&& f) const {
+    const Team& team = static_cast<const Team&>(*this);
+    for_lane_grads(team.lane(), team.size(), team.chunk(), row, accumulate, f);
+  }
+  /// @brief write_grads and a reduction in one pass: f(c, s_c, t_c) returns graded{gradient, term}.
+  template <class Op, class V, class Row, class F>
+  BEVKD_DEVICE V reduce_grads(Op op, V init, const Row& row, bool accumulate, F&& f) const {
+    const Team& team = static_cast<const Team&>(*this);
+    V partial = init;
+    for_lane_grads(team.lane(), team.size(), team.chunk(), row, accumulate, folding_terms(op, partial, f));
+    return team.reduce(op, [&](int) { return partial; });
+  }
+  /// @brief f(row as this lane holds it) when the team holds rows and the row fits (see row_fits_held), else f(row):
+  /// later passes over a held row read registers, not memory.
+  template <class T, bool Unit, class F>
+  BEVKD_DEVICE auto hold_row(const loss_row<T, Unit>& row, F&& f) const -> decltype(f(row)) {
+    const Team& team = static_cast<const Team&>(*this);
+    if constexpr (Unit && Team::holds_rows && held_row_chunks > 0) {
+      if (row_fits_held<T, held_row_chunks>(team.size(), team.chunk(), row.n))
+        return f(held_row<T, held_row_chunks>(team.lane(), team.size(), row));
+    }
+    return f(row);
   }
 };
 
@@ -57,6 +84,8 @@ struct thread_team : column_ops<thread_team> {
   static constexpr int teams_per_block = cuda_block_threads;
   /// @brief Rows each team runs by default (one launch's choice, never the device's: partial sums stay fixed).
   static constexpr int rows_per_team = 1;
+  /// @brief False: a thread's strided row is read in single columns (see column_ops::hold_row).
+  static constexpr bool holds_rows = false;
   /// @brief Built from the thread's index (its lane is always 0).
   BEVKD_DEVICE thread_team(int, int) {}
   /// @brief Lane 0.
@@ -115,6 +144,8 @@ struct warp_team : lane_team<warp_team<Width>> {
   /// @brief Rows each team runs by default: two (a sweep of 1, 2, 4 and 8 on an H200: 1 or 2 fastest for the response
   /// KL, 4 for the TSA attention by 3 %; more blocks of fewer rows leave a shorter last wave).
   static constexpr int rows_per_team = 2;
+  /// @brief True: short rows are held in registers between passes (see column_ops::hold_row).
+  static constexpr bool holds_rows = true;
   /// @brief Built from the thread's index in the block and the launch's chunk width.
   BEVKD_DEVICE warp_team(int thread, int chunk) : lane_team<warp_team>(thread % Width, chunk) {}
   /// @brief Width lanes.
@@ -143,6 +174,8 @@ struct block_team : lane_team<block_team> {
   static constexpr int teams_per_block = 1;
   /// @brief Rows the team runs by default.
   static constexpr int rows_per_team = 1;
+  /// @brief False: block rows are long, and their passes read memory (see column_ops::hold_row).
+  static constexpr bool holds_rows = false;
   /// @brief Built from the thread's index in the block and the launch's chunk width.
   BEVKD_DEVICE block_team(int thread, int chunk) : lane_team<block_team>(thread, chunk) {}
   /// @brief 256 lanes.

@@ -111,7 +111,7 @@ class host_team {
   /// pairwise: a fixed order (so results stay deterministic) that the compiler can turn into SIMD code.
   template <class Op, class V, class F>
   BEVKD_HOST_DEVICE V reduce_columns(Op op, V init, index_t n, F&& f) const {
-    if (lanes_ == 1 && chunk_ == 1) return fold_simd(op, init, n, f);
+    if (single()) return fold_simd(op, init, n, f);
     return reduce(op, [&](int lane) {
       V partial = init;
       detail::for_lane_columns(lane, lanes_, chunk_, n, [&](index_t c) { partial = op(partial, f(c)); });
@@ -119,28 +119,87 @@ class host_team {
     });
   }
 
-  /// @brief reduce_columns over a loss row with the student and teacher values loaded: f(c, s_c, t_c).
-  template <class Op, class V, class T, bool Unit, class F>
-  BEVKD_HOST_DEVICE V reduce_values(Op op, V init, const detail::loss_row<T, Unit>& row, F&& f) const {
-    return reduce_columns(op, init, row.n, [&](index_t c) {
-      return f(c, load_as_accum(row.student[c]), load_as_accum(row.teacher[c]));
+  /// @brief reduce_columns over a loss row (or a row held as the device holds it) with the student and teacher
+  /// values loaded: f(c, s_c, t_c).
+  template <class Op, class V, class Row, class F>
+  BEVKD_HOST_DEVICE V reduce_values(Op op, V init, const Row& row, F&& f) const {
+    if constexpr (detail::is_loss_row<Row>::value) {
+      if (single())
+        return reduce_columns(op, init, row.n, [&](index_t c) {
+          return f(c, load_as_accum(row.student[c]), load_as_accum(row.teacher[c]));
+        });
+    }
+    return reduce(op, [&](int lane) {
+      V partial = init;
+      detail::for_lane_values(lane, lanes_, chunk_, row, [&](index_t c, auto s, auto t) { partial = op(partial, f(c, s, t)); });
+      return partial;
     });
   }
 
   /// @brief Runs f(c) once for every column of a row (each lane its own columns).
   template <class F>
   BEVKD_HOST_DEVICE BEVKD_FLATTEN void for_columns(index_t n, F&& f) const {
-    if (lanes_ == 1 && chunk_ == 1) {
+    if (single()) {
       for (index_t c = 0; c < n; ++c) f(c);
       return;
     }
     for (int lane = 0; lane < lanes_; ++lane) detail::for_lane_columns(lane, lanes_, chunk_, n, f);
   }
 
-  /// @brief for_columns over a loss row with the student and teacher values loaded: f(c, s_c, t_c).
+  /// @brief for_columns over a loss row (or a held row) with the student and teacher values loaded: f(c, s_c, t_c).
+  template <class Row, class F>
+  BEVKD_HOST_DEVICE void for_values(const Row& row, F&& f) const {
+    if constexpr (detail::is_loss_row<Row>::value) {
+      if (single())
+        return for_columns(row.n, [&](index_t c) { f(c, load_as_accum(row.student[c]), load_as_accum(row.teacher[c])); });
+    }
+    for (int lane = 0; lane < lanes_; ++lane) detail::for_lane_values(lane, lanes_, chunk_, row, f);
+  }
+
+  /// @brief Writes (accumulate: adds) f(c, s_c, t_c), column c's gradient, over every column (each lane its own, in
+  /// the chunks and order of the device's vector stores).
+  template <class Row, class F>
+  BEVKD_HOST_DEVICE void write_grads(const Row& row, bool accumulate, F&& f) const {
+    if constexpr (detail::is_loss_row<Row>::value) {
+      if (single()) {
+        const auto grad = row.grad;  // a value: a gradient store could alias a reference capture
+        return for_values(row, [grad, accumulate, &f](index_t c, auto s, auto t) {
+          detail::write_grad(grad[c], f(c, s, t), accumulate);
+        });
+      }
+    }
+    for (int lane = 0; lane < lanes_; ++lane) detail::for_lane_grads(lane, lanes_, chunk_, row, accumulate, f);
+  }
+
+  /// @brief write_grads and a reduction in one pass: f(c, s_c, t_c) returns detail::graded{gradient, term}.
+  template <class Op, class V, class Row, class F>
+  BEVKD_HOST_DEVICE V reduce_grads(Op op, V init, const Row& row, bool accumulate, F&& f) const {
+    if constexpr (detail::is_loss_row<Row>::value) {
+      if (single()) {
+        const auto grad = row.grad;
+        return reduce_values(op, init, row, [grad, accumulate, &f](index_t c, auto s, auto t) {
+          const auto out = f(c, s, t);
+          detail::write_grad(grad[c], out.grad, accumulate);
+          return out.value;
+        });
+      }
+    }
+    return reduce(op, [&](int lane) {
+      V partial = init;
+      detail::for_lane_grads(lane, lanes_, chunk_, row, accumulate, detail::folding_terms(op, partial, f));
+      return partial;
+    });
+  }
+
+  /// @brief f(row) on the host's production team (one lane); a simulated team of up to 32 lanes holds the row where a
+  /// device warp team would (see column_ops::hold_row), each lane loading its held_row in each pass.
   template <class T, bool Unit, class F>
-  BEVKD_HOST_DEVICE void for_values(const detail::loss_row<T, Unit>& row, F&& f) const {
-    for_columns(row.n, [&](index_t c) { f(c, load_as_accum(row.student[c]), load_as_accum(row.teacher[c])); });
+  BEVKD_HOST_DEVICE auto hold_row(const detail::loss_row<T, Unit>& row, F&& f) const -> decltype(f(row)) {
+    if constexpr (Unit && detail::held_row_chunks > 0) {
+      if (lanes_ <= warp_lanes && detail::row_fits_held<T, detail::held_row_chunks>(lanes_, chunk_, row.n))
+        return f(detail::lane_held_row<T, detail::held_row_chunks>{row, row.grad, row.n});
+    }
+    return f(row);
   }
 
   /// @brief Reduces f(lane) over the lanes with `op`, in the tree order of the CUDA teams; every lane gets the result.
@@ -167,6 +226,9 @@ class host_team {
   }
 
  private:
+  // The production team: one lane, single columns.
+  BEVKD_HOST_DEVICE bool single() const { return lanes_ == 1 && chunk_ == 1; }
+
   // 16 partial accumulators, column c into partial c % 16, then a pairwise tree. Arrays of
   // accumulators are kept component-major so that each component's 16 partials form one vector.
   // The row's tail is folded in blocks of 8, 4, then singly, so that short rows (10 classes,

@@ -38,11 +38,19 @@ struct feature_mse_problem : row_problem<T, Unit> {
   /// @brief Host scratch a row may use (none: every pass is one exponential-free sweep).
   index_t scratch_bytes() const { return 0; }
 
+  /// @brief True when a team holds each row for its passes (team.hold_row): the normalised MSE's two passes.
+  static constexpr bool holds_rows = Normalized;
+
   /// @brief Team-collective loss of row r; writes coeff * dl_r/dS.
   template <class Team>
   BEVKD_HOST_DEVICE acc_type loss_and_grad(const Team& team, index_t r, acc_type coeff, bool accumulate) const {
-    if (Normalized) return normalized_mse_row(team, this->row(r), eps, coeff, accumulate);
-    return mse_row(team, this->row(r), coeff, accumulate);
+    if constexpr (!Normalized) {
+      return mse_row(team, this->row(r), coeff, accumulate);
+    } else {
+      return team.hold_row(this->row(r), [&](const auto& row) {
+        return normalized_mse_row(team, row, eps, coeff, accumulate);
+      });
+    }
   }
 };
 

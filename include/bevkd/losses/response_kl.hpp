@@ -61,11 +61,19 @@ struct response_kl_problem : row_problem<T, Unit> {
     softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
+  /// @brief True when a team holds each row for its passes (team.hold_row): the softmax's three passes.
+  static constexpr bool holds_rows = !Sigmoid;
+
   /// @brief Team-collective loss of row r; writes coeff * dl_r/dS.
   template <class Team>
   BEVKD_HOST_DEVICE acc_type loss_and_grad(const Team& team, index_t r, acc_type coeff, bool accumulate) const {
-    if (Sigmoid) return sigmoid_kl_row(team, this->row(r), inv_tau, tau, coeff, accumulate);
-    return softmax_kl_row(team, this->row(r), inv_tau, tau, coeff, accumulate);
+    if constexpr (Sigmoid) {
+      return sigmoid_kl_row(team, this->row(r), inv_tau, tau, coeff, accumulate);
+    } else {
+      return team.hold_row(this->row(r), [&](const auto& row) {
+        return softmax_kl_row(team, row, inv_tau, tau, coeff, accumulate);
+      });
+    }
   }
 };
 

@@ -90,10 +90,11 @@ struct row_problem {
                              student.extent[2]};
   }
 
-  /// @brief True when every row of student and teacher starts on a 16-byte boundary (enables vector loads).
+  /// @brief True when every row of student, teacher and gradient starts on a 16-byte boundary (enables the device's
+  /// vector loads and stores).
   bool vector_aligned() const {
     return Unit && rows_vector_aligned(student.data, student.stride) &&
-           rows_vector_aligned(teacher.data, teacher.stride);
+           rows_vector_aligned(teacher.data, teacher.stride) && rows_vector_aligned(grad.data, grad.stride);
   }
 
   /// @brief Writes zeros over row r's gradient.

@@ -7,6 +7,7 @@
 #include "../math.hpp"
 #include "../reduction.hpp"
 #include "../view.hpp"
+#include "lanes.hpp"
 
 namespace bevkd {
 namespace detail {
@@ -97,19 +98,6 @@ BEVKD_HOST_DEVICE Acc run_row(const Problem& problem, const Team& team, index_t 
   const Acc weighted = w * loss;
   if (team.leader()) problem.rows.store(r, scaling.loss_weight * weighted);
   return weighted;
-}
-
-/// @brief Writes (or adds) one gradient element: accumulate adds into what is there.
-template <class T, class Acc>
-BEVKD_FORCEINLINE void write_grad(T& slot, Acc value, bool accumulate) {
-#if defined(__CUDA_ARCH__)
-  slot = accumulate ? store_from_accum<T>(load_as_accum(slot) + value) : store_from_accum<T>(value);
-#else
-  // The host reads the slot either way (its cache line is fetched for the write anyway) so that
-  // the loop has no branch and vectorises.
-  const Acc prior = load_as_accum(slot);
-  slot = store_from_accum<T>(math::select(accumulate, prior + value, value));
-#endif
 }
 
 }  // namespace detail

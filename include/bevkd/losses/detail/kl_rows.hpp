@@ -19,8 +19,8 @@ namespace detail {
 
 /// @brief Row maxima of t and s (the log-sum-exp shifts, taken before the division by tau; a NaN in the row makes
 /// the sums NaN by itself).
-template <class Acc, class Team, class T, bool Unit>
-BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 2> logit_maxima(const Team& team, const loss_row<T, Unit>& row) {
+template <class Acc, class Team, class Row>
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 2> logit_maxima(const Team& team, const Row& row) {
   using pair = acc_array<Acc, 2>;
   return team.reduce_values(shift_max_op{}, pair{{-math::infinity<Acc>(), -math::infinity<Acc>()}}, row,
                             [](index_t, Acc s, Acc t) { return pair{{t, s}}; });
@@ -69,9 +69,9 @@ BEVKD_FORCEINLINE Acc softmax_kl_grad_value(Acc scale, Acc e_t, Acc e_s, Acc inv
 ///
 /// A named function with value captures (not a lambda over references): GCC then proves the
 /// cache stores alias nothing the loop reads, and vectorises it.
-template <bool Keep, class Team, class T, bool Unit, class Acc>
-BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponential_sums(const Team& team, const loss_row<T, Unit>& row, Acc* cache,
-                                                     Acc inv_tau, Acc max_t, Acc max_s) {
+template <bool Keep, class Team, class Row, class Acc>
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponential_sums(const Team& team, const Row& row, Acc* cache,
+                                                                         Acc inv_tau, Acc max_t, Acc max_s) {
   using triple = acc_array<Acc, 3>;
   const index_t n = row.n;
   return team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
@@ -87,25 +87,24 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE acc_array<Acc, 3> exponential_sums(const T
 }
 
 /// @brief Writes coeff tau (q_S - q_T) over one segment of a softmax row, from kept or recomputed exponentials.
-template <class Team, class T, bool Unit, class Acc>
-BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>& row, const Acc* kept, Acc inv_tau,
-                                       Acc max_t, Acc max_s, Acc inv_zt, Acc inv_zs, Acc scale, bool accumulate) {
+template <class Team, class Row, class Acc>
+BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const Row& row, const Acc* kept, Acc inv_tau, Acc max_t,
+                                       Acc max_s, Acc inv_zt, Acc inv_zs, Acc scale, bool accumulate) {
   // Captured by value: a gradient store through a reference capture could alias them, and
   // GCC would then reload them after every store instead of vectorising the loop.
   const auto grad_row = row.grad;
   // The mode as a constant: an overwriting loop then neither reads the gradient nor selects.
   const auto pass = [&](auto accumulating) {
     using mode = decltype(accumulating);
-    const auto write = [grad_row, scale, inv_zs, inv_zt](index_t c, Acc e_t, Acc e_s) {
-      write_grad(grad_row[c], softmax_kl_grad_value(scale, e_t, e_s, inv_zt, inv_zs), mode::value);
-    };
     if (kept) {
       const index_t n = row.n;
-      team.for_columns(n, [write, kept, n](index_t c) { write(c, kept[c], kept[n + c]); });
+      team.for_columns(n, [grad_row, scale, inv_zs, inv_zt, kept, n](index_t c) {
+        write_grad(grad_row[c], softmax_kl_grad_value(scale, kept[c], kept[n + c], inv_zt, inv_zs), mode::value);
+      });
     } else {
-      team.for_values(row, [write, inv_tau, max_t, max_s](index_t c, Acc s, Acc t) {
-        write(c, math::exp_nonpositive(softmax_exponent(t, max_t, inv_tau)),
-              math::exp_nonpositive(softmax_exponent(s, max_s, inv_tau)));
+      team.write_grads(row, mode::value, [scale, inv_zs, inv_zt, inv_tau, max_t, max_s](index_t, Acc s, Acc t) {
+        return softmax_kl_grad_value(scale, math::exp_nonpositive(softmax_exponent(t, max_t, inv_tau)),
+                                     math::exp_nonpositive(softmax_exponent(s, max_s, inv_tau)), inv_zt, inv_zs);
       });
     }
   };
@@ -115,10 +114,10 @@ BEVKD_HOST_DEVICE void softmax_kl_grad(const Team& team, const loss_row<T, Unit>
     pass(std::false_type{});
 }
 
-/// @brief One softmax row held in one contiguous piece (the segments of softmax_kl_segments).
-template <class T, bool Unit>
+/// @brief One softmax row held in one contiguous piece (the segments of softmax_kl_segments): a loss_row or a held row.
+template <class Row>
 struct single_segment {
-  loss_row<T, Unit> row;  ///< The whole row.
+  Row row;  ///< The whole row.
 
   /// @brief Columns of the row.
   BEVKD_HOST_DEVICE index_t columns() const { return row.n; }
@@ -169,11 +168,12 @@ BEVKD_HOST_DEVICE Acc softmax_kl_segments(const Team& team, const Segments& segm
   return softmax_kl_value(sums[0], sums[1], sums[2], inv_zt, tau);
 }
 
-/// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over one contiguous row; writes coeff * tau * (q_S - q_T).
-template <class Team, class T, bool Unit, class Acc = accum_t<T>>
-BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
-                                     Acc coeff, bool accumulate) {
-  return softmax_kl_segments(team, single_segment<T, Unit>{row}, inv_tau, tau, coeff, accumulate);
+/// @brief tau^2 KL(softmax(t/tau) || softmax(s/tau)) over one contiguous row (a loss_row, or a row a team holds, see
+/// hold_row); writes coeff * tau * (q_S - q_T).
+template <class Team, class Row, class Acc>
+BEVKD_HOST_DEVICE Acc softmax_kl_row(const Team& team, const Row& row, Acc inv_tau, Acc tau, Acc coeff,
+                                     bool accumulate) {
+  return softmax_kl_segments(team, single_segment<Row>{row}, inv_tau, tau, coeff, accumulate);
 }
 
 /// @brief Calls f(std::true_type{}) when inv_tau is 1, else f(std::false_type{}): tau = 1, the common case, then
@@ -500,19 +500,18 @@ struct logistic {
 ///
 /// One pass: the gradient needs no row-wide normaliser.
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
-BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau, Acc tau,
-                                     Acc coeff, bool accumulate) {
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau,
+                                                         Acc tau, Acc coeff, bool accumulate) {
   const Acc scale = coeff * tau;
-  const auto grad = row.grad;  // value captures: see softmax_kl_row
-  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [grad, inv_tau, scale, accumulate](index_t c, Acc student, Acc teacher) {
-    const logistic<Acc> t(teacher * inv_tau);
-    const logistic<Acc> s(student * inv_tau);
-    // s_T log(s_T/s_S) + (1-s_T) log((1-s_T)/(1-s_S)); each side is 0 where its weight is 0.
-    const Acc positive = math::select(t.prob == Acc(0), Acc(0), t.prob * (s.sp_neg - t.sp_neg));
-    const Acc negative = math::select(t.prob == Acc(1), Acc(0), (Acc(1) - t.prob) * (s.sp - t.sp));
-    write_grad(grad[c], scale * (s.prob - t.prob), accumulate);
-    return positive + negative;
-  });
+  const Acc total =
+      team.reduce_grads(sum_op{}, Acc(0), row, accumulate, [inv_tau, scale](index_t, Acc student, Acc teacher) {
+        const logistic<Acc> t(teacher * inv_tau);
+        const logistic<Acc> s(student * inv_tau);
+        // s_T log(s_T/s_S) + (1-s_T) log((1-s_T)/(1-s_S)); each side is 0 where its weight is 0.
+        const Acc positive = math::select(t.prob == Acc(0), Acc(0), t.prob * (s.sp_neg - t.sp_neg));
+        const Acc negative = math::select(t.prob == Acc(1), Acc(0), (Acc(1) - t.prob) * (s.sp - t.sp));
+        return graded<Acc, Acc>{scale * (s.prob - t.prob), positive + negative};
+      });
   return tau * tau * total;
 }
 

@@ -17,22 +17,21 @@ template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Acc coeff, bool accumulate) {
   const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
   const Acc scale = coeff * Acc(2) * inv_n;
-  const auto grad = row.grad;  // value captures: a gradient store could alias reference captures
-  const Acc total = team.reduce_values(sum_op{}, Acc(0), row, [grad, scale, accumulate](index_t c, Acc s, Acc t) {
+  const Acc total = team.reduce_grads(sum_op{}, Acc(0), row, accumulate, [scale](index_t, Acc s, Acc t) {
     const Acc d = s - t;
-    write_grad(grad[c], scale * d, accumulate);
-    return d * d;
+    return graded<Acc, Acc>{scale * d, d * d};
   });
   return total * inv_n;
 }
 
-/// @brief MSE of s / max(||s||, eps) and t / max(||t||, eps) over one row, with the gradient through s's normalisation.
+/// @brief MSE of s / max(||s||, eps) and t / max(||t||, eps) over one row (a loss_row, or a row a team holds, see
+/// hold_row), with the gradient through s's normalisation. Two passes: the norms and dot product, then the gradient.
 ///
 /// With s_hat = s / n_s and g = (2/n)(s_hat - t_hat): dl/ds = (g - s_hat (s_hat . g)) / n_s
 /// when ||s|| > eps, and g / eps when the norm is clamped (the map is then linear).
-template <class Team, class T, bool Unit, class Acc = accum_t<T>>
-BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, const loss_row<T, Unit>& row, Acc eps, Acc coeff,
-                                         bool accumulate) {
+template <class Team, class Row, class Acc>
+BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, const Row& row, Acc eps, Acc coeff,
+                                                             bool accumulate) {
   using triple = acc_array<Acc, 3>;
   const triple dots = team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
                                          [&](index_t, Acc s, Acc t) { return triple{{s * s, t * t, s * t}}; });
@@ -45,13 +44,11 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, c
   // by reciprocals keeps one-element rows exactly +-1, so their gradient is exactly 0.
   const Acc projection = clamped ? Acc(0) : Acc(2) * inv_n * (Acc(1) - dots[2] / (div_s * div_t));
   const Acc scale = coeff / div_s;
-  const auto grad = row.grad;
-  const Acc total = team.reduce_values(sum_op{}, Acc(0), row,
-                                       [grad, div_s, div_t, scale, inv_n, projection, accumulate](index_t c, Acc s, Acc t) {
+  const Acc total = team.reduce_grads(sum_op{}, Acc(0), row, accumulate,
+                                      [div_s, div_t, scale, inv_n, projection](index_t, Acc s, Acc t) {
     const Acc s_hat = s / div_s;
     const Acc d = s_hat - t / div_t;
-    write_grad(grad[c], scale * (Acc(2) * inv_n * d - s_hat * projection), accumulate);
-    return d * d;
+    return graded<Acc, Acc>{scale * (Acc(2) * inv_n * d - s_hat * projection), d * d};
   });
   return total * inv_n;
 }
