@@ -301,8 +301,9 @@ class cuda_exec {
     BEVKD_CUDA_CHECK(cudaGetLastError());
   }
 
-  /// @brief Lanes per row for unit-stride rows under 1024 columns: 0 (the default) picks by row length, else 4, 8,
-  /// 16 or 32 (for benchmarks and tests of every team width; results agree to rounding, not bitwise).
+  /// @brief Lanes per row for unit-stride rows under 1024 columns: 0 (the default) picks by row length and whether the
+  /// rows are held (see detail::problem_team_width), else 4, 8, 16 or 32 (for benchmarks and tests of every team
+  /// width; results agree to rounding, not bitwise).
   cuda_exec& team_width(int lanes) {
     detail::require(lanes == 0 || lanes == 4 || lanes == 8 || lanes == 16 || lanes == 32, "lanes",
                     "must be 0, 4, 8, 16 or 32, got ", lanes);

@@ -162,9 +162,11 @@ class host_team {
   BEVKD_HOST_DEVICE void write_grads(const Row& row, bool accumulate, F&& f) const {
     if constexpr (detail::is_loss_row<Row>::value) {
       if (single()) {
-        const auto grad = row.grad;  // a value: a gradient store could alias a reference capture
-        return for_values(row, [grad, accumulate, &f](index_t c, auto s, auto t) {
-          detail::write_grad(grad[c], f(c, s, t), accumulate);
+        // Values, f too: a gradient store could alias what a reference capture reaches (f's own captured scalars
+        // included), and GCC would then reload them after every store instead of vectorising the loop.
+        return for_columns(row.n, [student = row.student, teacher = row.teacher, grad = row.grad, accumulate,
+                                   f](index_t c) {
+          detail::write_grad(grad[c], f(c, load_as_accum(student[c]), load_as_accum(teacher[c])), accumulate);
         });
       }
     }
@@ -176,9 +178,11 @@ class host_team {
   BEVKD_HOST_DEVICE V reduce_grads(Op op, V init, const Row& row, bool accumulate, F&& f) const {
     if constexpr (detail::is_loss_row<Row>::value) {
       if (single()) {
-        const auto grad = row.grad;
-        return reduce_values(op, init, row, [grad, accumulate, &f](index_t c, auto s, auto t) {
-          const auto out = f(c, s, t);
+        // One closure holding everything by value (see write_grads): a closure that refers to another one left GCC
+        // reloading the captured scalars after every gradient store (normalised MSE 15 % slower, measured).
+        return reduce_columns(op, init, row.n, [student = row.student, teacher = row.teacher, grad = row.grad, accumulate,
+                                                f](index_t c) {
+          const auto out = f(c, load_as_accum(student[c]), load_as_accum(teacher[c]));
           detail::write_grad(grad[c], out.grad, accumulate);
           return out.value;
         });
