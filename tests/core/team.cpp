@@ -65,44 +65,56 @@ namespace {
 template <class Row>
 std::vector<std::array<double, 3>> lane_visits(int lane, int lanes, int chunk, const Row& row) {
   std::vector<std::array<double, 3>> visits;
-  bevkd::detail::for_lane_values(lane, lanes, chunk, row, [&](bevkd::index_t c, float s, float t) {
-    visits.push_back({static_cast<double>(c), s, t});
+  bevkd::detail::for_lane_values(lane, lanes, chunk, row, [&](bevkd::index_t c, auto s, auto t) {
+    visits.push_back({static_cast<double>(c), static_cast<double>(s), static_cast<double>(t)});
   });
   return visits;
 }
 
+/// @brief The values of a gradient buffer, as doubles (bfloat16 has no operator==).
+template <class T>
+std::vector<double> as_doubles(const std::vector<T>& v) {
+  std::vector<double> out;
+  for (const T& x : v) out.push_back(static_cast<double>(bevkd::load_as_accum(x)));
+  return out;
+}
+
 }  // namespace
 
-TEST_CASE("held_row holds a lane's share of a row: the columns, values and order of for_lane_values, and its gradients") {
+TEST_CASE_TEMPLATE("held_row holds a lane's share of a row: the columns, values and order of for_lane_values, and its "
+                   "gradients", T, float, double, bevkd::bfloat16) {
   using bevkd::index_t;
+  using acc = bevkd::accum_t<T>;
   constexpr int chunks = bevkd::detail::held_row_chunks;
   if (chunks == 0) return;  // held rows turned off (BEVKD_HELD_ROW_CHUNKS=0)
-  constexpr int width = bevkd::detail::vector_width<float>();
+  constexpr int width = bevkd::detail::vector_width<T>();
   for (int lanes : {1, 4, 7, 32})
     for (index_t n : {1, 3, 4, 5, 17, 63, 64, 65, 127, 128, 448, 511, 512}) {
-      if (!bevkd::detail::row_fits_held<float, chunks>(lanes, width, n)) continue;
-      INFO("lanes ", lanes, " n ", n);
+      if (!bevkd::detail::row_fits_held<T, chunks>(lanes, width, n)) continue;
+      INFO("lanes ", lanes, " n ", n, " width ", width);
       const index_t padded = n + 2 * width;  // columns past n must be neither read into results nor written
-      std::vector<float> s(padded), t(padded);
+      std::vector<T> s(padded), t(padded);
       for (index_t c = 0; c < padded; ++c) {
-        s[c] = c < n ? 0.25f + static_cast<float>(c) : 1e30f;
-        t[c] = c < n ? -static_cast<float>(c) : 1e30f;
+        s[c] = bevkd::store_from_accum<T>(acc(c < n ? 0.25f + static_cast<float>(c) : 1e30f));
+        t[c] = bevkd::store_from_accum<T>(acc(c < n ? -static_cast<float>(c) : 1e30f));
       }
       for (bool accumulate : {false, true}) {
-        std::vector<float> want(padded, 7.0f), got(padded, 7.0f);
-        const bevkd::detail::loss_row<float, true> in_memory{{s.data(), 1}, {t.data(), 1}, {want.data(), 1}, n};
-        const bevkd::detail::loss_row<float, true> to_hold{{s.data(), 1}, {t.data(), 1}, {got.data(), 1}, n};
-        const auto grad_of = [](index_t c, float sc, float tc) { return sc - 2 * tc + static_cast<float>(c); };
+        const T prior = bevkd::store_from_accum<T>(acc(7));
+        std::vector<T> want(padded, prior), got(padded, prior);
+        const bevkd::detail::loss_row<T, true> in_memory{{s.data(), 1}, {t.data(), 1}, {want.data(), 1}, n};
+        const bevkd::detail::loss_row<T, true> to_hold{{s.data(), 1}, {t.data(), 1}, {got.data(), 1}, n};
+        const auto grad_of = [](index_t c, acc sc, acc tc) { return sc - 2 * tc + static_cast<acc>(c); };
         for (int lane = 0; lane < lanes; ++lane) {
-          const bevkd::detail::held_row<float, chunks> held(lane, lanes, to_hold);
+          const bevkd::detail::held_row<T, chunks> held(lane, lanes, to_hold);
           CHECK(lane_visits(lane, lanes, width, held) == lane_visits(lane, lanes, width, in_memory));
           bevkd::detail::for_lane_grads(lane, lanes, width, in_memory, accumulate, grad_of);
           bevkd::detail::for_lane_grads(lane, lanes, width, held, accumulate, grad_of);
         }
-        CHECK(got == want);
+        CHECK(as_doubles(got) == as_doubles(want));
         for (index_t c = 0; c < padded; ++c) {
-          const float expected = c < n ? (accumulate ? 7.0f : 0.0f) + s[c] - 2 * t[c] + static_cast<float>(c) : 7.0f;
-          CHECK(got[c] == expected);
+          const acc value = grad_of(c, bevkd::load_as_accum(s[c]), bevkd::load_as_accum(t[c]));
+          const T expected = c < n ? bevkd::store_from_accum<T>(accumulate ? acc(7) + value : value) : prior;
+          CHECK(bevkd::load_as_accum(got[c]) == bevkd::load_as_accum(expected));
         }
       }
     }
