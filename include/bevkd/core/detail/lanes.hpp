@@ -185,9 +185,10 @@ BEVKD_HOST_DEVICE void for_lane_grads(int lane, int lanes, int chunk, const loss
 /// @brief 16-byte chunks of student and of teacher a device lane holds in registers when its team holds a row
 /// (held_row; default 2: 8 fp32 or 16 bfloat16 columns a lane in 2 x 8 registers). 0 turns held rows off.
 ///
-/// On an H100 (bench/RESULTS.md), 2 chunks made the softmax KL and the normalised MSE up to 25 %
-/// faster; 4 made the fp32 softmax rows spill at the kernels' 80-register bound and was slower
-/// at C = 64, faster only at C = 256.
+/// On an H100 (bench/RESULTS.md), holding 2 chunks took the fp32 softmax KL at C = 64 from 46.8
+/// to 38.8 us and the fp32 normalised MSE from 44.0 to 36.1 us (against the vector stores alone);
+/// 4 made the fp32 softmax rows spill at the kernels' 80-register bound (51.3 us at C = 64) and
+/// was faster only at C = 256.
 #define BEVKD_HELD_ROW_CHUNKS 2
 #endif
 
