@@ -14,6 +14,7 @@
 #include "../host_backend.hpp"
 #include "../reduction.hpp"
 #include "../view.hpp"
+#include "avx512.hpp"
 #include "lanes.hpp"
 #include "row_driver.hpp"
 
@@ -128,8 +129,41 @@ bool unit_columns(const strided_view<const T, 3>& s, const strided_view<const T,
   return s.stride[2] == 1 && t.stride[2] == 1 && g.stride[2] == 1;
 }
 
+/// @brief Copies the 16 x 16 blocks of one tile of copy_tiles that is a transpose (src contiguous along the outer
+/// dimension, dst along the inner): sixteen vector loads, an in-register transpose and sixteen vector stores per block
+/// instead of 256 single elements. `at` holds the tile's first indices; returns the outer index from which the
+/// element loop copies the rest (all of the tile without AVX-512, for other types, or when the tile is no transpose).
+template <class T>
+index_t copy_transposed_blocks(const strided_view<const T, 3>& src, const strided_view<T, 3>& dst, const index_t (&at)[3],
+                               int inner, int outer, index_t count, index_t outer_end) {
+#if defined(BEVKD_HOST_AVX512)
+  if constexpr (std::is_same<T, float>::value) {
+    if (src.stride[outer] != 1 || dst.stride[inner] != 1) return at[outer];
+    const float* from = &src(at[0], at[1], at[2]);  // (o, i) at from + o + i src_step
+    float* to = &dst(at[0], at[1], at[2]);          // (o, i) at to + o dst_step + i
+    const index_t src_step = src.stride[inner], dst_step = dst.stride[outer], rows = outer_end - at[outer];
+    index_t o = 0;
+    for (; o + 16 <= rows; o += 16) {
+      index_t i = 0;
+      for (; i + 16 <= count; i += 16) {
+        __m512 v[16];
+        for (int r = 0; r < 16; ++r) v[r] = _mm512_loadu_ps(from + (i + r) * src_step + o);
+        avx512::transpose16(v);
+        for (int j = 0; j < 16; ++j) _mm512_storeu_ps(to + (o + j) * dst_step + i, v[j]);
+      }
+      for (; i < count; ++i)
+        for (int j = 0; j < 16; ++j) to[(o + j) * dst_step + i] = from[i * src_step + o + j];
+    }
+    return at[outer] + o;
+  }
+#endif
+  (void)src, (void)dst, (void)inner, (void)count, (void)outer_end;
+  return at[outer];
+}
+
 /// @brief Copies a [R0, R1, N] view into one of the same extents in 64 x 64 tiles of (R1, N), so that both sides'
-/// cache lines are reused whatever their strides (host_exec's parallel_for runs the tiles).
+/// cache lines are reused whatever their strides (host_exec's parallel_for runs the tiles); fp32 tiles that transpose
+/// (NHWC to NCHW and back) go through AVX-512 16 x 16 blocks where the build targets it.
 template <class T>
 void copy_tiles(host_exec& exec, const strided_view<const T, 3>& src, const strided_view<T, 3>& dst) {
   constexpr index_t tile = 64;
@@ -142,6 +176,7 @@ void copy_tiles(host_exec& exec, const strided_view<const T, 3>& src, const stri
     const index_t outer_end = std::min(first[outer] + tile, src.extent[outer]);
     const index_t count = std::min(first[inner] + tile, src.extent[inner]) - first[inner];
     const index_t src_step = src.stride[inner], dst_step = dst.stride[inner];
+    first[outer] = copy_transposed_blocks(src, dst, first, inner, outer, count, outer_end);
     for (index_t& o = first[outer]; o < outer_end; ++o) {
       const T* from = &src(first[0], first[1], first[2]);
       T* to = &dst(first[0], first[1], first[2]);
