@@ -150,8 +150,8 @@ class host_exec {
     }
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (index_t i = 0; i < count; ++i) f(i);
 #endif
+    for (index_t i = 0; i < count; ++i) f(i);
   }
 
  private:
