@@ -116,6 +116,17 @@ TEST_CASE("exp, log and log1p handle inf, NaN, zero and the range ends exactly")
   CHECK(bevkd::math::log(1e-45f) == doctest::Approx(std::log(static_cast<double>(1e-45f))).epsilon(1e-6));  // subnormal
   for (float x : {1e-30f, 1e-8f, 1e-3f, 0.5f, 1.0f})
     CHECK(bevkd::math::log1p_nonneg(x) == doctest::Approx(std::log1p(static_cast<double>(x))).epsilon(3e-7));
+  // With the reciprocal given (as the sigmoid shares it), over [0, 1] where the sigmoid's e^-|x| lies, and its tails.
+  float worst = 0;
+  for (float x = 0; x <= 1.0f; x += 1.0f / 4099) {
+    for (float y : {x, x * 1e-6f, x * 1e-20f}) {
+      const double want = std::log1p(static_cast<double>(y));
+      const float got = bevkd::math::log1p_nonneg(y, 1.0f / (1.0f + y));
+      if (want > 0) worst = std::max(worst, static_cast<float>(std::fabs(got - want) / want));
+      else CHECK(got == 0.0f);
+    }
+  }
+  CHECK(worst < 3e-7f);
   // The sigmoid the Bernoulli KL uses (shares its exponential with the softplus terms).
   CHECK(bevkd::detail::logistic<float>(-inf).prob == 0.0f);
   CHECK(bevkd::detail::logistic<float>(inf).prob == 1.0f);

@@ -231,13 +231,20 @@ BEVKD_FORCEINLINE double sqrt(double x) {
 #endif
 }
 
-/// @brief log(1 + x) for x >= 0, accurate for small x (a correction term restores what 1 + x rounds away).
+/// @brief log(1 + x) for x >= 0 given inv_u = 1 / (1 + x), accurate for small x (a correction term restores what
+/// 1 + x rounds away; a caller that needs the reciprocal anyway, like the sigmoid, shares its division).
+template <class T>
+BEVKD_FORCEINLINE T log1p_nonneg(T x, T inv_u) {
+  const T u = T(1) + x;
+  const T correction = (u - T(1)) - x;  // rounding error of 1 + x: at most half an ulp of u, so the
+  const T result = log(u) - correction * inv_u;  // reciprocal's rounding stays far below the result's ulp
+  return select(u == T(1), x, result);
+}
+
+/// @brief log(1 + x) for x >= 0, accurate for small x.
 template <class T>
 BEVKD_FORCEINLINE T log1p_nonneg(T x) {
-  const T u = T(1) + x;
-  const T correction = (u - T(1)) - x;  // rounding error of 1 + x
-  const T result = log(u) - correction / u;
-  return select(u == T(1), x, result);
+  return log1p_nonneg(x, T(1) / (T(1) + x));
 }
 
 

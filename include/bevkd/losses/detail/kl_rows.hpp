@@ -488,10 +488,10 @@ struct logistic {
   BEVKD_FORCEINLINE explicit logistic(Acc x) {
     const Acc abs_x = x < Acc(0) ? -x : x;
     const Acc e = math::exp(-abs_x);
-    const Acc tail = math::log1p_nonneg(e);
+    const Acc inv = Acc(1) / (Acc(1) + e);  // one division for the sigmoid and log1p's correction
+    const Acc tail = math::log1p_nonneg(e, inv);
     sp = (x > Acc(0) ? x : Acc(0)) + tail;
     sp_neg = (x < Acc(0) ? -x : Acc(0)) + tail;
-    const Acc inv = Acc(1) / (Acc(1) + e);
     prob = math::select(math::is_nan(x), x, math::select(x >= Acc(0), inv, e * inv));
   }
 };
