@@ -48,6 +48,94 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
       }
 }
 
+TEST_CASE_TEMPLATE("response_kl spatial mode over rows longer than a row block: host lane groups read them in place", T,
+                   float, double, bevkd::half, bevkd::bfloat16) {
+  // Spatial rows are channels (b, c) of P pillars. With the channels side by side (NHWC, sequence-first, padded), rows
+  // longer than a row block run in lane groups of sixteen channels: C = 1, 10 and 37 leave a batch's last group
+  // short, 16 fills one; P = 129 is just past a row block, 700 spans eleven of the groups' summation pieces. NCHW
+  // rows are contiguous and double rows are staged: the same checks cover those paths.
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  for (index_t C : {index_t{1}, index_t{10}, index_t{16}, index_t{37}})
+    for (index_t P : {index_t{129}, index_t{700}}) {
+      INFO("C ", C, " P ", P);
+      check_all_options(kl_case<T>(kl_mode::spatial, 1.6, 2, P, C), rng, exec);
+    }
+}
+
+TEST_CASE("response_kl spatial lane groups: accumulate adds, weight-0 channels keep their gradient, edge values per channel") {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  SUBCASE("accumulate: the buffer ends as what it held plus the gradient; weight-0 channels as they were") {
+    auto cs = kl_case<float>(kl_mode::spatial, 0.8, 2, 300, 21);
+    cs.randomize(rng);
+    cs.random_weights(rng);
+    std::vector<float> plain(cs.student.size()), acc(cs.student.size()), rows;
+    cs.run(exec, plain, rows);
+    const auto prior = random_values<float>(static_cast<index_t>(acc.size()), rng);
+    acc = prior;
+    cs.opts.accumulate = true;
+    cs.run(exec, acc, rows);
+    for (std::size_t i = 0; i < acc.size(); ++i) {
+      const bool excluded = cs.weights[(i / 21 / 300) * 21 + i % 21] == 0.0f;  // NHWC: (b, p, c) at (b P + p) C + c
+      if (excluded)
+        CHECK(acc[i] == prior[i]);
+      else
+        CHECK(acc[i] == doctest::Approx(prior[i] + plain[i]).epsilon(1e-6));
+    }
+  }
+  SUBCASE("-inf, NaN and +-1e4 in separate channels: each channel's loss and gradient as the reference says") {
+    const index_t P = 200, C = 4;
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> s = random_values<float>(P * C, rng), t = random_values<float>(P * C, rng);
+    for (index_t p = 0; p < P; p += 3) t[p * C + 0] = -inf;  // masked pillars of the teacher
+    s[77 * C + 1] = std::nanf("");
+    for (index_t p = 0; p < P; p += 7) s[p * C + 2] = p % 2 ? 1e4f : -1e4f;
+    for (index_t p = 0; p < P; p += 5) t[p * C + 3] = p % 2 ? -1e4f : 1e4f;
+    std::vector<float> g(P * C), row_loss(C);
+    bevkd::row_io<float> io;
+    io.row_loss = bevkd::rows_contiguous(row_loss.data(), 1, C);
+    bevkd::response_kl({kl_mode::spatial, 1.0, reduction::none})(
+        exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, P, C), bevkd::bev_nhwc<const float>(t.data(), 1, 1, P, C),
+        bevkd::bev_nhwc(g.data(), 1, 1, P, C), io);
+    for (index_t c = 0; c < C; ++c) {
+      INFO("channel ", c);
+      std::vector<double> sc, tc;
+      for (index_t p = 0; p < P; ++p) {
+        sc.push_back(s[p * C + c]);
+        tc.push_back(t[p * C + c]);
+      }
+      if (c == 1) {
+        CHECK(std::isnan(row_loss[c]));
+        continue;
+      }
+      const auto want = softmax_kl_reference(sc, tc, 1.0);
+      CHECK(std::isfinite(row_loss[c]));
+      CHECK(row_loss[c] == doctest::Approx(want.loss).epsilon(1e-5));
+      double worst = 0;
+      for (index_t p = 0; p < P; ++p) worst = std::max(worst, std::fabs(g[p * C + c] - want.grad[p]));
+      CHECK(worst < 1e-6);
+    }
+    // Weight 0 on the NaN channel: loss 0 there, its gradient exactly 0 (not 0 * NaN), the others unchanged.
+    const std::vector<float> w = {1.0f, 0.0f, 1.0f, 1.0f};
+    io.weights = bevkd::rows_contiguous(w.data(), 1, C);
+    const std::vector<float> before = row_loss;
+    std::fill(g.begin(), g.end(), 5.0f);
+    bevkd::response_kl({kl_mode::spatial, 1.0, reduction::none})(
+        exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, P, C), bevkd::bev_nhwc<const float>(t.data(), 1, 1, P, C),
+        bevkd::bev_nhwc(g.data(), 1, 1, P, C), io);
+    CHECK(row_loss[1] == 0.0f);
+    CHECK(row_loss[0] == before[0]);
+    bool zero_grad = true;
+    for (index_t p = 0; p < P; ++p) zero_grad = zero_grad && g[p * C + 1] == 0.0f;
+    CHECK(zero_grad);
+  }
+}
+
 TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 4, 7, 8, 16, 32, 256 (the CUDA warp groups, a block), chunks, scratch on and off") {
   const auto seed = fresh_seed();
   INFO("seed ", seed);

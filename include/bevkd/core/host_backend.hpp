@@ -161,6 +161,9 @@ class host_exec {
   double sum_row_losses(const Problem& problem, const detail::row_scaling<Acc>& scaling) {
     const index_t rows = problem.row_count();
     const index_t chunk_rows = detail::rows_per_chunk(problem.columns());
+    if constexpr (detail::has_lane_groups<Problem>::value) {
+      if (runs_row_blocks() && problem.lane_groups_apply()) return sum_lane_groups(problem, scaling);
+    }
     if constexpr (detail::has_row_blocks<Problem>::value) {
       if (runs_row_blocks() && problem.blocks_apply()) {
         const index_t bytes = problem.block_scratch_bytes();
@@ -189,10 +192,28 @@ class host_exec {
     });
   }
 
+  // sum_row_losses over lane groups (row_blocks.hpp), one chunk each: long rows side by side, read in place.
+  template <class Problem, class Acc>
+  double sum_lane_groups(const Problem& problem, const detail::row_scaling<Acc>& scaling) {
+    using group_type = detail::lane_group<typename Problem::value_type>;
+    const bool stream_call = detail::grad_streamable(problem, scaling.accumulate);
+    const index_t elements = detail::block_rows * problem.columns();
+    return sum_over_chunks(group_type::count_in(problem), 1, 0, [&](index_t k, index_t, const host_team&) {
+      group_type group;
+      group.load(problem, k, stream_call);
+      Acc weighted[detail::block_rows];
+      detail::run_block(problem, group, scaling, static_cast<Acc*>(nullptr), weighted);
+      if (group.stream_grad) detail::fence_streamed_stores();
+      return detail::block_sum(weighted);  // lanes from count on have weight 0: they add +0
+    }, elements);
+  }
+
   // Sum of chunk_value(first, last, team) over the chunks [first, last) of chunk_rows rows, in chunk order: the
-  // partition, and with it the result, does not depend on the thread count.
+  // partition, and with it the result, does not depend on the thread count. `chunk_elements` (about how many elements
+  // a chunk touches, when far more than a chunk of short rows) lets a few large chunks go parallel.
   template <class ChunkValue>
-  double sum_over_chunks(index_t rows, index_t chunk_rows, index_t scratch_bytes, ChunkValue&& chunk_value) {
+  double sum_over_chunks(index_t rows, index_t chunk_rows, index_t scratch_bytes, ChunkValue&& chunk_value,
+                         index_t chunk_elements = 0) {
     const index_t chunks = (rows + chunk_rows - 1) / chunk_rows;
     const int nthreads = threads();
     partials_.assign(static_cast<std::size_t>(chunks), 0.0);
@@ -215,7 +236,9 @@ class host_exec {
     // chunks of work (the partition into chunks, and so the result, is the same either way). They
     // do not enter one at all: even a region of one thread allocated memory and made a futex call in
     // libgomp (measured: a 64-row C = 64 KL call took 1.9 us with it, 1.3 us without).
-    if (nthreads == 1 || chunks < detail::parallel_chunks) {
+    const bool few = chunks < detail::parallel_chunks &&
+                     (chunks < 2 || chunks * chunk_elements < detail::parallel_chunks * detail::host_chunk_elements);
+    if (nthreads == 1 || few) {
       const host_team team(lanes, chunk, scratch, scratch_bytes);
       for (index_t k = 0; k < chunks; ++k) run_chunk(k, team);
     } else {

@@ -46,12 +46,8 @@ struct response_kl_problem : row_problem<T, Unit> {
 
   /// @brief Softmax rows with float accumulators can run in host row blocks (see blocks_apply()).
   static constexpr bool row_blocks = !Sigmoid && std::is_same<acc_type, float>::value;
-  /// @brief True when rows of `columns` columns (unit-stride or not) run in host row blocks.
-  static bool blocks_apply_to(index_t columns, bool unit_stride) {
-    return row_blocks && block_columns_fit(columns, unit_stride);
-  }
   /// @brief True when this call's rows run in host row blocks.
-  bool blocks_apply() const { return blocks_apply_to(this->columns(), Unit); }
+  bool blocks_apply() const { return row_blocks && block_columns_fit(this->columns(), Unit); }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(this->columns()); }
   /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see softmax_kl_block).
@@ -59,6 +55,15 @@ struct response_kl_problem : row_problem<T, Unit> {
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
     softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+  }
+
+  /// @brief Strided softmax rows with float accumulators can run in host lane groups (see lane_groups_apply()).
+  static constexpr bool lane_groups = row_blocks && !Unit;
+  /// @brief True when this call's rows run in host lane groups: strided rows too long for a row block, side by side in
+  /// memory (the spatial mode's channels of an NHWC tensor).
+  bool lane_groups_apply() const {
+    return lane_groups && this->columns() > max_block_columns &&
+           rows_side_by_side(this->student, this->teacher, this->grad);
   }
 
   /// @brief True when a team holds each row for its passes (team.hold_row): the softmax's three passes.
@@ -127,8 +132,9 @@ class response_kl {
                                  student.extent[0]};
     using acc = accum_t<T>;
     const bool sigmoid = options.mode == kl_mode::sigmoid;
-    const bool row_blocks = !sigmoid && detail::response_kl_problem<T, false, false>::blocks_apply_to(student.extent[2], false);
-    return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, row_blocks, [&](auto unit, auto s,
+    // Side-by-side softmax rows run in place on the host: in row blocks when short, in lane groups when long.
+    const bool in_place = !sigmoid && detail::response_kl_problem<T, false, false>::row_blocks;
+    return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, in_place, [&](auto unit, auto s,
                                                                                                 auto t, auto g) {
       return detail::dispatch_bool(sigmoid, [&](auto sig) {
         detail::response_kl_problem<T, decltype(unit)::value, decltype(sig)::value> problem;

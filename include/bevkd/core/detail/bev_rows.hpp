@@ -129,6 +129,13 @@ bool unit_columns(const strided_view<const T, 3>& s, const strided_view<const T,
   return s.stride[2] == 1 && t.stride[2] == 1 && g.stride[2] == 1;
 }
 
+/// @brief True when neighbouring rows (dimension 1) are adjacent in memory in all three tensors (stride 1: NCHW pillars
+/// in softmax mode, NHWC channels in spatial mode), so that host row blocks and lane groups read them in place.
+template <class T>
+bool rows_side_by_side(const strided_view<const T, 3>& s, const strided_view<const T, 3>& t, const strided_view<T, 3>& g) {
+  return s.stride[1] == 1 && t.stride[1] == 1 && g.stride[1] == 1;
+}
+
 /// @brief Copies the 16 x 16 blocks of one tile of copy_tiles that is a transpose (src contiguous along the outer
 /// dimension, dst along the inner): sixteen vector loads, an in-register transpose and sixteen vector stores per block
 /// instead of 256 single elements. `at` holds the tile's first indices; returns the outer index from which the
@@ -190,15 +197,14 @@ void copy_tiles(host_exec& exec, const strided_view<const T, 3>& src, const stri
 /// @brief Calls run(unit, student, teacher, grad) with `unit` a std::bool_constant saying whether every column
 /// stride is 1; on the host (see host_exec::stage_strided_rows), strided rows are first copied into contiguous
 /// buffers and the gradient copied back after the run (gathered first when accumulating), so the unit-stride
-/// kernels read them. Not when `row_blocks` says the call's rows would run in host row blocks and neighbouring rows
-/// are adjacent in memory (NCHW): a row block then reads sixteen rows' columns in place, already in lane layout.
+/// kernels read them. Not when `in_place` says the problem's host blocks read side-by-side rows in place and they are
+/// (rows_side_by_side): a row block or lane group then reads sixteen rows' columns, already in lane layout.
 template <class Exec, class T, class Run>
 auto run_on_rows(Exec& exec, const strided_view<const T, 3>& student, const strided_view<const T, 3>& teacher,
-                 const strided_view<T, 3>& grad, bool accumulate, bool row_blocks, Run&& run) {
+                 const strided_view<T, 3>& grad, bool accumulate, bool in_place, Run&& run) {
   if (unit_columns(student, teacher, grad)) return run(std::true_type{}, student, teacher, grad);
   if constexpr (std::is_same<Exec, host_exec>::value) {
-    const bool adjacent_rows = student.stride[1] == 1 && teacher.stride[1] == 1 && grad.stride[1] == 1;
-    const bool blocks_in_place = row_blocks && exec.runs_row_blocks() && adjacent_rows;
+    const bool blocks_in_place = in_place && exec.runs_row_blocks() && rows_side_by_side(student, teacher, grad);
     if (exec.stages_strided_rows() && !blocks_in_place) {
       const std::array<index_t, 3> extent{student.extent[0], student.extent[1], student.extent[2]};
       const auto staged = [&](int slot) {
@@ -213,7 +219,7 @@ auto run_on_rows(Exec& exec, const strided_view<const T, 3>& student, const stri
       return result;
     }
   } else {
-    (void)row_blocks;
+    (void)in_place;
   }
   return run(std::false_type{}, student, teacher, grad);
 }

@@ -164,26 +164,31 @@ BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first, index_t n) {
 /// @brief Gradients of at least this many bytes per call are streamed (see streams_grad).
 constexpr index_t min_streamed_grad_bytes = index_t{4} << 20;
 
-/// @brief True when a call's fp32 row blocks may write its gradient with non-temporal stores and not prefetch it: an
-/// AVX-512 host, float rows of whole 64-byte lines (a multiple of 16 columns), the gradient written (not
-/// accumulated) and at least min_streamed_grad_bytes. A block streams when its gradient rows also start on a line.
+/// @brief True when a call's gradient is large enough, and of the kind, to be written with non-temporal stores: an
+/// AVX-512 host, float, written (not accumulated), at least min_streamed_grad_bytes.
 ///
 /// Why: a stored line is first read for ownership, a third more memory traffic on top of the two
 /// inputs, and its prefetch takes a miss buffer that the next block's inputs need; a gradient this
 /// large leaves the core's caches before anyone reads it again anyway. Measured at B = 2, 200 x 200,
 /// C = 64 fp32 (2-core Zen 4): KL forward+backward 2.2-2.6 -> 1.8-1.9 ms on two threads.
 template <class Problem>
-bool streams_grad(const Problem& problem, bool accumulate) {
+bool grad_streamable(const Problem& problem, bool accumulate) {
 #if defined(BEVKD_HOST_AVX512)
   using T = typename Problem::value_type;
   const index_t bytes = problem.row_count() * problem.columns() * static_cast<index_t>(sizeof(T));
-  return std::is_same<T, float>::value && !accumulate && problem.columns() % 16 == 0 &&
-         bytes >= min_streamed_grad_bytes;
+  return std::is_same<T, float>::value && !accumulate && bytes >= min_streamed_grad_bytes;
 #else
   (void)problem;
   (void)accumulate;
   return false;
 #endif
+}
+
+/// @brief True when a call's fp32 row blocks may stream their gradient (grad_streamable): rows of whole 64-byte lines
+/// (a multiple of 16 columns) besides. A block streams when its gradient rows also start on a line.
+template <class Problem>
+bool streams_grad(const Problem& problem, bool accumulate) {
+  return grad_streamable(problem, accumulate) && problem.columns() % 16 == 0;
 }
 
 /// @brief Orders this thread's non-temporal stores before whatever it does next (they are weakly ordered): called
@@ -555,6 +560,88 @@ struct multi_run_block {
   }
 };
 
+/// @brief Up to sixteen rows of any length that lie side by side in all three tensors (column c of row l at row 0's
+/// column c + l, as the channels of an NHWC tensor in the spatial KL): a host lane-group kernel reads them in place,
+/// one vector of the rows per column, without scratch (see softmax_kl_block for lane groups).
+///
+/// Why: such rows (B x C rows of P = 40000 pillars) are too long for a block's scratch, and
+/// staging them meant transposing all three tensors twice (copy_tiles), more than half the call.
+template <class T>
+struct lane_group {
+  using value_type = T;          ///< Element type of the tensors.
+  loss_row<T, false> row0 = {};  ///< Row 0 of the group; row l is it shifted by l elements.
+  index_t first = 0;             ///< The problem's index of row 0.
+  int count = 0;                 ///< Rows in the group (1..block_rows).
+  index_t n = 0;                 ///< Columns per row.
+  bool stream_grad = false;  ///< Whole columns of the gradient are written with non-temporal stores (grad_streamable).
+
+  /// @brief Columns ahead of the one being read whose student and teacher a pass prefetches (see read_ahead).
+  static constexpr index_t ahead = 64;
+
+  /// @brief Prefetches column c + ahead of student and teacher: columns lie a whole row of the tensor apart (C
+  /// elements in the spatial KL), which the hardware's prefetchers do not follow, so each pass waited on memory for
+  /// every column (measured, C = 64, 2 x 40000 pillars, one thread: 10.6 ms without, 3.3 ms with 64 ahead; 16: 4.6,
+  /// 32: 3.9, 128: 3.2, 256: 3.4; at C = 256, 64 ahead was the best). The column's first element only: one line
+  /// holds the sixteen floats of an aligned column (a second prefetch, for its last element, cost 6 %).
+  BEVKD_HOST_FORCEINLINE void read_ahead(index_t c) const {
+    prefetch_at(row0.student, c + ahead);
+    prefetch_at(row0.teacher, c + ahead);
+  }
+
+  /// @brief Groups of a problem over [R0, R1] rows: each i0's R1 rows in groups of block_rows, the last one shorter.
+  template <class Problem>
+  static index_t count_in(const Problem& problem) {
+    return problem.student.extent[0] * groups_per_outer(problem);
+  }
+
+  /// @brief Makes this group number k of the problem's (count_in); `stream_call`: the call's gradient is streamable.
+  template <class Problem>
+  void load(const Problem& problem, index_t k, bool stream_call) {
+    const index_t per = groups_per_outer(problem), rows = problem.student.extent[1];
+    const index_t i0 = k / per, i1 = k % per * block_rows;
+    row0 = problem.row_at(i0, i1);
+    first = i0 * rows + i1;
+    count = static_cast<int>(rows - i1 < block_rows ? rows - i1 : block_rows);
+    n = problem.columns();
+    // Non-temporal stores need whole aligned lines: sixteen floats per column, every column on a line.
+    const bool on_lines = (reinterpret_cast<std::uintptr_t>(row0.grad.ptr) & 63) == 0 &&
+                          row0.grad.stride * static_cast<index_t>(sizeof(T)) % 64 == 0;
+    stream_grad = stream_call && count == block_rows && on_lines;
+  }
+
+ private:
+  // Prefetches column c of a row, which may lie past the tensor's end: the address is formed as an integer (no
+  // out-of-range pointer arithmetic), and a prefetch never faults.
+  template <class Ref>
+  static BEVKD_HOST_FORCEINLINE void prefetch_at(const Ref& row, index_t c) {
+#if defined(__GNUC__) || defined(__clang__)
+    const auto bytes = static_cast<std::uintptr_t>(c * row.stride * static_cast<index_t>(sizeof(T)));
+    __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(row.ptr) + bytes));
+#else
+    (void)row;
+    (void)c;
+#endif
+  }
+
+  template <class Problem>
+  static index_t groups_per_outer(const Problem& problem) {
+    return (problem.student.extent[1] + block_rows - 1) / block_rows;
+  }
+};
+
+/// @brief Columns of a lane group whose sums a kernel adds up on their own before adding them to the row's: rows of
+/// 40000 columns then carry the rounding of about 64 + 625 additions, not 40000.
+constexpr index_t lane_group_piece = 64;
+
+/// @brief True when a problem has a host lane-group kernel (`lane_groups`; lane_groups_apply() says whether a call
+/// uses it).
+template <class Problem, class = void>
+struct has_lane_groups : std::false_type {};
+/// @brief Problems that declare `lane_groups`.
+template <class Problem>
+struct has_lane_groups<Problem, std::void_t<decltype(Problem::lane_groups)>>
+    : std::integral_constant<bool, Problem::lane_groups> {};
+
 /// @brief The sum of a block's sixteen weighted row losses in double, added pairwise (k with k + 8, then k + 4, k + 2,
 /// k + 1): four dependent adds instead of sixteen (a chain the next block's work cannot hide).
 template <class Acc>
@@ -580,12 +667,13 @@ template <class Problem>
 struct has_row_blocks<Problem, std::void_t<decltype(Problem::row_blocks)>>
     : std::integral_constant<bool, Problem::row_blocks> {};
 
-/// @brief Runs the rows of a loaded block of a problem (row_block::load); writes each row's w_r * l_r to `weighted`.
+/// @brief Runs the rows of a loaded block of a problem (row_block::load, or a lane_group); writes each row's w_r * l_r
+/// to `weighted`.
 ///
 /// The block twin of run_row: a row of weight 0 gets loss 0 and gradient exactly 0 (nothing
 /// when accumulating), and per-row outputs are stored the same way.
-template <class Problem, class Acc>
-void run_block(const Problem& problem, const row_block_of<Problem>& block, const row_scaling<Acc>& scaling,
+template <class Problem, class Block, class Acc>
+void run_block(const Problem& problem, const Block& block, const row_scaling<Acc>& scaling,
                Acc* scratch, Acc* weighted) {
   Acc w[block_rows], upstream[block_rows], coeff[block_rows], loss[block_rows] = {};
   bool skip[block_rows];

@@ -295,6 +295,90 @@ struct row_passes {
   }
 };
 
+/// @brief The passes of the softmax KL over a lane group of fp32 rows (see lane_group_passes in kl_rows.hpp): lane l
+/// of each vector row l, column c of the group one vector; the lanes from count on read 0 and write nothing.
+struct lane_group_passes {
+  /// @brief Each row's maxima of t and s (as shift_max_op: a NaN column leaves a maximum as it was).
+  static void maxima(const lane_group<float>& group, float* max_t, float* max_s) {
+    const lanes_of x(group);
+    __m512 m_t = _mm512_set1_ps(-math::infinity<float>()), m_s = m_t;
+    for (index_t c = 0; c < group.n; ++c) {
+      group.read_ahead(c);
+      m_t = _mm512_mask_max_ps(m_t, all_lanes, x.teacher(c), m_t);
+      m_s = _mm512_mask_max_ps(m_s, all_lanes, x.student(c), m_s);
+    }
+    _mm512_storeu_ps(max_t, m_t);
+    _mm512_storeu_ps(max_s, m_s);
+  }
+
+  /// @brief Each row's {z_T, z_S, cross} (softmax_terms' units), added in pieces of lane_group_piece columns.
+  static void sums(const lane_group<float>& group, float inv_tau, const float* max_t, const float* max_s,
+                   float (&z)[3][block_rows]) {
+    const lanes_of x(group);
+    const exp2_of_shift exp2(exp2_factor(inv_tau));
+    const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s), zero = _mm512_setzero_ps();
+    __m512 z_t = zero, z_s = zero, cross = zero;
+    for (index_t first = 0; first < group.n; first += lane_group_piece) {
+      const index_t last = group.n - first < lane_group_piece ? group.n : first + lane_group_piece;
+      __m512 piece_t = zero, piece_s = zero, piece_cross = zero;
+      for (index_t c = first; c < last; ++c) {
+        group.read_ahead(c);
+        const column_terms e(softmax_shift(x.teacher(c), m_t), softmax_shift(x.student(c), m_s), exp2);
+        piece_t = _mm512_add_ps(piece_t, e.e_t.value);
+        piece_s = _mm512_add_ps(piece_s, e.e_s);
+        piece_cross = e.add_cross(piece_cross, all_lanes);
+      }
+      z_t = _mm512_add_ps(z_t, piece_t);
+      z_s = _mm512_add_ps(z_s, piece_s);
+      cross = _mm512_add_ps(cross, piece_cross);
+    }
+    _mm512_storeu_ps(z[0], z_t);
+    _mm512_storeu_ps(z[1], z_s);
+    _mm512_storeu_ps(z[2], cross_in_exponent_units<false>(cross, inv_tau));
+  }
+
+  /// @brief Writes (Accumulate: adds) e_s scale_s - e_t scale_t into the rows' gradients from recomputed exponentials,
+  /// exactly 0 in rows with skip set (nothing when accumulating); whole columns streamed when Stream is set.
+  template <bool Accumulate, bool Stream>
+  static void grad(const lane_group<float>& group, float inv_tau, const float* max_t, const float* max_s,
+                   const float* scale_t, const float* scale_s, const bool* skip) {
+    const lanes_of x(group);
+    const exp2_of_shift exp2(exp2_factor(inv_tau));
+    const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
+    const __m512 k_t = _mm512_loadu_ps(scale_t), k_s = _mm512_loadu_ps(scale_s);
+    __mmask16 kept = x.rows;  // rows whose gradient is computed: a skipped row's exponentials may be NaN
+    for (int l = 0; l < group.count; ++l)
+      if (skip[l]) kept = static_cast<__mmask16>(kept & ~(1u << l));
+    const __mmask16 written = Accumulate ? kept : x.rows;
+    float* const g = group.row0.grad.ptr;
+    const index_t step = group.row0.grad.stride;
+    for (index_t c = 0; c < group.n; ++c) {
+      group.read_ahead(c);
+      const __m512 q_t = _mm512_mul_ps(exp2(softmax_shift(x.teacher(c), m_t)).value, k_t);
+      __m512 value = _mm512_maskz_mov_ps(kept, _mm512_fmsub_ps(exp2(softmax_shift(x.student(c), m_s)).value, k_s, q_t));
+      if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written, g + c * step), value);
+      store_lanes<Stream>(g + c * step, value, written);
+    }
+  }
+
+ private:
+  // Column c of a group's student and teacher rows as one vector each.
+  struct lanes_of {
+    const float* s;
+    const float* t;
+    index_t s_step, t_step;
+    __mmask16 rows;  // the group's rows: the lanes below count
+    explicit lanes_of(const lane_group<float>& group)
+        : s(group.row0.student.ptr),
+          t(group.row0.teacher.ptr),
+          s_step(group.row0.student.stride),
+          t_step(group.row0.teacher.stride),
+          rows(column_mask(0, group.count)) {}
+    BEVKD_HOST_FORCEINLINE __m512 student(index_t c) const { return _mm512_maskz_loadu_ps(rows, s + c * s_step); }
+    BEVKD_HOST_FORCEINLINE __m512 teacher(index_t c) const { return _mm512_maskz_loadu_ps(rows, t + c * t_step); }
+  };
+};
+
 }  // namespace avx512
 }  // namespace detail
 }  // namespace bevkd
