@@ -63,6 +63,8 @@ TEST_CASE_TEMPLATE("response_kl spatial mode over rows longer than a row block: 
       INFO("C ", C, " P ", P);
       check_all_options(kl_case<T>(kl_mode::spatial, 1.6, 2, P, C), rng, exec);
     }
+  // The softmax mode's NCHW rows of more than 128 classes too (37 pillars: groups of 16, 16 and 5 per batch).
+  check_all_options(kl_case<T>(kl_mode::softmax, 0.9, 2, 37, 150), rng, exec);
 }
 
 TEST_CASE("response_kl spatial lane groups: accumulate adds, weight-0 channels keep their gradient, edge values per channel") {
