@@ -46,24 +46,16 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
         INFO("mode ", static_cast<int>(mode), " tau ", tau, " C ", C);
         check_all_options(kl_case<T>(mode, tau, 2, 7, C), rng, exec);
       }
-}
-
-TEST_CASE_TEMPLATE("response_kl spatial mode over rows longer than a row block: host lane groups read them in place", T,
-                   float, double, bevkd::half, bevkd::bfloat16) {
-  // Spatial rows are channels (b, c) of P pillars. With the channels side by side (NHWC, sequence-first, padded), rows
-  // longer than a row block run in lane groups of sixteen channels: C = 1, 10 and 37 leave a batch's last group
-  // short, 16 fills one; P = 129 is just past a row block, 700 spans eleven of the groups' summation pieces. NCHW
-  // rows are contiguous and double rows are staged: the same checks cover those paths.
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
-  bevkd::host_exec exec;
+  // Rows longer than a row block takes whose neighbours lie next to them run in the host's lane groups of sixteen,
+  // read in place. Spatial rows are channels (b, c) of P pillars, side by side in NHWC, sequence-first and padded:
+  // C = 1, 10 and 37 leave a batch's last group short, 16 fills one; P = 129 is just past a row block, 700 spans
+  // eleven of the groups' summation pieces (NCHW rows are contiguous and double rows staged: those paths too).
   for (index_t C : {index_t{1}, index_t{10}, index_t{16}, index_t{37}})
     for (index_t P : {index_t{129}, index_t{700}}) {
-      INFO("C ", C, " P ", P);
+      INFO("spatial, long rows: C ", C, " P ", P);
       check_all_options(kl_case<T>(kl_mode::spatial, 1.6, 2, P, C), rng, exec);
     }
-  // The softmax mode's NCHW rows of more than 128 classes too (37 pillars: groups of 16, 16 and 5 per batch).
+  // The softmax mode's NCHW rows of more than 128 classes (37 pillars: groups of 16, 16 and 5 per batch).
   check_all_options(kl_case<T>(kl_mode::softmax, 0.9, 2, 37, 150), rng, exec);
 }
 
