@@ -196,19 +196,17 @@ class host_exec {
     });
   }
 
-  // sum_row_losses over lane groups (row_blocks.hpp), one chunk each: long rows side by side, read in place.
+  // sum_row_losses over lane group sets (row_blocks.hpp), one chunk each: long rows side by side, read in place.
   template <class Problem, class Acc>
   double sum_lane_groups(const Problem& problem, const detail::row_scaling<Acc>& scaling) {
-    using group_type = detail::lane_group<typename Problem::value_type>;
+    using set_type = detail::lane_group_set<typename Problem::value_type>;
     const bool stream_call = detail::grad_streamable(problem, scaling.accumulate);
-    const index_t elements = detail::block_rows * problem.columns();
-    return sum_over_chunks(group_type::count_in(problem), 1, 0, [&](index_t k, index_t, const host_team&) {
-      group_type group;
-      group.load(problem, k, stream_call);
-      Acc weighted[detail::block_rows];
-      detail::run_block(problem, group, scaling, static_cast<Acc*>(nullptr), weighted);
-      if (group.stream_grad) detail::fence_streamed_stores();
-      return detail::block_sum(weighted);  // lanes from count on have weight 0: they add +0
+    const index_t groups = detail::lane_group<typename Problem::value_type>::groups_per_outer(problem);
+    const index_t elements = set_type::set_size(groups) * detail::block_rows * problem.columns();
+    return sum_over_chunks(set_type::count_in(problem), 1, 0, [&](index_t k, index_t, const host_team&) {
+      set_type set;
+      set.load(problem, k, stream_call);
+      return detail::run_lane_group_set(problem, set, scaling);
     }, elements);
   }
 

@@ -66,6 +66,12 @@ struct response_kl_problem : row_problem<T, Unit> {
            rows_side_by_side(this->student, this->teacher, this->grad);
   }
 
+  /// @brief Loss of each row of a host lane_group_set; writes coeff * dl/dS (see softmax_kl_lane_groups).
+  void lane_group_loss_and_grad(const lane_group_set<T>& set, const block_terms<acc_type>* terms, bool accumulate,
+                                acc_type (*loss)[block_rows]) const {
+    softmax_kl_lane_groups(set, terms, accumulate, inv_tau, tau, loss);
+  }
+
   /// @brief True when a team holds each row for its passes (team.hold_row): the softmax's three passes.
   static constexpr bool holds_rows = !Sigmoid;
 

@@ -588,13 +588,15 @@ struct lane_group {
     prefetch_at(row0.teacher, c + ahead);
   }
 
-  /// @brief Groups of a problem over [R0, R1] rows: each i0's R1 rows in groups of block_rows, the last one shorter.
+  /// @brief Groups of each i0 of a problem over [R0, R1] rows: its R1 rows in groups of block_rows, the last one
+  /// shorter.
   template <class Problem>
-  static index_t count_in(const Problem& problem) {
-    return problem.student.extent[0] * groups_per_outer(problem);
+  static index_t groups_per_outer(const Problem& problem) {
+    return (problem.student.extent[1] + block_rows - 1) / block_rows;
   }
 
-  /// @brief Makes this group number k of the problem's (count_in); `stream_call`: the call's gradient is streamable.
+  /// @brief Makes this group k of the problem's, i0 * groups_per_outer + the group's place in its i0; `stream_call`:
+  /// the call's gradient is streamable.
   template <class Problem>
   void load(const Problem& problem, index_t k, bool stream_call) {
     const index_t per = groups_per_outer(problem), rows = problem.student.extent[1];
@@ -623,15 +625,67 @@ struct lane_group {
 #endif
   }
 
-  template <class Problem>
-  static index_t groups_per_outer(const Problem& problem) {
-    return (problem.student.extent[1] + block_rows - 1) / block_rows;
-  }
 };
 
 /// @brief Columns of a lane group whose sums a kernel adds up on their own before adding them to the row's: rows of
 /// 40000 columns then carry the rounding of about 64 + 625 additions, not 40000.
 constexpr index_t lane_group_piece = 64;
+
+/// @brief Most lane groups one lane_group_set runs together.
+constexpr int max_set_groups = 8;
+
+/// @brief Columns each pass of a lane_group_set runs over all of the set's groups before the next columns (a multiple
+/// of lane_group_piece, so that a row's sums are added in the same pieces whatever the set).
+constexpr index_t lane_set_segment = 256;
+static_assert(lane_set_segment % lane_group_piece == 0, "segments are whole pieces");
+
+/// @brief Up to max_set_groups lane groups of neighbouring rows (one i0), run together: each pass takes
+/// lane_set_segment columns of every group before the next ones, so that the passes sweep the tensors' memory
+/// in order (whole pillars of up to 128 channels) instead of one 64-byte line per pillar and group.
+///
+/// Why: one group at a time read 64 bytes of every C x 4-byte pillar per pass, each pass over
+/// the whole tensor's pages; at C = 256 the call was bound by memory at three times its arithmetic.
+template <class T>
+struct lane_group_set {
+  lane_group<T> groups[max_set_groups];  ///< The set's groups; the first `count` are valid.
+  int count = 0;                         ///< Groups in the set.
+
+  /// @brief Groups per set for rows of an i0 that make `groups` groups: at least two sets per i0 where there are two
+  /// groups or more (so that one batch still spreads over two threads), at most max_set_groups.
+  static index_t set_size(index_t groups) {
+    const index_t half = groups / 2;
+    return half < 1 ? 1 : half > max_set_groups ? max_set_groups : half;
+  }
+
+  /// @brief Sets of a problem: each i0's groups in sets of set_size, the last one smaller.
+  template <class Problem>
+  static index_t count_in(const Problem& problem) {
+    return problem.student.extent[0] * sets_per_outer(problem);
+  }
+
+  /// @brief Makes this set number k of the problem's (count_in); `stream_call`: the call's gradient is streamable.
+  template <class Problem>
+  void load(const Problem& problem, index_t k, bool stream_call) {
+    const index_t outer_groups = lane_group<T>::groups_per_outer(problem), size = set_size(outer_groups);
+    const index_t per = sets_per_outer(problem), i0 = k / per, first = k % per * size;
+    count = static_cast<int>(outer_groups - first < size ? outer_groups - first : size);
+    for (int i = 0; i < count; ++i) groups[i].load(problem, i0 * outer_groups + first + i, stream_call);
+  }
+
+  /// @brief Calls f(first, last) for the segments [first, last) of lane_set_segment columns of the rows, in order.
+  template <class F>
+  BEVKD_HOST_FORCEINLINE void for_each_segment(F&& f) const {
+    const index_t n = groups[0].n;
+    for (index_t first = 0; first < n; first += lane_set_segment) f(first, n - first < lane_set_segment ? n : first + lane_set_segment);
+  }
+
+ private:
+  template <class Problem>
+  static index_t sets_per_outer(const Problem& problem) {
+    const index_t groups = lane_group<T>::groups_per_outer(problem), size = set_size(groups);
+    return (groups + size - 1) / size;
+  }
+};
 
 /// @brief True when a problem has a host lane-group kernel (`lane_groups`; lane_groups_apply() says whether a call
 /// uses it).
@@ -667,30 +721,71 @@ template <class Problem>
 struct has_row_blocks<Problem, std::void_t<decltype(Problem::row_blocks)>>
     : std::integral_constant<bool, Problem::row_blocks> {};
 
-/// @brief Runs the rows of a loaded block of a problem (row_block::load, or a lane_group); writes each row's w_r * l_r
-/// to `weighted`.
+/// @brief The per-row terms of a loaded block's rows around its kernel: weights, gradient coefficients, which rows are
+/// skipped (weight 0), and the rows' outputs afterwards.
 ///
-/// The block twin of run_row: a row of weight 0 gets loss 0 and gradient exactly 0 (nothing
-/// when accumulating), and per-row outputs are stored the same way.
+/// A row of weight 0 gets loss 0 and gradient exactly 0 (nothing when accumulating), as in
+/// run_row; rows from the block's count on have weight 0.
+template <class Acc>
+struct block_terms {
+  Acc w[block_rows];      ///< Row weights (1 without weights).
+  Acc coeff[block_rows];  ///< The gradient's coefficient of each row (0 for skipped rows).
+  bool skip[block_rows];  ///< Rows of weight 0.
+
+  /// @brief The terms of the rows [block.first, block.first + block.count) of a problem.
+  template <class Problem, class Block>
+  BEVKD_HOST_FORCEINLINE void load(const Problem& problem, const Block& block, const row_scaling<Acc>& scaling) {
+    Acc upstream[block_rows];
+    problem.rows.load(block.first, block.count, w, upstream);
+    for (int l = block.count; l < block_rows; ++l) w[l] = upstream[l] = Acc(0);
+    // Loops over all block_rows rows with selects, no branches: they vectorise (the per-block work
+    // weighs against a block of 64-column rows; measured, written with branches, a tenth of the call).
+    for (int l = 0; l < block_rows; ++l) {
+      skip[l] = w[l] == Acc(0);
+      coeff[l] = math::select(w[l] == Acc(0), Acc(0), scaling.grad_coeff * w[l] * upstream[l]);
+    }
+  }
+
+  /// @brief weighted[l] = w_l loss[l] (0 for skipped rows), and the rows' outputs loss_weight w_l l_l (loss is
+  /// overwritten with them).
+  template <class Problem, class Block>
+  BEVKD_HOST_FORCEINLINE void finish(const Problem& problem, const Block& block, const row_scaling<Acc>& scaling,
+                                     Acc* loss, Acc* weighted) const {
+    for (int l = 0; l < block_rows; ++l) {
+      weighted[l] = math::select(w[l] == Acc(0), Acc(0), w[l] * loss[l]);
+      loss[l] = scaling.loss_weight * weighted[l];  // the row's output
+    }
+    problem.rows.store(block.first, block.count, loss);
+  }
+};
+
+/// @brief Runs the rows of a loaded block of a problem (row_block::load); writes each row's w_r * l_r to `weighted`.
 template <class Problem, class Block, class Acc>
 void run_block(const Problem& problem, const Block& block, const row_scaling<Acc>& scaling,
                Acc* scratch, Acc* weighted) {
-  Acc w[block_rows], upstream[block_rows], coeff[block_rows], loss[block_rows] = {};
-  bool skip[block_rows];
-  problem.rows.load(block.first, block.count, w, upstream);
-  for (int l = block.count; l < block_rows; ++l) w[l] = upstream[l] = Acc(0);
-  // Loops over all block_rows rows with selects, no branches: they vectorise (the per-block work
-  // weighs against a block of 64-column rows; measured, written with branches, a tenth of the call).
-  for (int l = 0; l < block_rows; ++l) {
-    skip[l] = w[l] == Acc(0);
-    coeff[l] = math::select(w[l] == Acc(0), Acc(0), scaling.grad_coeff * w[l] * upstream[l]);
+  block_terms<Acc> terms;
+  terms.load(problem, block, scaling);
+  Acc loss[block_rows] = {};
+  problem.block_loss_and_grad(block, terms.coeff, terms.skip, scaling.accumulate, scratch, loss);
+  terms.finish(problem, block, scaling, loss, weighted);
+}
+
+/// @brief Runs a loaded lane_group_set of a problem; returns the sum of its rows' w_r * l_r (each group's sixteen
+/// added pairwise, the groups in order).
+template <class Problem, class T, class Acc>
+double run_lane_group_set(const Problem& problem, const lane_group_set<T>& set, const row_scaling<Acc>& scaling) {
+  block_terms<Acc> terms[max_set_groups] = {};  // those past count stay zero (and GCC sees them set)
+  Acc loss[max_set_groups][block_rows] = {};
+  for (int i = 0; i < set.count; ++i) terms[i].load(problem, set.groups[i], scaling);
+  problem.lane_group_loss_and_grad(set, terms, scaling.accumulate, loss);
+  double total = 0;
+  for (int i = 0; i < set.count; ++i) {
+    Acc weighted[block_rows];
+    terms[i].finish(problem, set.groups[i], scaling, loss[i], weighted);
+    total += block_sum(weighted);  // lanes from a group's count on have weight 0: they add +0
   }
-  problem.block_loss_and_grad(block, coeff, skip, scaling.accumulate, scratch, loss);
-  for (int l = 0; l < block_rows; ++l) {
-    weighted[l] = math::select(w[l] == Acc(0), Acc(0), w[l] * loss[l]);
-    loss[l] = scaling.loss_weight * weighted[l];  // the row's output
-  }
-  problem.rows.store(block.first, block.count, loss);
+  if (set.groups[0].stream_grad) fence_streamed_stores();
+  return total;
 }
 
 }  // namespace detail

@@ -477,14 +477,17 @@ void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bo
   block.scatter(s, skip, accumulate);
 }
 
-/// @brief The three passes of the softmax KL over a host lane group (row_blocks.hpp), reading its rows in place one
-/// column at a time: generic loops over the group's rows (a specialisation may replace them, see kl_rows_avx512.hpp).
+/// @brief The three passes of the softmax KL over columns [first, last) of a host lane group (row_blocks.hpp), reading
+/// its rows in place one column at a time; each adds to what the columns before left: generic loops over the group's
+/// rows (a specialisation may replace them, see kl_rows_avx512.hpp).
 template <class T, class Acc>
 struct lane_group_passes {
-  /// @brief Each row's maxima of t and s.
-  static void maxima(const lane_group<T>& group, Acc* max_t, Acc* max_s) {
-    for (int l = 0; l < block_rows; ++l) max_t[l] = max_s[l] = -math::infinity<Acc>();
-    for (index_t c = 0; c < group.n; ++c) {
+  /// @brief What the passes need of 1 / tau, made once per set (see row_layout_passes::exponent).
+  using exponent = typename row_layout_passes<T, Acc>::template exponent<false>;
+
+  /// @brief Each row's maxima of t and s, taken further over the columns.
+  static void maxima(const lane_group<T>& group, index_t first, index_t last, Acc* max_t, Acc* max_s) {
+    for (index_t c = first; c < last; ++c) {
       group.read_ahead(c);
       for (int l = 0; l < group.count; ++l) {
         max_t[l] = shift_max_op{}(teacher(group, c, l), max_t[l]);
@@ -493,17 +496,17 @@ struct lane_group_passes {
     }
   }
 
-  /// @brief Each row's {z_T, z_S, cross} (see softmax_terms), added in pieces of lane_group_piece columns.
-  static void sums(const lane_group<T>& group, Acc inv_tau, const Acc* max_t, const Acc* max_s,
-                   Acc (&z)[3][block_rows]) {
-    for (int l = 0; l < block_rows; ++l) z[0][l] = z[1][l] = z[2][l] = Acc(0);
-    for (index_t first = 0; first < group.n; first += lane_group_piece) {
-      const index_t last = group.n - first < lane_group_piece ? group.n : first + lane_group_piece;
+  /// @brief Each row's {z_T, z_S, cross} (see softmax_terms), added to z in pieces of lane_group_piece columns (first
+  /// is a multiple of it).
+  static void sums(const lane_group<T>& group, index_t first, index_t last, const exponent& x_of, const Acc* max_t,
+                   const Acc* max_s, Acc (&z)[3][block_rows]) {
+    for (; first < last; first += lane_group_piece) {
+      const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
       Acc piece[3][block_rows] = {};
-      for (index_t c = first; c < last; ++c) {
+      for (index_t c = first; c < end; ++c) {
         group.read_ahead(c);
         for (int l = 0; l < group.count; ++l) {
-          const softmax_terms<Acc> e(student(group, c, l), teacher(group, c, l), inv_tau, max_t[l], max_s[l]);
+          const softmax_terms<Acc> e(student(group, c, l), teacher(group, c, l), x_of.inv_tau, max_t[l], max_s[l]);
           piece[0][l] += e.e_t;
           piece[1][l] += e.e_s;
           piece[2][l] += e.cross;
@@ -514,13 +517,16 @@ struct lane_group_passes {
     }
   }
 
+  /// @brief A row's cross sum of sums() in softmax_terms' units: already so here.
+  static BEVKD_FORCEINLINE Acc cross_units(Acc cross, const exponent&) { return cross; }
+
   /// @brief Writes (Accumulate: adds) e_s scale_s - e_t scale_t into the rows' gradients from recomputed exponentials,
   /// exactly 0 in rows with skip set (nothing when accumulating); plain stores (Stream is for the AVX-512 passes).
   template <bool Accumulate, bool Stream>
-  static void grad(const lane_group<T>& group, Acc inv_tau, const Acc* max_t, const Acc* max_s, const Acc* scale_t,
-                   const Acc* scale_s, const bool* skip) {
+  static void grad(const lane_group<T>& group, index_t first, index_t last, const exponent& x_of, const Acc* max_t,
+                   const Acc* max_s, const Acc* scale_t, const Acc* scale_s, const bool* skip) {
     const row_ref<T, false> g = group.row0.grad;
-    for (index_t c = 0; c < group.n; ++c) {
+    for (index_t c = first; c < last; ++c) {
       group.read_ahead(c);
       for (int l = 0; l < group.count; ++l) {
         T& slot = g.ptr[c * g.stride + l];
@@ -528,8 +534,8 @@ struct lane_group_passes {
           if (!Accumulate) slot = store_from_accum<T>(Acc(0));
           continue;
         }
-        const Acc e_t = math::exp_nonpositive(softmax_exponent(teacher(group, c, l), max_t[l], inv_tau));
-        const Acc e_s = math::exp_nonpositive(softmax_exponent(student(group, c, l), max_s[l], inv_tau));
+        const Acc e_t = math::exp_nonpositive(softmax_exponent(teacher(group, c, l), max_t[l], x_of.inv_tau));
+        const Acc e_s = math::exp_nonpositive(softmax_exponent(student(group, c, l), max_s[l], x_of.inv_tau));
         write_grad(slot, e_s * scale_s[l] - e_t * scale_t[l], Accumulate);
       }
     }
@@ -550,29 +556,53 @@ template <>
 struct lane_group_passes<float, float> : avx512::lane_group_passes {};
 #endif
 
-/// @brief softmax_kl_row for the rows of a host lane group: a maxima pass, an exponential-sum pass, and a gradient pass
-/// that computes the exponentials again (rows this long have no scratch: four exponentials per element, not two).
-/// loss[l] of row l (0 from count on); writes coeff[l] tau (q_S - q_T), exactly 0 (or nothing, when accumulating)
-/// for rows with skip set.
+/// @brief softmax_kl_row for the rows of a host lane_group_set: a maxima pass, an exponential-sum pass, and a gradient
+/// pass that computes the exponentials again (rows this long have no scratch: four exponentials per element, not two),
+/// each over every group's columns a segment at a time. loss[i][l] of group i's row l (0 from its count on); writes
+/// terms[i].coeff[l] tau (q_S - q_T), exactly 0 (or nothing, when accumulating) for rows with skip set.
 template <class T, class Acc>
-void softmax_kl_block(const lane_group<T>& group, const Acc* coeff, const bool* skip, bool accumulate, Acc*,
-                      Acc inv_tau, Acc tau, Acc* loss) {
+void softmax_kl_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms, bool accumulate, Acc inv_tau,
+                            Acc tau, Acc (*loss)[block_rows]) {
   using passes = lane_group_passes<T, Acc>;
-  Acc max_t[block_rows], max_s[block_rows], z[3][block_rows], scale_t[block_rows], scale_s[block_rows];
-  passes::maxima(group, max_t, max_s);
-  passes::sums(group, inv_tau, max_t, max_s, z);
-  for (int l = 0; l < block_rows; ++l) {
-    const Acc inv_zt = Acc(1) / z[0][l], inv_zs = Acc(1) / z[1][l];
-    loss[l] = l < group.count ? softmax_kl_value(z[0][l], z[1][l], z[2][l], inv_zt, tau) : Acc(0);
-    scale_t[l] = coeff[l] * tau * inv_zt;
-    scale_s[l] = coeff[l] * tau * inv_zs;
-  }
+  const typename passes::exponent x_of{inv_tau};
+  struct row_state {
+    Acc max_t[block_rows], max_s[block_rows], z[3][block_rows], scale_t[block_rows], scale_s[block_rows];
+  } rows[max_set_groups];
+  for (int i = 0; i < set.count; ++i)
+    for (int l = 0; l < block_rows; ++l) {
+      rows[i].max_t[l] = rows[i].max_s[l] = -math::infinity<Acc>();
+      rows[i].z[0][l] = rows[i].z[1][l] = rows[i].z[2][l] = Acc(0);
+    }
+  set.for_each_segment([&](index_t first, index_t last) {
+    for (int i = 0; i < set.count; ++i) passes::maxima(set.groups[i], first, last, rows[i].max_t, rows[i].max_s);
+  });
+  set.for_each_segment([&](index_t first, index_t last) {
+    for (int i = 0; i < set.count; ++i)
+      passes::sums(set.groups[i], first, last, x_of, rows[i].max_t, rows[i].max_s, rows[i].z);
+  });
+  for (int i = 0; i < set.count; ++i)
+    for (int l = 0; l < block_rows; ++l) {
+      const row_state& r = rows[i];
+      const Acc inv_zt = Acc(1) / r.z[0][l], inv_zs = Acc(1) / r.z[1][l];
+      const Acc cross = passes::cross_units(r.z[2][l], x_of);
+      loss[i][l] = l < set.groups[i].count ? softmax_kl_value(r.z[0][l], r.z[1][l], cross, inv_zt, tau) : Acc(0);
+      rows[i].scale_t[l] = terms[i].coeff[l] * tau * inv_zt;
+      rows[i].scale_s[l] = terms[i].coeff[l] * tau * inv_zs;
+    }
+  const auto grad_pass = [&](auto accumulating, auto streaming) {
+    constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
+    set.for_each_segment([&](index_t first, index_t last) {
+      for (int i = 0; i < set.count; ++i)
+        passes::template grad<add, stream>(set.groups[i], first, last, x_of, rows[i].max_t, rows[i].max_s,
+                                           rows[i].scale_t, rows[i].scale_s, terms[i].skip);
+    });
+  };
   if (accumulate)
-    passes::template grad<true, false>(group, inv_tau, max_t, max_s, scale_t, scale_s, skip);
-  else if (group.stream_grad)  // set only for fp32 on AVX-512 hosts (grad_streamable)
-    passes::template grad<false, true>(group, inv_tau, max_t, max_s, scale_t, scale_s, skip);
+    grad_pass(std::true_type{}, std::false_type{});
+  else if (set.groups[0].stream_grad)  // set only for fp32 on AVX-512 hosts (grad_streamable)
+    grad_pass(std::false_type{}, std::true_type{});
   else
-    passes::template grad<false, false>(group, inv_tau, max_t, max_s, scale_t, scale_s, skip);
+    grad_pass(std::false_type{}, std::false_type{});
 }
 
 /// @brief The pieces of one logit x that a Bernoulli KL needs, from one exponential and one log1p.

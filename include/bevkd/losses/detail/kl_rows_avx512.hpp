@@ -295,14 +295,19 @@ struct row_passes {
   }
 };
 
-/// @brief The passes of the softmax KL over a lane group of fp32 rows (see lane_group_passes in kl_rows.hpp): lane l
-/// of each vector row l, column c of the group one vector; the lanes from count on read 0 and write nothing.
+/// @brief The passes of the softmax KL over columns [first, last) of a lane group of fp32 rows (see lane_group_passes
+/// in kl_rows.hpp): lane l of each vector row l, column c of the group one vector; the lanes from count on read 0 and
+/// write nothing.
 struct lane_group_passes {
-  /// @brief Each row's maxima of t and s (as shift_max_op: a NaN column leaves a maximum as it was).
-  static void maxima(const lane_group<float>& group, float* max_t, float* max_s) {
+  /// @brief 1 / tau and the exponential's constants, made once per set.
+  using exponent = row_passes::exponent<false>;
+
+  /// @brief Each row's maxima of t and s, taken further over the columns (as shift_max_op: a NaN column leaves a
+  /// maximum as it was).
+  static void maxima(const lane_group<float>& group, index_t first, index_t last, float* max_t, float* max_s) {
     const lanes_of x(group);
-    __m512 m_t = _mm512_set1_ps(-math::infinity<float>()), m_s = m_t;
-    for (index_t c = 0; c < group.n; ++c) {
+    __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
+    for (index_t c = first; c < last; ++c) {
       group.read_ahead(c);
       m_t = _mm512_mask_max_ps(m_t, all_lanes, x.teacher(c), m_t);
       m_s = _mm512_mask_max_ps(m_s, all_lanes, x.student(c), m_s);
@@ -311,19 +316,19 @@ struct lane_group_passes {
     _mm512_storeu_ps(max_s, m_s);
   }
 
-  /// @brief Each row's {z_T, z_S, cross} (softmax_terms' units), added in pieces of lane_group_piece columns.
-  static void sums(const lane_group<float>& group, float inv_tau, const float* max_t, const float* max_s,
-                   float (&z)[3][block_rows]) {
+  /// @brief Each row's {z_T, z_S, cross} (softmax_terms' units), added to z in pieces of lane_group_piece columns
+  /// (first is a multiple of it).
+  static void sums(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
+                   const float* max_t, const float* max_s, float (&z)[3][block_rows]) {
     const lanes_of x(group);
-    const exp2_of_shift exp2(exp2_factor(inv_tau));
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s), zero = _mm512_setzero_ps();
-    __m512 z_t = zero, z_s = zero, cross = zero;
-    for (index_t first = 0; first < group.n; first += lane_group_piece) {
-      const index_t last = group.n - first < lane_group_piece ? group.n : first + lane_group_piece;
+    __m512 z_t = _mm512_loadu_ps(z[0]), z_s = _mm512_loadu_ps(z[1]), cross = _mm512_loadu_ps(z[2]);
+    for (; first < last; first += lane_group_piece) {
+      const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
       __m512 piece_t = zero, piece_s = zero, piece_cross = zero;
-      for (index_t c = first; c < last; ++c) {
+      for (index_t c = first; c < end; ++c) {
         group.read_ahead(c);
-        const column_terms e(softmax_shift(x.teacher(c), m_t), softmax_shift(x.student(c), m_s), exp2);
+        const column_terms e(softmax_shift(x.teacher(c), m_t), softmax_shift(x.student(c), m_s), x_of.exp2);
         piece_t = _mm512_add_ps(piece_t, e.e_t.value);
         piece_s = _mm512_add_ps(piece_s, e.e_s);
         piece_cross = e.add_cross(piece_cross, all_lanes);
@@ -334,16 +339,20 @@ struct lane_group_passes {
     }
     _mm512_storeu_ps(z[0], z_t);
     _mm512_storeu_ps(z[1], z_s);
-    _mm512_storeu_ps(z[2], cross_in_exponent_units<false>(cross, inv_tau));
+    _mm512_storeu_ps(z[2], cross);
   }
+
+  /// @brief A row's cross sum of sums() in softmax_terms' units: here it is kept in units of the shifts, as
+  /// column_terms adds it, until all columns are in.
+  static BEVKD_HOST_FORCEINLINE float cross_units(float cross, const exponent& x_of) { return cross * x_of.inv_tau; }
 
   /// @brief Writes (Accumulate: adds) e_s scale_s - e_t scale_t into the rows' gradients from recomputed exponentials,
   /// exactly 0 in rows with skip set (nothing when accumulating); whole columns streamed when Stream is set.
   template <bool Accumulate, bool Stream>
-  static void grad(const lane_group<float>& group, float inv_tau, const float* max_t, const float* max_s,
-                   const float* scale_t, const float* scale_s, const bool* skip) {
+  static void grad(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
+                   const float* max_t, const float* max_s, const float* scale_t, const float* scale_s,
+                   const bool* skip) {
     const lanes_of x(group);
-    const exp2_of_shift exp2(exp2_factor(inv_tau));
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
     const __m512 k_t = _mm512_loadu_ps(scale_t), k_s = _mm512_loadu_ps(scale_s);
     __mmask16 kept = x.rows;  // rows whose gradient is computed: a skipped row's exponentials may be NaN
@@ -352,10 +361,11 @@ struct lane_group_passes {
     const __mmask16 written = Accumulate ? kept : x.rows;
     float* const g = group.row0.grad.ptr;
     const index_t step = group.row0.grad.stride;
-    for (index_t c = 0; c < group.n; ++c) {
+    for (index_t c = first; c < last; ++c) {
       group.read_ahead(c);
-      const __m512 q_t = _mm512_mul_ps(exp2(softmax_shift(x.teacher(c), m_t)).value, k_t);
-      __m512 value = _mm512_maskz_mov_ps(kept, _mm512_fmsub_ps(exp2(softmax_shift(x.student(c), m_s)).value, k_s, q_t));
+      const __m512 q_t = _mm512_mul_ps(x_of.exp2(softmax_shift(x.teacher(c), m_t)).value, k_t);
+      __m512 value =
+          _mm512_maskz_mov_ps(kept, _mm512_fmsub_ps(x_of.exp2(softmax_shift(x.student(c), m_s)).value, k_s, q_t));
       if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written, g + c * step), value);
       store_lanes<Stream>(g + c * step, value, written);
     }
