@@ -59,10 +59,11 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
     }
   // The softmax mode's NCHW rows of more than 128 classes (37 pillars: groups of 16, 16 and 5 per batch; 150: ten
   // groups, two sets of five).
-  for (index_t P : {index_t{37}, index_t{150}}) check_all_options(kl_case<T>(kl_mode::softmax, 0.9, 2, P, 150), rng, exec);
+  for (index_t P : {index_t{37}, index_t{150}})
+    check_all_options(kl_case<T>(kl_mode::softmax, 0.9, 2, P, 150), rng, exec);
 }
 
-TEST_CASE("response_kl spatial lane groups: accumulate adds, weight-0 channels keep their gradient, edge values per channel") {
+TEST_CASE("response_kl spatial lane groups: accumulate, weight-0 channels, edge values per channel") {
   const auto seed = fresh_seed();
   INFO("seed ", seed);
   std::mt19937 rng(seed);

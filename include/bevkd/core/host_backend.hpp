@@ -90,7 +90,8 @@ class host_exec {
   /// (masked joint attention rows too, as runs of their valid sources). Longer softmax rows that
   /// lie side by side (the spatial KL's channels, NHWC) run sixteen at a time in "lane groups",
   /// one SIMD vector of the sixteen rows per column, read in place with the exponentials computed
-  /// twice (no scratch for rows this long). Off, every row runs
+  /// twice (no scratch for rows this long), up to eight groups together so that each pass sweeps
+  /// memory in order. Off, every row runs
   /// through the per-row team kernel (as with a simulated team). Results of the two agree to
   /// rounding, not bitwise: they sum a row's columns in different orders. Either way they do
   /// not depend on the thread count.

@@ -132,7 +132,8 @@ bool unit_columns(const strided_view<const T, 3>& s, const strided_view<const T,
 /// @brief True when neighbouring rows (dimension 1) are adjacent in memory in all three tensors (stride 1: NCHW pillars
 /// in softmax mode, NHWC channels in spatial mode), so that host row blocks and lane groups read them in place.
 template <class T>
-bool rows_side_by_side(const strided_view<const T, 3>& s, const strided_view<const T, 3>& t, const strided_view<T, 3>& g) {
+bool rows_side_by_side(const strided_view<const T, 3>& s, const strided_view<const T, 3>& t,
+                       const strided_view<T, 3>& g) {
   return s.stride[1] == 1 && t.stride[1] == 1 && g.stride[1] == 1;
 }
 

@@ -562,7 +562,7 @@ struct multi_run_block {
 
 /// @brief Up to sixteen rows of any length that lie side by side in all three tensors (column c of row l at row 0's
 /// column c + l, as the channels of an NHWC tensor in the spatial KL): a host lane-group kernel reads them in place,
-/// one vector of the rows per column, without scratch (see softmax_kl_block for lane groups).
+/// one vector of the rows per column, without scratch; groups run in a lane_group_set (see softmax_kl_lane_groups).
 ///
 /// Why: such rows (B x C rows of P = 40000 pillars) are too long for a block's scratch, and
 /// staging them meant transposing all three tensors twice (copy_tiles), more than half the call.
@@ -624,7 +624,6 @@ struct lane_group {
     (void)c;
 #endif
   }
-
 };
 
 /// @brief Columns of a lane group whose sums a kernel adds up on their own before adding them to the row's: rows of
@@ -663,7 +662,8 @@ struct lane_group_set {
     return problem.student.extent[0] * sets_per_outer(problem);
   }
 
-  /// @brief Makes this set number k of the problem's (count_in); `stream_call`: the call's gradient is streamable.
+  /// @brief Makes this set number k of the problem's (count_in); `stream_call`: the call's gradient is streamable
+  /// (the set's gradient is streamed when its first group's is: the groups share alignment and stride).
   template <class Problem>
   void load(const Problem& problem, index_t k, bool stream_call) {
     const index_t outer_groups = lane_group<T>::groups_per_outer(problem), size = set_size(outer_groups);
@@ -676,7 +676,8 @@ struct lane_group_set {
   template <class F>
   BEVKD_HOST_FORCEINLINE void for_each_segment(F&& f) const {
     const index_t n = groups[0].n;
-    for (index_t first = 0; first < n; first += lane_set_segment) f(first, n - first < lane_set_segment ? n : first + lane_set_segment);
+    for (index_t first = 0; first < n; first += lane_set_segment)
+      f(first, n - first < lane_set_segment ? n : first + lane_set_segment);
   }
 
  private:
