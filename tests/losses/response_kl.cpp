@@ -46,10 +46,11 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
         INFO("mode ", static_cast<int>(mode), " tau ", tau, " C ", C);
         check_all_options(kl_case<T>(mode, tau, 2, 7, C), rng, exec);
       }
-  // Rows longer than a row block takes whose neighbours lie next to them run in the host's lane groups of sixteen,
-  // read in place. Spatial rows are channels (b, c) of P pillars, side by side in NHWC, sequence-first and padded:
-  // C = 1, 10 and 37 leave a batch's last group short, 16 fills one; P = 129 is just past a row block, 700 spans
-  // eleven of the groups' summation pieces (NCHW rows are contiguous and double rows staged: those paths too).
+  // fp32 rows longer than a row block takes whose neighbours lie next to them run in the host's lane groups of
+  // sixteen on AVX-512 builds, read in place (other dtypes and builds stage them: those paths too). Spatial rows are
+  // channels (b, c) of P pillars, side by side in NHWC, sequence-first and padded: C = 1, 10 and 37 leave a batch's
+  // last group short, 16 fills one; P = 129 is just past a row block, 700 spans eleven of the groups' summation
+  // pieces (NCHW rows are contiguous).
   // Groups run in sets (half a batch's groups, at most eight): C = 70 makes sets of 2, 2 and 1 groups, the last group
   // 6 rows; 700 pillars span three of a set's segments.
   for (index_t C : {index_t{1}, index_t{10}, index_t{16}, index_t{37}, index_t{70}})

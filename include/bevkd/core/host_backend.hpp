@@ -74,9 +74,10 @@ class host_exec {
   ///
   /// Rows whose elements are strided (NCHW in softmax mode, NHWC in spatial mode) touch a
   /// cache line per element and per pass; staged, the row kernels read them like NHWC
-  /// rows. Costs three tensors of buffer, kept between calls. Softmax rows with float, half or
-  /// bfloat16 elements that lie side by side (NCHW in softmax mode, NHWC in spatial mode) are not
-  /// staged while row blocks are on (see run_row_blocks): they are read in place.
+  /// rows. Costs three tensors of buffer, kept between calls. Softmax rows that lie side by side
+  /// (NCHW in softmax mode, NHWC in spatial mode) are not staged while row blocks are on (see
+  /// run_row_blocks) but read in place: of up to 128 columns (float, half, bfloat16) by row
+  /// blocks, longer fp32 ones on AVX-512 builds by lane groups.
   host_exec& stage_strided_rows(bool on) {
     stage_ = on;
     return *this;
@@ -87,11 +88,11 @@ class host_exec {
   /// A block runs each pass over all sixteen rows before the next pass, so the rows' dependent
   /// chains overlap: rows shorter than 48 columns (or strided, up to 128) side by side in lane
   /// layout, one row per SIMD lane; longer unit-stride rows in place, each in 16 partial sums
-  /// (masked joint attention rows too, as runs of their valid sources). Longer softmax rows that
-  /// lie side by side (the spatial KL's channels, NHWC) run sixteen at a time in "lane groups",
-  /// one SIMD vector of the sixteen rows per column, read in place with the exponentials computed
-  /// twice (no scratch for rows this long), up to eight groups together so that each pass sweeps
-  /// memory in order. Off, every row runs
+  /// (masked joint attention rows too, as runs of their valid sources). On AVX-512 builds, longer
+  /// fp32 softmax rows that lie side by side (the spatial KL's channels, NHWC) run sixteen at a
+  /// time in "lane groups", one SIMD vector of the sixteen rows per column, read in place with the
+  /// exponentials computed twice (no scratch for rows this long), up to eight groups together so
+  /// that each pass sweeps memory in order. Off, every row runs
   /// through the per-row team kernel (as with a simulated team). Results of the two agree to
   /// rounding, not bitwise: they sum a row's columns in different orders. Either way they do
   /// not depend on the thread count.

@@ -57,8 +57,8 @@ struct response_kl_problem : row_problem<T, Unit> {
     softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
-  /// @brief Strided softmax rows with float accumulators can run in host lane groups (see lane_groups_apply()).
-  static constexpr bool lane_groups = row_blocks && !Unit;
+  /// @brief Strided fp32 softmax rows on AVX-512 hosts can run in host lane groups (see lane_groups_apply()).
+  static constexpr bool lane_groups = row_blocks && !Unit && has_lane_group_passes<T>();
   /// @brief True when this call's rows run in host lane groups: strided rows too long for a row block, side by side in
   /// memory (the spatial mode's channels of an NHWC tensor).
   bool lane_groups_apply() const {
@@ -138,8 +138,11 @@ class response_kl {
                                  student.extent[0]};
     using acc = accum_t<T>;
     const bool sigmoid = options.mode == kl_mode::sigmoid;
-    // Side-by-side softmax rows run in place on the host: in row blocks when short, in lane groups when long.
-    const bool in_place = !sigmoid && detail::response_kl_problem<T, false, false>::row_blocks;
+    // Side-by-side softmax rows run in place on the host: in row blocks when short, in lane groups (fp32, AVX-512)
+    // when long; others are staged.
+    using strided_problem = detail::response_kl_problem<T, false, false>;
+    const bool in_place = !sigmoid && strided_problem::row_blocks &&
+                          (student.extent[2] <= detail::max_block_columns || strided_problem::lane_groups);
     return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, in_place, [&](auto unit, auto s,
                                                                                                 auto t, auto g) {
       return detail::dispatch_bool(sigmoid, [&](auto sig) {

@@ -477,78 +477,10 @@ void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bo
   block.scatter(s, skip, accumulate);
 }
 
-/// @brief The three passes of the softmax KL over columns [first, last) of a host lane group (row_blocks.hpp), reading
-/// its rows in place one column at a time; each adds to what the columns before left: generic loops over the group's
-/// rows (a specialisation may replace them, see kl_rows_avx512.hpp).
+/// @brief The three passes of the softmax KL over columns [first, last) of a host lane group (row_blocks.hpp): only
+/// fp32 rows on AVX-512 hosts have them (see has_lane_group_passes; others are staged).
 template <class T, class Acc>
-struct lane_group_passes {
-  /// @brief What the passes need of 1 / tau, made once per set (see row_layout_passes::exponent).
-  using exponent = typename row_layout_passes<T, Acc>::template exponent<false>;
-
-  /// @brief Each row's maxima of t and s, taken further over the columns.
-  static void maxima(const lane_group<T>& group, index_t first, index_t last, Acc* max_t, Acc* max_s) {
-    for (index_t c = first; c < last; ++c) {
-      group.read_ahead(c);
-      for (int l = 0; l < group.count; ++l) {
-        max_t[l] = shift_max_op{}(teacher(group, c, l), max_t[l]);
-        max_s[l] = shift_max_op{}(student(group, c, l), max_s[l]);
-      }
-    }
-  }
-
-  /// @brief Each row's {z_T, z_S, cross} (see softmax_terms), added to z in pieces of lane_group_piece columns (first
-  /// is a multiple of it).
-  static void sums(const lane_group<T>& group, index_t first, index_t last, const exponent& x_of, const Acc* max_t,
-                   const Acc* max_s, Acc (&z)[3][block_rows]) {
-    for (; first < last; first += lane_group_piece) {
-      const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
-      Acc piece[3][block_rows] = {};
-      for (index_t c = first; c < end; ++c) {
-        group.read_ahead(c);
-        for (int l = 0; l < group.count; ++l) {
-          const softmax_terms<Acc> e(student(group, c, l), teacher(group, c, l), x_of.inv_tau, max_t[l], max_s[l]);
-          piece[0][l] += e.e_t;
-          piece[1][l] += e.e_s;
-          piece[2][l] += e.cross;
-        }
-      }
-      for (int i = 0; i < 3; ++i)
-        for (int l = 0; l < block_rows; ++l) z[i][l] += piece[i][l];
-    }
-  }
-
-  /// @brief A row's cross sum of sums() in softmax_terms' units: already so here.
-  static BEVKD_FORCEINLINE Acc cross_units(Acc cross, const exponent&) { return cross; }
-
-  /// @brief Writes (Accumulate: adds) e_s scale_s - e_t scale_t into the rows' gradients from recomputed exponentials,
-  /// exactly 0 in rows with skip set (nothing when accumulating); plain stores (Stream is for the AVX-512 passes).
-  template <bool Accumulate, bool Stream>
-  static void grad(const lane_group<T>& group, index_t first, index_t last, const exponent& x_of, const Acc* max_t,
-                   const Acc* max_s, const Acc* scale_t, const Acc* scale_s, const bool* skip) {
-    const row_ref<T, false> g = group.row0.grad;
-    for (index_t c = first; c < last; ++c) {
-      group.read_ahead(c);
-      for (int l = 0; l < group.count; ++l) {
-        T& slot = g.ptr[c * g.stride + l];
-        if (skip[l]) {  // a skipped row's exponentials may be NaN
-          if (!Accumulate) slot = store_from_accum<T>(Acc(0));
-          continue;
-        }
-        const Acc e_t = math::exp_nonpositive(softmax_exponent(teacher(group, c, l), max_t[l], x_of.inv_tau));
-        const Acc e_s = math::exp_nonpositive(softmax_exponent(student(group, c, l), max_s[l], x_of.inv_tau));
-        write_grad(slot, e_s * scale_s[l] - e_t * scale_t[l], Accumulate);
-      }
-    }
-  }
-
- private:
-  static BEVKD_FORCEINLINE Acc student(const lane_group<T>& group, index_t c, int l) {
-    return load_as_accum(group.row0.student.ptr[c * group.row0.student.stride + l]);
-  }
-  static BEVKD_FORCEINLINE Acc teacher(const lane_group<T>& group, index_t c, int l) {
-    return load_as_accum(group.row0.teacher.ptr[c * group.row0.teacher.stride + l]);
-  }
-};
+struct lane_group_passes;
 
 #if defined(BEVKD_HOST_AVX512)
 /// @brief fp32 lane groups on AVX-512 hosts: one vector per column.
