@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "support/loss_harness.hpp"
@@ -39,6 +40,13 @@ TEST_CASE_TEMPLATE("feature_mse matches the double reference in every layout, re
   for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2}) {
     INFO("normalize ", static_cast<int>(normalize));
     check_all_options(mse_case<T>(normalize), rng, exec);
+  }
+  // The plain MSE's NCHW pillars lie side by side: fp32 on AVX-512 builds reads them in place in the host's lane
+  // groups (others stage them). 37 pillars: groups of 16, 16 and 5 per batch, one per set; 150: ten groups, two sets
+  // of five; 300 channels span two of a set's segments.
+  for (auto [P, C] : {std::pair<index_t, index_t>{37, 70}, std::pair<index_t, index_t>{150, 300}}) {
+    INFO("long NCHW rows: P ", P, " C ", C);
+    check_all_options(mse_case<T>(mse_normalize::none, 2, P, C), rng, exec);
   }
 }
 
@@ -167,12 +175,57 @@ TEST_CASE("feature_mse edge cases") {
 
 TEST_CASE("feature_mse is deterministic across runs and thread counts") {
   std::mt19937 rng(fresh_seed());
-  auto cs = mse_case<float>(mse_normalize::per_pillar_l2, 2, 1500, 17);
-  cs.randomize(rng);
-  std::vector<float> g1(cs.student.size()), g2(cs.student.size()), rows;
-  bevkd::host_exec one(1), two(2);
-  const auto r1 = cs.run(one, g1, rows);
-  const auto r2 = cs.run(two, g2, rows);
-  CHECK(std::memcmp(&r1.loss, &r2.loss, sizeof(double)) == 0);
-  CHECK(g1 == g2);
+  // NHWC rows, and the plain MSE's NCHW rows (host lane groups on AVX-512 builds: 94 sets of eight groups).
+  for (auto [normalize, lay] :
+       {std::pair{mse_normalize::per_pillar_l2, layout::nhwc}, std::pair{mse_normalize::none, layout::nchw}}) {
+    auto cs = mse_case<float>(normalize, 2, 1500, 17);
+    cs.lay = lay;
+    cs.randomize(rng);
+    std::vector<float> g1(cs.student.size()), g2(cs.student.size()), rows;
+    bevkd::host_exec one(1), two(2);
+    const auto r1 = cs.run(one, g1, rows);
+    const auto r2 = cs.run(two, g2, rows);
+    INFO("layout ", layout_name(lay));
+    CHECK(std::memcmp(&r1.loss, &r2.loss, sizeof(double)) == 0);
+    CHECK(g1 == g2);
+  }
+}
+
+TEST_CASE("feature_mse on NCHW pillars read in place: accumulate, weight-0 pillars, NaN") {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  const index_t P = 40, C = 9;  // three groups: 16, 16 and 8 pillars
+  auto s = random_values<float>(P * C, rng), t = random_values<float>(P * C, rng);
+  s[5 * P + 3] = std::nanf("");  // channel 5 of pillar 3 (NCHW: c P + p)
+  std::vector<float> w(P, 1.0f);
+  for (index_t p = 0; p < P; p += 3) w[p] = 0.0f;  // pillar 3 among them: its NaN is excluded
+  bevkd::row_io<float> io;
+  io.weights = bevkd::rows_contiguous(w.data(), 1, P);
+  const auto view = [&](const std::vector<float>& v) { return bevkd::bev_nchw<const float>(v.data(), 1, C, 1, P); };
+  std::vector<float> plain(P * C), acc = random_values<float>(P * C, rng);
+  const std::vector<float> prior = acc;
+  bevkd::feature_mse mse({mse_normalize::none, 1e-12, reduction::sum});
+  const auto r = mse(exec, view(s), view(t), bevkd::bev_nchw(plain.data(), 1, C, 1, P), io);
+  CHECK(std::isfinite(r.loss));
+  mse.options.accumulate = true;
+  mse(exec, view(s), view(t), bevkd::bev_nchw(acc.data(), 1, C, 1, P), io);
+  double want = 0;
+  for (index_t c = 0; c < C; ++c)
+    for (index_t p = 0; p < P; ++p) {
+      const std::size_t i = static_cast<std::size_t>(c * P + p);
+      if (w[p] == 0.0f) {
+        CHECK(plain[i] == 0.0f);
+        CHECK(acc[i] == prior[i]);
+        continue;
+      }
+      const double d = static_cast<double>(s[i]) - t[i];
+      want += d * d / C;
+      CHECK(plain[i] == doctest::Approx(2 * d / C).epsilon(1e-6));
+      CHECK(acc[i] == doctest::Approx(prior[i] + plain[i]).epsilon(1e-6));
+    }
+  CHECK(r.loss == doctest::Approx(want).epsilon(1e-6));
+  w[3] = 1.0f;  // the NaN pillar counts again
+  CHECK(std::isnan(mse(exec, view(s), view(t), bevkd::bev_nchw(acc.data(), 1, C, 1, P), io).loss));
 }

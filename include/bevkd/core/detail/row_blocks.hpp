@@ -712,6 +712,52 @@ template <class Problem>
 struct has_lane_groups<Problem, std::void_t<decltype(Problem::lane_groups)>>
     : std::integral_constant<bool, Problem::lane_groups> {};
 
+/// @brief Calls f(accumulating, streaming), two std::bool_constant: the gradient mode of a kernel as compile-time
+/// constants, chosen once per call (accumulate wins; stream only where a set or block streams).
+template <class F>
+void with_grad_mode(bool accumulate, bool stream, F&& f) {
+  if (accumulate)
+    f(std::true_type{}, std::false_type{});
+  else if (stream)
+    f(std::false_type{}, std::true_type{});
+  else
+    f(std::false_type{}, std::false_type{});
+}
+
+#if defined(BEVKD_HOST_AVX512)
+namespace avx512 {
+
+/// @brief Column c of an fp32 lane group's student and teacher rows as one vector each (lanes from count on read 0).
+struct group_columns {
+  const float* s;      ///< Row 0 of the student.
+  const float* t;      ///< Row 0 of the teacher.
+  index_t s_step;      ///< The student's column stride.
+  index_t t_step;      ///< The teacher's column stride.
+  __mmask16 rows;      ///< The group's rows: the lanes below count.
+
+  /// @brief The columns of a group.
+  explicit group_columns(const lane_group<float>& group)
+      : s(group.row0.student.ptr),
+        t(group.row0.teacher.ptr),
+        s_step(group.row0.student.stride),
+        t_step(group.row0.teacher.stride),
+        rows(column_mask(0, group.count)) {}
+  /// @brief Column c of the student.
+  BEVKD_HOST_FORCEINLINE __m512 student(index_t c) const { return _mm512_maskz_loadu_ps(rows, s + c * s_step); }
+  /// @brief Column c of the teacher.
+  BEVKD_HOST_FORCEINLINE __m512 teacher(index_t c) const { return _mm512_maskz_loadu_ps(rows, t + c * t_step); }
+  /// @brief The group's rows without those with skip set (whose gradient is 0 outright, or left as it was).
+  __mmask16 kept(const bool* skip, int count) const {
+    __mmask16 m = rows;
+    for (int l = 0; l < count; ++l)
+      if (skip[l]) m = static_cast<__mmask16>(m & ~(1u << l));
+    return m;
+  }
+};
+
+}  // namespace avx512
+#endif
+
 /// @brief The sum of a block's sixteen weighted row losses in double, added pairwise (k with k + 8, then k + 4, k + 2,
 /// k + 1): four dependent adds instead of sixteen (a chain the next block's work cannot hide).
 template <class Acc>

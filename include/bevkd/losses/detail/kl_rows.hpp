@@ -521,20 +521,14 @@ void softmax_kl_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>
       rows[i].scale_t[l] = terms[i].coeff[l] * tau * inv_zt;
       rows[i].scale_s[l] = terms[i].coeff[l] * tau * inv_zs;
     }
-  const auto grad_pass = [&](auto accumulating, auto streaming) {
+  with_grad_mode(accumulate, set.groups[0].stream_grad, [&](auto accumulating, auto streaming) {
     constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
     set.for_each_segment([&](index_t first, index_t last) {
       for (int i = 0; i < set.count; ++i)
         passes::template grad<add, stream>(set.groups[i], first, last, x_of, rows[i].max_t, rows[i].max_s,
                                            rows[i].scale_t, rows[i].scale_s, terms[i].skip);
     });
-  };
-  if (accumulate)
-    grad_pass(std::true_type{}, std::false_type{});
-  else if (set.groups[0].stream_grad)  // set only for fp32 on AVX-512 hosts (grad_streamable)
-    grad_pass(std::false_type{}, std::true_type{});
-  else
-    grad_pass(std::false_type{}, std::false_type{});
+  });
 }
 
 /// @brief The pieces of one logit x that a Bernoulli KL needs, from one exponential and one log1p.

@@ -305,7 +305,7 @@ struct lane_group_passes {
   /// @brief Each row's maxima of t and s, taken further over the columns (as shift_max_op: a NaN column leaves a
   /// maximum as it was).
   static void maxima(const lane_group<float>& group, index_t first, index_t last, float* max_t, float* max_s) {
-    const lanes_of x(group);
+    const group_columns x(group);
     __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
     for (index_t c = first; c < last; ++c) {
       group.read_ahead(c);
@@ -320,7 +320,7 @@ struct lane_group_passes {
   /// (first is a multiple of it).
   static void sums(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
                    const float* max_t, const float* max_s, float (&z)[3][block_rows]) {
-    const lanes_of x(group);
+    const group_columns x(group);
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s), zero = _mm512_setzero_ps();
     __m512 z_t = _mm512_loadu_ps(z[0]), z_s = _mm512_loadu_ps(z[1]), cross = _mm512_loadu_ps(z[2]);
     for (; first < last; first += lane_group_piece) {
@@ -352,12 +352,10 @@ struct lane_group_passes {
   static void grad(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
                    const float* max_t, const float* max_s, const float* scale_t, const float* scale_s,
                    const bool* skip) {
-    const lanes_of x(group);
+    const group_columns x(group);
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
     const __m512 k_t = _mm512_loadu_ps(scale_t), k_s = _mm512_loadu_ps(scale_s);
-    __mmask16 kept = x.rows;  // rows whose gradient is computed: a skipped row's exponentials may be NaN
-    for (int l = 0; l < group.count; ++l)
-      if (skip[l]) kept = static_cast<__mmask16>(kept & ~(1u << l));
+    const __mmask16 kept = x.kept(skip, group.count);  // a skipped row's exponentials may be NaN
     const __mmask16 written = Accumulate ? kept : x.rows;
     float* const g = group.row0.grad.ptr;
     const index_t step = group.row0.grad.stride;
@@ -370,23 +368,6 @@ struct lane_group_passes {
       store_lanes<Stream>(g + c * step, value, written);
     }
   }
-
- private:
-  // Column c of a group's student and teacher rows as one vector each.
-  struct lanes_of {
-    const float* s;
-    const float* t;
-    index_t s_step, t_step;
-    __mmask16 rows;  // the group's rows: the lanes below count
-    explicit lanes_of(const lane_group<float>& group)
-        : s(group.row0.student.ptr),
-          t(group.row0.teacher.ptr),
-          s_step(group.row0.student.stride),
-          t_step(group.row0.teacher.stride),
-          rows(column_mask(0, group.count)) {}
-    BEVKD_HOST_FORCEINLINE __m512 student(index_t c) const { return _mm512_maskz_loadu_ps(rows, s + c * s_step); }
-    BEVKD_HOST_FORCEINLINE __m512 teacher(index_t c) const { return _mm512_maskz_loadu_ps(rows, t + c * t_step); }
-  };
 };
 
 }  // namespace avx512

@@ -3,7 +3,9 @@
 #pragma once
 
 #include "../../core/config.hpp"
+#include "../../core/detail/avx512.hpp"
 #include "../../core/detail/lanes.hpp"
+#include "../../core/detail/row_blocks.hpp"
 #include "../../core/detail/row_driver.hpp"
 #include "../../core/dtype.hpp"
 #include "../../core/math.hpp"
@@ -51,6 +53,67 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, c
     return graded<Acc, Acc>{scale * (Acc(2) * inv_n * d - s_hat * projection), d * d};
   });
   return total * inv_n;
+}
+
+/// @brief The plain feature MSE's one pass over columns [first, last) of a host lane group (row_blocks.hpp): only fp32
+/// rows on AVX-512 hosts have it (see has_lane_group_passes; others are staged).
+template <class T, class Acc>
+struct mse_lane_group_pass;
+
+#if defined(BEVKD_HOST_AVX512)
+/// @brief fp32 lane groups on AVX-512 hosts: one vector per column.
+template <>
+struct mse_lane_group_pass<float, float> {
+  /// @brief Writes (Accumulate: adds) scale (s - t) into the rows' gradients, exactly 0 in rows with skip set (nothing
+  /// when accumulating), and adds (s - t)^2 to each row's sum in pieces of lane_group_piece columns (first is a
+  /// multiple of it); whole columns streamed when Stream is set.
+  template <bool Accumulate, bool Stream>
+  static void run(const lane_group<float>& group, index_t first, index_t last, const float* scale, const bool* skip,
+                  float* sums) {
+    const avx512::group_columns x(group);
+    const __m512 k = _mm512_loadu_ps(scale);
+    const __mmask16 kept = x.kept(skip, group.count), written = Accumulate ? kept : x.rows;
+    float* const g = group.row0.grad.ptr;
+    const index_t step = group.row0.grad.stride;
+    __m512 total = _mm512_loadu_ps(sums);
+    for (; first < last; first += lane_group_piece) {
+      const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
+      __m512 piece = _mm512_setzero_ps();
+      for (index_t c = first; c < end; ++c) {
+        group.read_ahead(c);
+        const __m512 d = _mm512_sub_ps(x.student(c), x.teacher(c));
+        piece = _mm512_fmadd_ps(d, d, piece);
+        __m512 value = _mm512_maskz_mul_ps(kept, d, k);
+        if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written, g + c * step), value);
+        avx512::store_lanes<Stream>(g + c * step, value, written);
+      }
+      total = _mm512_add_ps(total, piece);
+    }
+    _mm512_storeu_ps(sums, total);
+  }
+};
+#endif
+
+/// @brief mse_row for the rows of a host lane_group_set (NCHW pillars, read in place): loss[i][l] of group i's row l
+/// (0 from its count on); writes terms[i].coeff[l] (2/n) (s - t), exactly 0 (or nothing, when accumulating) for rows
+/// with skip set.
+template <class T, class Acc>
+void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms, bool accumulate,
+                     Acc (*loss)[block_rows]) {
+  using pass = mse_lane_group_pass<T, Acc>;
+  const Acc inv_n = Acc(1) / static_cast<Acc>(set.groups[0].n);
+  Acc scale[max_set_groups][block_rows], sums[max_set_groups][block_rows] = {};
+  for (int i = 0; i < set.count; ++i)
+    for (int l = 0; l < block_rows; ++l) scale[i][l] = terms[i].coeff[l] * Acc(2) * inv_n;
+  with_grad_mode(accumulate, set.groups[0].stream_grad, [&](auto accumulating, auto streaming) {
+    constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
+    set.for_each_segment([&](index_t first, index_t last) {
+      for (int i = 0; i < set.count; ++i)
+        pass::template run<add, stream>(set.groups[i], first, last, scale[i], terms[i].skip, sums[i]);
+    });
+  });
+  for (int i = 0; i < set.count; ++i)
+    for (int l = 0; l < block_rows; ++l) loss[i][l] = l < set.groups[i].count ? sums[i][l] * inv_n : Acc(0);
 }
 
 }  // namespace detail
