@@ -573,7 +573,6 @@ struct lane_group {
   index_t first = 0;             ///< The problem's index of row 0.
   int count = 0;                 ///< Rows in the group (1..block_rows).
   index_t n = 0;                 ///< Columns per row.
-  bool stream_grad = false;  ///< Whole columns of the gradient are written with non-temporal stores (grad_streamable).
 
   /// @brief Columns ahead of the one being read whose student and teacher a pass prefetches (see read_ahead).
   static constexpr index_t ahead = 64;
@@ -595,20 +594,22 @@ struct lane_group {
     return (problem.student.extent[1] + block_rows - 1) / block_rows;
   }
 
-  /// @brief Makes this group k of the problem's, i0 * groups_per_outer + the group's place in its i0; `stream_call`:
-  /// the call's gradient is streamable.
+  /// @brief Makes this group k of the problem's, i0 * groups_per_outer + the group's place in its i0.
   template <class Problem>
-  void load(const Problem& problem, index_t k, bool stream_call) {
+  void load(const Problem& problem, index_t k) {
     const index_t per = groups_per_outer(problem), rows = problem.student.extent[1];
     const index_t i0 = k / per, i1 = k % per * block_rows;
     row0 = problem.row_at(i0, i1);
     first = i0 * rows + i1;
     count = static_cast<int>(rows - i1 < block_rows ? rows - i1 : block_rows);
     n = problem.columns();
-    // Non-temporal stores need whole aligned lines: sixteen floats per column, every column on a line.
-    const bool on_lines = (reinterpret_cast<std::uintptr_t>(row0.grad.ptr) & 63) == 0 &&
-                          row0.grad.stride * static_cast<index_t>(sizeof(T)) % 64 == 0;
-    stream_grad = stream_call && count == block_rows && on_lines;
+  }
+
+  /// @brief True when every column of the group's gradient is one whole 64-byte line (sixteen floats, each column on
+  /// a line): what non-temporal stores need.
+  bool grad_columns_on_lines() const {
+    return count == block_rows && (reinterpret_cast<std::uintptr_t>(row0.grad.ptr) & 63) == 0 &&
+           row0.grad.stride * static_cast<index_t>(sizeof(T)) % 64 == 0;
   }
 
  private:
@@ -663,6 +664,10 @@ template <class T>
 struct lane_group_set {
   lane_group<T> groups[max_set_groups];  ///< The set's groups; the first `count` are valid.
   int count = 0;                         ///< Groups in the set.
+  /// @brief The gradient is written with non-temporal stores: the call's is streamable (grad_streamable) and the first
+  /// group's columns are whole lines (the groups share alignment and stride; a shorter last group's masked stores
+  /// stay plain, see store_lanes).
+  bool stream_grad = false;
 
   /// @brief Groups per set for rows of an i0 that make `groups` groups: at least two sets per i0 where there are two
   /// groups or more (so that one batch still spreads over two threads), at most max_set_groups.
@@ -677,14 +682,14 @@ struct lane_group_set {
     return problem.student.extent[0] * sets_per_outer(problem);
   }
 
-  /// @brief Makes this set number k of the problem's (count_in); `stream_call`: the call's gradient is streamable
-  /// (the set's gradient is streamed when its first group's is: the groups share alignment and stride).
+  /// @brief Makes this set number k of the problem's (count_in); `stream_call`: the call's gradient is streamable.
   template <class Problem>
   void load(const Problem& problem, index_t k, bool stream_call) {
     const index_t outer_groups = lane_group<T>::groups_per_outer(problem), size = set_size(outer_groups);
     const index_t per = sets_per_outer(problem), i0 = k / per, first = k % per * size;
     count = static_cast<int>(outer_groups - first < size ? outer_groups - first : size);
-    for (int i = 0; i < count; ++i) groups[i].load(problem, i0 * outer_groups + first + i, stream_call);
+    for (int i = 0; i < count; ++i) groups[i].load(problem, i0 * outer_groups + first + i);
+    stream_grad = stream_call && groups[0].grad_columns_on_lines();
   }
 
   /// @brief Calls f(first, last) for the segments [first, last) of lane_set_segment columns of the rows, in order.
@@ -746,13 +751,35 @@ struct group_columns {
   BEVKD_HOST_FORCEINLINE __m512 student(index_t c) const { return _mm512_maskz_loadu_ps(rows, s + c * s_step); }
   /// @brief Column c of the teacher.
   BEVKD_HOST_FORCEINLINE __m512 teacher(index_t c) const { return _mm512_maskz_loadu_ps(rows, t + c * t_step); }
-  /// @brief The group's rows without those with skip set (whose gradient is 0 outright, or left as it was).
-  __mmask16 kept(const bool* skip, int count) const {
-    __mmask16 m = rows;
-    for (int l = 0; l < count; ++l)
-      if (skip[l]) m = static_cast<__mmask16>(m & ~(1u << l));
-    return m;
+};
+
+/// @brief Writes (Accumulate: adds) gradient columns of an fp32 lane group, one vector each: rows with skip set get
+/// exactly 0 (their values may be NaN) or, when accumulating, keep what they held; the lanes from count on are not
+/// touched; whole aligned columns go around the caches when Stream is set (store_lanes).
+template <bool Accumulate, bool Stream>
+class group_grad_writer {
+ public:
+  /// @brief The writer of a group's gradient, with skip[l] for each of its rows.
+  group_grad_writer(const lane_group<float>& group, const bool* skip)
+      : g_(group.row0.grad.ptr), step_(group.row0.grad.stride), kept_(column_mask(0, group.count)) {
+    for (int l = 0; l < group.count; ++l)
+      if (skip[l]) kept_ = static_cast<__mmask16>(kept_ & ~(1u << l));
+    written_ = Accumulate ? kept_ : column_mask(0, group.count);
   }
+
+  /// @brief Writes `value` as column c.
+  BEVKD_HOST_FORCEINLINE void operator()(index_t c, __m512 value) const {
+    float* const at = g_ + c * step_;
+    value = _mm512_maskz_mov_ps(kept_, value);
+    if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written_, at), value);
+    store_lanes<Stream>(at, value, written_);
+  }
+
+ private:
+  float* g_;
+  index_t step_;
+  __mmask16 kept_;     // the rows whose gradient is computed
+  __mmask16 written_;  // the lanes stored: every row when writing, only the kept ones when accumulating
 };
 
 }  // namespace avx512
@@ -846,7 +873,7 @@ double run_lane_group_set(const Problem& problem, const lane_group_set<T>& set, 
     terms[i].finish(problem, set.groups[i], scaling, loss[i], weighted);
     total += block_sum(weighted);  // lanes from a group's count on have weight 0: they add +0
   }
-  if (set.groups[0].stream_grad) fence_streamed_stores();
+  if (set.stream_grad) fence_streamed_stores();
   return total;
 }
 

@@ -521,7 +521,7 @@ void softmax_kl_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>
       rows[i].scale_t[l] = terms[i].coeff[l] * tau * inv_zt;
       rows[i].scale_s[l] = terms[i].coeff[l] * tau * inv_zs;
     }
-  with_grad_mode(accumulate, set.groups[0].stream_grad, [&](auto accumulating, auto streaming) {
+  with_grad_mode(accumulate, set.stream_grad, [&](auto accumulating, auto streaming) {
     constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
     set.for_each_segment([&](index_t first, index_t last) {
       for (int i = 0; i < set.count; ++i)

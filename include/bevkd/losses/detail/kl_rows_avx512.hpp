@@ -353,19 +353,13 @@ struct lane_group_passes {
                    const float* max_t, const float* max_s, const float* scale_t, const float* scale_s,
                    const bool* skip) {
     const group_columns x(group);
+    const group_grad_writer<Accumulate, Stream> write(group, skip);
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
     const __m512 k_t = _mm512_loadu_ps(scale_t), k_s = _mm512_loadu_ps(scale_s);
-    const __mmask16 kept = x.kept(skip, group.count);  // a skipped row's exponentials may be NaN
-    const __mmask16 written = Accumulate ? kept : x.rows;
-    float* const g = group.row0.grad.ptr;
-    const index_t step = group.row0.grad.stride;
     for (index_t c = first; c < last; ++c) {
       group.read_ahead(c);
       const __m512 q_t = _mm512_mul_ps(x_of.exp2(softmax_shift(x.teacher(c), m_t)).value, k_t);
-      __m512 value =
-          _mm512_maskz_mov_ps(kept, _mm512_fmsub_ps(x_of.exp2(softmax_shift(x.student(c), m_s)).value, k_s, q_t));
-      if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written, g + c * step), value);
-      store_lanes<Stream>(g + c * step, value, written);
+      write(c, _mm512_fmsub_ps(x_of.exp2(softmax_shift(x.student(c), m_s)).value, k_s, q_t));
     }
   }
 };

@@ -71,10 +71,8 @@ struct mse_lane_group_pass<float, float> {
   static void run(const lane_group<float>& group, index_t first, index_t last, const float* scale, const bool* skip,
                   float* sums) {
     const avx512::group_columns x(group);
+    const avx512::group_grad_writer<Accumulate, Stream> write(group, skip);
     const __m512 k = _mm512_loadu_ps(scale);
-    const __mmask16 kept = x.kept(skip, group.count), written = Accumulate ? kept : x.rows;
-    float* const g = group.row0.grad.ptr;
-    const index_t step = group.row0.grad.stride;
     __m512 total = _mm512_loadu_ps(sums);
     for (; first < last; first += lane_group_piece) {
       const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
@@ -83,9 +81,7 @@ struct mse_lane_group_pass<float, float> {
         group.read_ahead(c);
         const __m512 d = _mm512_sub_ps(x.student(c), x.teacher(c));
         piece = _mm512_fmadd_ps(d, d, piece);
-        __m512 value = _mm512_maskz_mul_ps(kept, d, k);
-        if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written, g + c * step), value);
-        avx512::store_lanes<Stream>(g + c * step, value, written);
+        write(c, _mm512_mul_ps(d, k));
       }
       total = _mm512_add_ps(total, piece);
     }
@@ -105,7 +101,7 @@ void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms
   Acc scale[max_set_groups][block_rows], sums[max_set_groups][block_rows] = {};
   for (int i = 0; i < set.count; ++i)
     for (int l = 0; l < block_rows; ++l) scale[i][l] = terms[i].coeff[l] * Acc(2) * inv_n;
-  with_grad_mode(accumulate, set.groups[0].stream_grad, [&](auto accumulating, auto streaming) {
+  with_grad_mode(accumulate, set.stream_grad, [&](auto accumulating, auto streaming) {
     constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
     set.for_each_segment([&](index_t first, index_t last) {
       for (int i = 0; i < set.count; ++i)
