@@ -720,7 +720,7 @@ struct has_lane_groups<Problem, std::void_t<decltype(Problem::lane_groups)>>
 /// @brief Calls f(accumulating, streaming), two std::bool_constant: the gradient mode of a kernel as compile-time
 /// constants, chosen once per call (accumulate wins; stream only where a set or block streams).
 template <class F>
-void with_grad_mode(bool accumulate, bool stream, F&& f) {
+BEVKD_HOST_FORCEINLINE void with_grad_mode(bool accumulate, bool stream, F&& f) {
   if (accumulate)
     f(std::true_type{}, std::false_type{});
   else if (stream)

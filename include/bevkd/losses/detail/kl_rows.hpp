@@ -392,8 +392,8 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
     loss[l] = softmax_kl_value(z[0][l], z[1][l], z[2][l], inv_zt[l], tau);
   }
   // The gradient mode as compile-time constants, chosen once per block (branches in each row's loop cost about 5 % at
-  // C = 64, measured).
-  const auto grad_pass = [&](auto accumulating, auto streaming) BEVKD_INLINE_LAMBDA {
+  // C = 64, measured); block.stream_grad is set only for fp32 rows on AVX-512 hosts (streams_grad).
+  with_grad_mode(accumulate, block.stream_grad, [&](auto accumulating, auto streaming) BEVKD_INLINE_LAMBDA {
     constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
     for (int l = 0; l < block.count; ++l) {
       if (skip[l] && add) continue;  // an excluded row's gradient is left as it was
@@ -408,13 +408,7 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
                                             coeff[l] * tau, inv_zt[l], inv_zs[l]);
       });
     }
-  };
-  if (accumulate)
-    grad_pass(std::true_type{}, std::false_type{});
-  else if (block.stream_grad)  // set only for fp32 rows on AVX-512 hosts (streams_grad)
-    grad_pass(std::false_type{}, std::true_type{});
-  else
-    grad_pass(std::false_type{}, std::false_type{});
+  });
 }
 
 /// @brief softmax_kl_row_layout_tau of the instantiation for the block's run length when that is one of Lengths, else
