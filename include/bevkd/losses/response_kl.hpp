@@ -62,8 +62,13 @@ struct response_kl_problem : row_problem<T, Unit> {
   /// @brief True when this call's rows run in host lane groups: strided rows too long for a row block, side by side in
   /// memory (the spatial mode's channels of an NHWC tensor).
   bool lane_groups_apply() const {
-    return lane_groups && this->columns() > max_block_columns &&
+    return lane_groups && !block_columns_fit(this->columns(), Unit) &&
            rows_side_by_side(this->student, this->teacher, this->grad);
+  }
+  /// @brief True when side-by-side strided rows of `columns` columns run in place on the host, so run_on_rows does not
+  /// stage them: in row blocks when a block takes them (blocks_apply), in lane groups when longer (lane_groups_apply).
+  static constexpr bool reads_in_place(index_t columns) {
+    return row_blocks && (block_columns_fit(columns, false) || lane_groups);
   }
 
   /// @brief Loss of each row of a host lane_group_set; writes coeff * dl/dS (see softmax_kl_lane_groups).
@@ -138,11 +143,7 @@ class response_kl {
                                  student.extent[0]};
     using acc = accum_t<T>;
     const bool sigmoid = options.mode == kl_mode::sigmoid;
-    // Side-by-side softmax rows run in place on the host: in row blocks when short, in lane groups (fp32, AVX-512)
-    // when long; others are staged.
-    using strided_problem = detail::response_kl_problem<T, false, false>;
-    const bool in_place = !sigmoid && strided_problem::row_blocks &&
-                          (student.extent[2] <= detail::max_block_columns || strided_problem::lane_groups);
+    const bool in_place = !sigmoid && detail::response_kl_problem<T, false, false>::reads_in_place(student.extent[2]);
     return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, in_place, [&](auto unit, auto s,
                                                                                                 auto t, auto g) {
       return detail::dispatch_bool(sigmoid, [&](auto sig) {
