@@ -41,13 +41,14 @@ TEST_CASE_TEMPLATE("feature_mse matches the double reference in every layout, re
     INFO("normalize ", static_cast<int>(normalize));
     check_all_options(mse_case<T>(normalize), rng, exec);
   }
-  // The plain MSE's NCHW pillars lie side by side: fp32 on AVX-512 builds reads them in place in the host's lane
-  // groups (others stage them). 37 pillars: groups of 16, 16 and 5 per batch, one per set; 150: ten groups, two sets
-  // of five; 300 channels span two of a set's segments.
-  for (auto [P, C] : {std::pair<index_t, index_t>{37, 70}, std::pair<index_t, index_t>{150, 300}}) {
-    INFO("long NCHW rows: P ", P, " C ", C);
-    check_all_options(mse_case<T>(mse_normalize::none, 2, P, C), rng, exec);
-  }
+  // NCHW pillars lie side by side: fp32 on AVX-512 builds reads them in place in the host's lane groups (others stage
+  // them). 37 pillars: groups of 16, 16 and 5 per batch, one per set; 150: ten groups, two sets of five; 300 channels
+  // span two of a set's segments.
+  for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2})
+    for (auto [P, C] : {std::pair<index_t, index_t>{37, 70}, std::pair<index_t, index_t>{150, 300}}) {
+      INFO("long NCHW rows: P ", P, " C ", C, " normalize ", static_cast<int>(normalize));
+      check_all_options(mse_case<T>(normalize, 2, P, C), rng, exec);
+    }
 }
 
 TEST_CASE("half gradients below half's normal range are exact to its subnormal spacing") {
@@ -175,9 +176,10 @@ TEST_CASE("feature_mse edge cases") {
 
 TEST_CASE("feature_mse is deterministic across runs and thread counts") {
   std::mt19937 rng(fresh_seed());
-  // NHWC rows, and the plain MSE's NCHW rows (host lane groups on AVX-512 builds: 94 sets of eight groups).
+  // NHWC rows, and NCHW rows (host lane groups on AVX-512 builds: 94 sets of eight groups).
   for (auto [normalize, lay] :
-       {std::pair{mse_normalize::per_pillar_l2, layout::nhwc}, std::pair{mse_normalize::none, layout::nchw}}) {
+       {std::pair{mse_normalize::per_pillar_l2, layout::nhwc}, std::pair{mse_normalize::none, layout::nchw},
+        std::pair{mse_normalize::per_pillar_l2, layout::nchw}}) {
     auto cs = mse_case<float>(normalize, 2, 1500, 17);
     cs.lay = lay;
     cs.randomize(rng);
@@ -185,47 +187,65 @@ TEST_CASE("feature_mse is deterministic across runs and thread counts") {
     bevkd::host_exec one(1), two(2);
     const auto r1 = cs.run(one, g1, rows);
     const auto r2 = cs.run(two, g2, rows);
-    INFO("layout ", layout_name(lay));
+    INFO("layout ", layout_name(lay), " normalize ", static_cast<int>(normalize));
     CHECK(std::memcmp(&r1.loss, &r2.loss, sizeof(double)) == 0);
     CHECK(g1 == g2);
   }
 }
 
-TEST_CASE("feature_mse on NCHW pillars read in place: accumulate, weight-0 pillars, NaN") {
+TEST_CASE("feature_mse on NCHW pillars read in place: accumulate, weight-0 pillars, a zero and a huge pillar, NaN") {
   const auto seed = fresh_seed();
   INFO("seed ", seed);
   std::mt19937 rng(seed);
   bevkd::host_exec exec;
   const index_t P = 40, C = 9;  // three groups: 16, 16 and 8 pillars
+  const auto at = [&](index_t c, index_t p) { return static_cast<std::size_t>(c * P + p); };  // NCHW: c P + p
   auto s = random_values<float>(P * C, rng), t = random_values<float>(P * C, rng);
-  s[5 * P + 3] = std::nanf("");  // channel 5 of pillar 3 (NCHW: c P + p)
+  s[at(5, 3)] = std::nanf("");
+  for (index_t c = 0; c < C; ++c) {
+    s[at(c, 7)] = 0.0f;                                      // normalised: the eps clamp (gradient g / eps)
+    s[at(c, 20)] = (c % 2 ? -3e17f : 1e17f) * static_cast<float>(1 + c);  // squares near float's range
+    t[at(c, 20)] = 2e17f;
+  }
   std::vector<float> w(P, 1.0f);
   for (index_t p = 0; p < P; p += 3) w[p] = 0.0f;  // pillar 3 among them: its NaN is excluded
   bevkd::row_io<float> io;
   io.weights = bevkd::rows_contiguous(w.data(), 1, P);
   const auto view = [&](const std::vector<float>& v) { return bevkd::bev_nchw<const float>(v.data(), 1, C, 1, P); };
-  std::vector<float> plain(P * C), acc = random_values<float>(P * C, rng);
-  const std::vector<float> prior = acc;
-  bevkd::feature_mse mse({mse_normalize::none, 1e-12, reduction::sum});
-  const auto r = mse(exec, view(s), view(t), bevkd::bev_nchw(plain.data(), 1, C, 1, P), io);
-  CHECK(std::isfinite(r.loss));
-  mse.options.accumulate = true;
-  mse(exec, view(s), view(t), bevkd::bev_nchw(acc.data(), 1, C, 1, P), io);
-  double want = 0;
-  for (index_t c = 0; c < C; ++c)
+  for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2}) {
+    INFO("normalize ", static_cast<int>(normalize));
+    const bool normalized = normalize == mse_normalize::per_pillar_l2;
+    std::vector<float> plain(P * C), acc = random_values<float>(P * C, rng);
+    const std::vector<float> prior = acc;
+    bevkd::feature_mse mse({normalize, 1e-3, reduction::sum});
+    const auto r = mse(exec, view(s), view(t), bevkd::bev_nchw(plain.data(), 1, C, 1, P), io);
+    CHECK(std::isfinite(r.loss));
+    mse.options.accumulate = true;
+    mse(exec, view(s), view(t), bevkd::bev_nchw(acc.data(), 1, C, 1, P), io);
+    double want = 0;
     for (index_t p = 0; p < P; ++p) {
-      const std::size_t i = static_cast<std::size_t>(c * P + p);
-      if (w[p] == 0.0f) {
-        CHECK(plain[i] == 0.0f);
-        CHECK(acc[i] == prior[i]);
-        continue;
+      std::vector<double> s_row, t_row;
+      for (index_t c = 0; c < C; ++c) {
+        s_row.push_back(s[at(c, p)]);
+        t_row.push_back(t[at(c, p)]);
       }
-      const double d = static_cast<double>(s[i]) - t[i];
-      want += d * d / C;
-      CHECK(plain[i] == doctest::Approx(2 * d / C).epsilon(1e-6));
-      CHECK(acc[i] == doctest::Approx(prior[i] + plain[i]).epsilon(1e-6));
+      const auto ref = mse_reference(s_row, t_row, normalized, mse.options.eps);
+      if (w[p] != 0.0f) want += ref.loss;
+      for (index_t c = 0; c < C; ++c) {
+        INFO("pillar ", p, " channel ", c);
+        const std::size_t i = at(c, p);
+        if (w[p] == 0.0f) {
+          CHECK(plain[i] == 0.0f);
+          CHECK(acc[i] == prior[i]);
+        } else {
+          CHECK(plain[i] == doctest::Approx(ref.grad[c]).epsilon(1e-5));
+          CHECK(acc[i] == doctest::Approx(prior[i] + plain[i]).epsilon(1e-6));
+        }
+      }
     }
-  CHECK(r.loss == doctest::Approx(want).epsilon(1e-6));
-  w[3] = 1.0f;  // the NaN pillar counts again
-  CHECK(std::isnan(mse(exec, view(s), view(t), bevkd::bev_nchw(acc.data(), 1, C, 1, P), io).loss));
+    CHECK(r.loss == doctest::Approx(want).epsilon(1e-5));
+    w[3] = 1.0f;  // the NaN pillar counts again
+    CHECK(std::isnan(mse(exec, view(s), view(t), bevkd::bev_nchw(acc.data(), 1, C, 1, P), io).loss));
+    w[3] = 0.0f;
+  }
 }

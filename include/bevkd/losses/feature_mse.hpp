@@ -38,15 +38,14 @@ struct feature_mse_problem : row_problem<T, Unit> {
   /// @brief Host scratch a row may use (none: every pass is one exponential-free sweep).
   index_t scratch_bytes() const { return 0; }
 
-  /// @brief Plain-MSE fp32 rows with strided columns can run in host lane groups on AVX-512 hosts (see
-  /// lane_groups_apply()).
-  static constexpr bool lane_groups = !Normalized && !Unit && has_lane_group_passes<T>();
+  /// @brief fp32 rows with strided columns can run in host lane groups on AVX-512 hosts (see lane_groups_apply()).
+  static constexpr bool lane_groups = !Unit && has_lane_group_passes<T>();
   /// @brief True when this call's rows run in host lane groups: side by side in memory (NCHW pillars).
   bool lane_groups_apply() const { return lane_groups && rows_side_by_side(this->student, this->teacher, this->grad); }
   /// @brief Loss of each row of a host lane_group_set; writes coeff * dl/dS (see mse_lane_groups).
   void lane_group_loss_and_grad(const lane_group_set<T>& set, const block_terms<acc_type>* terms, bool accumulate,
                                 acc_type (*loss)[block_rows]) const {
-    mse_lane_groups(set, terms, accumulate, loss);
+    mse_lane_groups<Normalized>(set, terms, accumulate, eps, loss);
   }
 
   /// @brief True when a team holds each row for its passes (team.hold_row): the normalised MSE's two passes.
@@ -103,9 +102,8 @@ class feature_mse {
     const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate,
                                  student.extent[0]};
     const bool normalized = options.normalize == mse_normalize::per_pillar_l2;
-    // Side-by-side rows (NCHW) of the plain MSE run in place on the host in lane groups (fp32, AVX-512); others are
-    // staged.
-    const bool in_place = !normalized && detail::feature_mse_problem<T, false, false>::lane_groups;
+    // Side-by-side rows (NCHW) run in place on the host in lane groups (fp32, AVX-512); others are staged.
+    const bool in_place = detail::feature_mse_problem<T, false, false>::lane_groups;
     return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, in_place, [&](auto unit, auto s,
                                                                                               auto t, auto g) {
       return detail::dispatch_bool(normalized, [&](auto norm) {

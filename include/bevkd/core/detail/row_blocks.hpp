@@ -646,6 +646,14 @@ constexpr bool has_lane_group_passes() {
 /// 40000 columns then carry the rounding of about 64 + 625 additions, not 40000.
 constexpr index_t lane_group_piece = 64;
 
+/// @brief Calls f(begin, end) for the pieces [begin, end) of lane_group_piece columns of [first, last) (first a
+/// multiple of it), in order: a lane-group pass sums each piece on its own, then adds it to the row's sums.
+template <class F>
+BEVKD_HOST_FORCEINLINE void for_each_piece(index_t first, index_t last, F&& f) {
+  for (; first < last; first += lane_group_piece)
+    f(first, last - first < lane_group_piece ? last : first + lane_group_piece);
+}
+
 /// @brief Most lane groups one lane_group_set runs together.
 constexpr int max_set_groups = 8;
 

@@ -323,10 +323,9 @@ struct lane_group_passes {
     const group_columns x(group);
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s), zero = _mm512_setzero_ps();
     __m512 z_t = _mm512_loadu_ps(z[0]), z_s = _mm512_loadu_ps(z[1]), cross = _mm512_loadu_ps(z[2]);
-    for (; first < last; first += lane_group_piece) {
-      const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
+    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
       __m512 piece_t = zero, piece_s = zero, piece_cross = zero;
-      for (index_t c = first; c < end; ++c) {
+      for (index_t c = begin; c < end; ++c) {
         group.read_ahead(c);
         const column_terms e(softmax_shift(x.teacher(c), m_t), softmax_shift(x.student(c), m_s), x_of.exp2);
         piece_t = _mm512_add_ps(piece_t, e.e_t.value);
@@ -336,7 +335,7 @@ struct lane_group_passes {
       z_t = _mm512_add_ps(z_t, piece_t);
       z_s = _mm512_add_ps(z_s, piece_s);
       cross = _mm512_add_ps(cross, piece_cross);
-    }
+    });
     _mm512_storeu_ps(z[0], z_t);
     _mm512_storeu_ps(z[1], z_s);
     _mm512_storeu_ps(z[2], cross);

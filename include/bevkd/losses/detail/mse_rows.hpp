@@ -26,86 +26,181 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc mse_row(const Team& team, const loss_r
   return total * inv_n;
 }
 
-/// @brief MSE of s / max(||s||, eps) and t / max(||t||, eps) over one row (a loss_row, or a row a team holds, see
-/// hold_row), with the gradient through s's normalisation. Two passes: the norms and dot product, then the gradient.
+/// @brief The per-row constants of the normalised MSE (normalized_mse_row) from the row's dot products, and the
+/// gradient and squared difference of each element: one formula for the row kernels and the host lane groups.
 ///
 /// With s_hat = s / n_s and g = (2/n)(s_hat - t_hat): dl/ds = (g - s_hat (s_hat . g)) / n_s
 /// when ||s|| > eps, and g / eps when the norm is clamped (the map is then linear).
+template <class Acc>
+struct normalized_mse_terms {
+  Acc div_s;       ///< max(||s||, eps): what the student's elements are divided by.
+  Acc div_t;       ///< max(||t||, eps).
+  Acc inv_n;       ///< 1 / n.
+  Acc projection;  ///< s_hat . g (0 when the student's norm is clamped).
+  Acc scale;       ///< coeff / div_s.
+
+  /// @brief The constants of a row of n elements with s . s, t . t and s . t, norm clamp eps and gradient coefficient.
+  BEVKD_HOST_DEVICE normalized_mse_terms(Acc ss, Acc tt, Acc st, index_t n, Acc eps, Acc coeff) {
+    const Acc norm_s = math::sqrt(ss), norm_t = math::sqrt(tt);
+    const bool clamped = !(norm_s > eps);
+    div_s = clamped ? eps : norm_s;
+    div_t = norm_t > eps ? norm_t : eps;
+    inv_n = Acc(1) / static_cast<Acc>(n);
+    // s_hat . g = (2/n)(s_hat . s_hat - s_hat . t_hat) with s_hat . s_hat = 1 exactly when the
+    // norm is not clamped (the projection is zero when it is). Dividing rather than multiplying
+    // by reciprocals keeps one-element rows exactly +-1, so their gradient is exactly 0.
+    projection = clamped ? Acc(0) : Acc(2) * inv_n * (Acc(1) - st / (div_s * div_t));
+    scale = coeff / div_s;
+  }
+
+  /// @brief The gradient coeff * dl/ds of an element s (teacher t; any column) and its (s_hat - t_hat)^2.
+  BEVKD_HOST_DEVICE graded<Acc, Acc> operator()(index_t, Acc s, Acc t) const {
+    const Acc s_hat = s / div_s;
+    const Acc d = s_hat - t / div_t;
+    return graded<Acc, Acc>{scale * (Acc(2) * inv_n * d - s_hat * projection), d * d};
+  }
+};
+
+/// @brief MSE of s / max(||s||, eps) and t / max(||t||, eps) over one row (a loss_row, or a row a team holds, see
+/// hold_row), with the gradient through s's normalisation (normalized_mse_terms). Two passes: the norms and dot
+/// product, then the gradient.
 template <class Team, class Row, class Acc>
 BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, const Row& row, Acc eps, Acc coeff,
                                                              bool accumulate) {
   using triple = acc_array<Acc, 3>;
   const triple dots = team.reduce_values(sum_op{}, triple{{Acc(0), Acc(0), Acc(0)}}, row,
                                          [&](index_t, Acc s, Acc t) { return triple{{s * s, t * t, s * t}}; });
-  const Acc norm_s = math::sqrt(dots[0]), norm_t = math::sqrt(dots[1]);
-  const bool clamped = !(norm_s > eps);
-  const Acc div_s = clamped ? eps : norm_s, div_t = norm_t > eps ? norm_t : eps;
-  const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
-  // s_hat . g = (2/n)(s_hat . s_hat - s_hat . t_hat) with s_hat . s_hat = 1 exactly when the
-  // norm is not clamped (the projection is zero when it is). Dividing rather than multiplying
-  // by reciprocals keeps one-element rows exactly +-1, so their gradient is exactly 0.
-  const Acc projection = clamped ? Acc(0) : Acc(2) * inv_n * (Acc(1) - dots[2] / (div_s * div_t));
-  const Acc scale = coeff / div_s;
-  const Acc total = team.reduce_grads(sum_op{}, Acc(0), row, accumulate,
-                                      [div_s, div_t, scale, inv_n, projection](index_t, Acc s, Acc t) {
-    const Acc s_hat = s / div_s;
-    const Acc d = s_hat - t / div_t;
-    return graded<Acc, Acc>{scale * (Acc(2) * inv_n * d - s_hat * projection), d * d};
-  });
-  return total * inv_n;
+  const normalized_mse_terms<Acc> terms(dots[0], dots[1], dots[2], row.n, eps, coeff);
+  const Acc total = team.reduce_grads(sum_op{}, Acc(0), row, accumulate, terms);
+  return total * terms.inv_n;
 }
 
-/// @brief The plain feature MSE's one pass over columns [first, last) of a host lane group (row_blocks.hpp): only fp32
-/// rows on AVX-512 hosts have it (see has_lane_group_passes; others are staged).
+/// @brief The feature MSE's passes over columns [first, last) of a host lane group (row_blocks.hpp): only fp32 rows on
+/// AVX-512 hosts have them (see has_lane_group_passes; others are staged).
 template <class T, class Acc>
-struct mse_lane_group_pass;
+struct mse_lane_group_passes;
 
 #if defined(BEVKD_HOST_AVX512)
-/// @brief fp32 lane groups on AVX-512 hosts: one vector per column.
+/// @brief fp32 lane groups on AVX-512 hosts: one vector per column; sums added in pieces of lane_group_piece columns
+/// (first is a multiple of it); the gradient written by group_grad_writer (exactly 0 in rows with skip set, nothing
+/// there when accumulating, whole columns streamed when Stream is set).
 template <>
-struct mse_lane_group_pass<float, float> {
-  /// @brief Writes (Accumulate: adds) scale (s - t) into the rows' gradients, exactly 0 in rows with skip set (nothing
-  /// when accumulating), and adds (s - t)^2 to each row's sum in pieces of lane_group_piece columns (first is a
-  /// multiple of it); whole columns streamed when Stream is set.
+struct mse_lane_group_passes<float, float> {
+  /// @brief The plain MSE's one pass: writes (Accumulate: adds) scale (s - t), adds (s - t)^2 to each row's sum.
   template <bool Accumulate, bool Stream>
-  static void run(const lane_group<float>& group, index_t first, index_t last, const float* scale, const bool* skip,
-                  float* sums) {
+  static void plain(const lane_group<float>& group, index_t first, index_t last, const float* scale, const bool* skip,
+                    float* sums) {
     const avx512::group_columns x(group);
     const avx512::group_grad_writer<Accumulate, Stream> write(group, skip);
     const __m512 k = _mm512_loadu_ps(scale);
     __m512 total = _mm512_loadu_ps(sums);
-    for (; first < last; first += lane_group_piece) {
-      const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
+    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
       __m512 piece = _mm512_setzero_ps();
-      for (index_t c = first; c < end; ++c) {
+      for (index_t c = begin; c < end; ++c) {
         group.read_ahead(c);
         const __m512 d = _mm512_sub_ps(x.student(c), x.teacher(c));
         piece = _mm512_fmadd_ps(d, d, piece);
         write(c, _mm512_mul_ps(d, k));
       }
       total = _mm512_add_ps(total, piece);
-    }
+    });
+    _mm512_storeu_ps(sums, total);
+  }
+
+  /// @brief The normalised MSE's first pass: adds s . s, t . t and s . t to each row's dots[0], [1], [2].
+  static void dots(const lane_group<float>& group, index_t first, index_t last, float (&dots)[3][block_rows]) {
+    const avx512::group_columns x(group);
+    __m512 ss = _mm512_loadu_ps(dots[0]), tt = _mm512_loadu_ps(dots[1]), st = _mm512_loadu_ps(dots[2]);
+    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
+      __m512 piece_ss = _mm512_setzero_ps(), piece_tt = piece_ss, piece_st = piece_ss;
+      for (index_t c = begin; c < end; ++c) {
+        group.read_ahead(c);
+        const __m512 s = x.student(c), t = x.teacher(c);
+        piece_ss = _mm512_fmadd_ps(s, s, piece_ss);
+        piece_tt = _mm512_fmadd_ps(t, t, piece_tt);
+        piece_st = _mm512_fmadd_ps(s, t, piece_st);
+      }
+      ss = _mm512_add_ps(ss, piece_ss);
+      tt = _mm512_add_ps(tt, piece_tt);
+      st = _mm512_add_ps(st, piece_st);
+    });
+    _mm512_storeu_ps(dots[0], ss);
+    _mm512_storeu_ps(dots[1], tt);
+    _mm512_storeu_ps(dots[2], st);
+  }
+
+  /// @brief Each row's normalized_mse_terms, lane l of each array row l's.
+  struct row_terms {
+    float div_s[block_rows], div_t[block_rows], projection[block_rows], scale[block_rows];
+  };
+
+  /// @brief The normalised MSE's second pass: writes (Accumulate: adds) each element's gradient, as
+  /// normalized_mse_terms computes it, and adds (s_hat - t_hat)^2 to each row's sum.
+  template <bool Accumulate, bool Stream>
+  static void normalized(const lane_group<float>& group, index_t first, index_t last, const row_terms& terms,
+                         float inv_n, const bool* skip, float* sums) {
+    const avx512::group_columns x(group);
+    const avx512::group_grad_writer<Accumulate, Stream> write(group, skip);
+    const __m512 div_s = _mm512_loadu_ps(terms.div_s), div_t = _mm512_loadu_ps(terms.div_t);
+    const __m512 projection = _mm512_loadu_ps(terms.projection), scale = _mm512_loadu_ps(terms.scale);
+    const __m512 two_inv_n = _mm512_set1_ps(2.0f * inv_n);
+    __m512 total = _mm512_loadu_ps(sums);
+    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
+      __m512 piece = _mm512_setzero_ps();
+      for (index_t c = begin; c < end; ++c) {
+        group.read_ahead(c);
+        const __m512 s_hat = _mm512_div_ps(x.student(c), div_s);
+        const __m512 d = _mm512_sub_ps(s_hat, _mm512_div_ps(x.teacher(c), div_t));
+        piece = _mm512_fmadd_ps(d, d, piece);
+        write(c, _mm512_mul_ps(scale, _mm512_fmsub_ps(two_inv_n, d, _mm512_mul_ps(s_hat, projection))));
+      }
+      total = _mm512_add_ps(total, piece);
+    });
     _mm512_storeu_ps(sums, total);
   }
 };
 #endif
 
-/// @brief mse_row for the rows of a host lane_group_set (NCHW pillars, read in place): loss[i][l] of group i's row l
-/// (0 from its count on); writes terms[i].coeff[l] (2/n) (s - t), exactly 0 (or nothing, when accumulating) for rows
-/// with skip set.
-template <class T, class Acc>
-void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms, bool accumulate,
+/// @brief The feature MSE (mse_row, or normalized_mse_row when Normalized) for the rows of a host lane_group_set (NCHW
+/// pillars, read in place): loss[i][l] of group i's row l (0 from its count on); writes terms[i].coeff[l] dl/ds, exactly
+/// 0 (or nothing, when accumulating) for rows with skip set. The normalised MSE takes two passes: the dot products,
+/// then the gradient.
+template <bool Normalized, class T, class Acc>
+void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms, bool accumulate, Acc eps,
                      Acc (*loss)[block_rows]) {
-  using pass = mse_lane_group_pass<T, Acc>;
-  const Acc inv_n = Acc(1) / static_cast<Acc>(set.groups[0].n);
-  Acc scale[max_set_groups][block_rows], sums[max_set_groups][block_rows] = {};
-  for (int i = 0; i < set.count; ++i)
-    for (int l = 0; l < block_rows; ++l) scale[i][l] = terms[i].coeff[l] * Acc(2) * inv_n;
+  using passes = mse_lane_group_passes<T, Acc>;
+  const index_t n = set.groups[0].n;
+  const Acc inv_n = Acc(1) / static_cast<Acc>(n);
+  Acc sums[max_set_groups][block_rows] = {};
+  // The plain MSE's scale of (s - t), or the normalised rows' terms (from their dot products).
+  Acc scale[max_set_groups][block_rows];
+  typename passes::row_terms rows[Normalized ? max_set_groups : 1];
+  if constexpr (Normalized) {
+    Acc dots[max_set_groups][3][block_rows] = {};
+    set.for_each_segment([&](index_t first, index_t last) {
+      for (int i = 0; i < set.count; ++i) passes::dots(set.groups[i], first, last, dots[i]);
+    });
+    for (int i = 0; i < set.count; ++i)
+      for (int l = 0; l < block_rows; ++l) {
+        const normalized_mse_terms<Acc> row(dots[i][0][l], dots[i][1][l], dots[i][2][l], n, eps, terms[i].coeff[l]);
+        rows[i].div_s[l] = row.div_s;
+        rows[i].div_t[l] = row.div_t;
+        rows[i].projection[l] = row.projection;
+        rows[i].scale[l] = row.scale;
+      }
+  } else {
+    for (int i = 0; i < set.count; ++i)
+      for (int l = 0; l < block_rows; ++l) scale[i][l] = terms[i].coeff[l] * Acc(2) * inv_n;
+  }
   with_grad_mode(accumulate, set.stream_grad, [&](auto accumulating, auto streaming) {
     constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
     set.for_each_segment([&](index_t first, index_t last) {
-      for (int i = 0; i < set.count; ++i)
-        pass::template run<add, stream>(set.groups[i], first, last, scale[i], terms[i].skip, sums[i]);
+      for (int i = 0; i < set.count; ++i) {
+        if constexpr (Normalized)
+          passes::template normalized<add, stream>(set.groups[i], first, last, rows[i], inv_n, terms[i].skip, sums[i]);
+        else
+          passes::template plain<add, stream>(set.groups[i], first, last, scale[i], terms[i].skip, sums[i]);
+      }
     });
   });
   for (int i = 0; i < set.count; ++i)
