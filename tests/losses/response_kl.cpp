@@ -4,6 +4,7 @@
 
 #include <bevkd/bevkd.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -87,38 +88,68 @@ TEST_CASE("response_kl spatial lane groups: accumulate, weight-0 channels, edge 
         CHECK(acc[i] == doctest::Approx(prior[i] + plain[i]).epsilon(1e-6));
     }
   }
-  SUBCASE("-inf, NaN and +-1e4 in separate channels: each channel's loss and gradient as the reference says") {
-    const index_t P = 200, C = 4;
+  SUBCASE("-inf, NaN, +-1e4 and late maxima in separate channels: each channel's loss and gradient as the reference") {
+    // 700 pillars span three segments of a set's passes, whose sums are carried over when a row's maxima grow in a
+    // later segment (channels 4 and 5: the maximum in the last one, by 40 and by 300: the earlier terms then vanish).
+    // Non-finite values send the whole set back to maxima first: run once with them (channels 0, 1, 6 and 7) and once
+    // with those channels random, so the carried sums are checked on their own too.
     const float inf = std::numeric_limits<float>::infinity();
+    for (index_t P : {index_t{200}, index_t{700}})
+      for (bool non_finite : {true, false}) {
+        INFO("P ", P, " non-finite channels ", non_finite);
+        const index_t C = 8;
+        std::vector<float> s = random_values<float>(P * C, rng), t = random_values<float>(P * C, rng);
+        if (non_finite) {
+          for (index_t p = 0; p < P; p += 3) t[p * C + 0] = -inf;  // masked pillars of the teacher
+          s[77 * C + 1] = std::nanf("");
+          s[10 * C + 6] = -inf;  // where the teacher has mass: an infinite loss
+          // A teacher all -inf through the first segment (256 pillars), finite after it.
+          for (index_t p = 0; p < std::min<index_t>(256, P - 1); ++p) t[p * C + 7] = -inf;
+        }
+        for (index_t p = 0; p < P; p += 7) s[p * C + 2] = p % 2 ? 1e4f : -1e4f;
+        for (index_t p = 0; p < P; p += 5) t[p * C + 3] = p % 2 ? -1e4f : 1e4f;
+        t[(P - 5) * C + 4] = 40.0f;
+        s[(P - 3) * C + 4] = 30.0f;
+        t[(P - 2) * C + 5] = 300.0f;
+        s[(P - 1) * C + 5] = 200.0f;
+        std::vector<float> g(P * C), row_loss(C);
+        bevkd::row_io<float> io;
+        io.row_loss = bevkd::rows_contiguous(row_loss.data(), 1, C);
+        bevkd::response_kl({kl_mode::spatial, 1.0, reduction::none})(
+            exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, P, C),
+            bevkd::bev_nhwc<const float>(t.data(), 1, 1, P, C), bevkd::bev_nhwc(g.data(), 1, 1, P, C), io);
+        for (index_t c = 0; c < C; ++c) {
+          INFO("channel ", c);
+          std::vector<double> sc, tc;
+          for (index_t p = 0; p < P; ++p) {
+            sc.push_back(s[p * C + c]);
+            tc.push_back(t[p * C + c]);
+          }
+          if (non_finite && c == 1) {
+            CHECK(std::isnan(row_loss[c]));
+            continue;
+          }
+          const auto want = softmax_kl_reference(sc, tc, 1.0);
+          if (std::isinf(want.loss))
+            CHECK(row_loss[c] == static_cast<float>(want.loss));
+          else
+            CHECK(row_loss[c] == doctest::Approx(want.loss).epsilon(1e-5));
+          double worst = 0;
+          for (index_t p = 0; p < P; ++p) worst = std::max(worst, std::fabs(g[p * C + c] - want.grad[p]));
+          CHECK(worst < 1e-6);
+        }
+      }
+  }
+  SUBCASE("weight 0 on a NaN channel: loss 0 there, its gradient exactly 0 (not 0 * NaN), the others unchanged") {
+    const index_t P = 200, C = 4;
     std::vector<float> s = random_values<float>(P * C, rng), t = random_values<float>(P * C, rng);
-    for (index_t p = 0; p < P; p += 3) t[p * C + 0] = -inf;  // masked pillars of the teacher
     s[77 * C + 1] = std::nanf("");
-    for (index_t p = 0; p < P; p += 7) s[p * C + 2] = p % 2 ? 1e4f : -1e4f;
-    for (index_t p = 0; p < P; p += 5) t[p * C + 3] = p % 2 ? -1e4f : 1e4f;
     std::vector<float> g(P * C), row_loss(C);
     bevkd::row_io<float> io;
     io.row_loss = bevkd::rows_contiguous(row_loss.data(), 1, C);
     bevkd::response_kl({kl_mode::spatial, 1.0, reduction::none})(
         exec, bevkd::bev_nhwc<const float>(s.data(), 1, 1, P, C), bevkd::bev_nhwc<const float>(t.data(), 1, 1, P, C),
         bevkd::bev_nhwc(g.data(), 1, 1, P, C), io);
-    for (index_t c = 0; c < C; ++c) {
-      INFO("channel ", c);
-      std::vector<double> sc, tc;
-      for (index_t p = 0; p < P; ++p) {
-        sc.push_back(s[p * C + c]);
-        tc.push_back(t[p * C + c]);
-      }
-      if (c == 1) {
-        CHECK(std::isnan(row_loss[c]));
-        continue;
-      }
-      const auto want = softmax_kl_reference(sc, tc, 1.0);
-      CHECK(std::isfinite(row_loss[c]));
-      CHECK(row_loss[c] == doctest::Approx(want.loss).epsilon(1e-5));
-      double worst = 0;
-      for (index_t p = 0; p < P; ++p) worst = std::max(worst, std::fabs(g[p * C + c] - want.grad[p]));
-      CHECK(worst < 1e-6);
-    }
     // Weight 0 on the NaN channel: loss 0 there, its gradient exactly 0 (not 0 * NaN), the others unchanged.
     const std::vector<float> w = {1.0f, 0.0f, 1.0f, 1.0f};
     io.weights = bevkd::rows_contiguous(w.data(), 1, C);

@@ -341,6 +341,28 @@ struct lane_group_passes {
     _mm512_storeu_ps(z[2], cross);
   }
 
+  /// @brief maxima() then sums() of one segment [first, last) of the columns, while its columns are in the cache: the
+  /// maxima so far (in max_t, max_s) are taken over the segment, and the sums of the earlier segments (first > 0) are
+  /// carried over to the new maxima first (rescale). One read of the tensors from memory instead of two.
+  static void segment_sums(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
+                           float* max_t, float* max_s, float (&z)[3][block_rows]) {
+    const __m512 old_t = _mm512_loadu_ps(max_t), old_s = _mm512_loadu_ps(max_s);
+    maxima(group, first, last, max_t, max_s);
+    if (first > 0)
+      rescale(_mm512_sub_ps(old_t, _mm512_loadu_ps(max_t)), _mm512_sub_ps(old_s, _mm512_loadu_ps(max_s)), x_of, z);
+    sums(group, first, last, x_of, max_t, max_s, z);
+  }
+
+  /// @brief Takes sums {z_T, z_S, cross} made with shifts by some maxima to shifts by maxima larger by -d_t, -d_s
+  /// (d <= 0): e^a scales by e^(d_t / tau), e^b by e^(d_s / tau), and each shift difference d_t - d_s of cross grows
+  /// by d_t - d_s. Exact where the maxima did not change (d = 0: factors of exactly 1).
+  static BEVKD_HOST_FORCEINLINE void rescale(__m512 d_t, __m512 d_s, const exponent& x_of, float (&z)[3][block_rows]) {
+    const __m512 f_t = x_of.exp2(d_t).value, f_s = x_of.exp2(d_s).value, z_t = _mm512_loadu_ps(z[0]);
+    _mm512_storeu_ps(z[2], _mm512_mul_ps(f_t, _mm512_fmadd_ps(z_t, _mm512_sub_ps(d_t, d_s), _mm512_loadu_ps(z[2]))));
+    _mm512_storeu_ps(z[0], _mm512_mul_ps(f_t, z_t));
+    _mm512_storeu_ps(z[1], _mm512_mul_ps(f_s, _mm512_loadu_ps(z[1])));
+  }
+
   /// @brief A row's cross sum of sums() in softmax_terms' units: here it is kept in units of the shifts, as
   /// column_terms adds it, until all columns are in.
   static BEVKD_HOST_FORCEINLINE float cross_units(float cross, const exponent& x_of) { return cross * x_of.inv_tau; }
