@@ -646,14 +646,6 @@ constexpr bool has_lane_group_passes() {
 /// 40000 columns then carry the rounding of about 64 + 625 additions, not 40000.
 constexpr index_t lane_group_piece = 64;
 
-/// @brief Calls f(begin, end) for the pieces [begin, end) of lane_group_piece columns of [first, last) (first a
-/// multiple of it), in order: a lane-group pass sums each piece on its own, then adds it to the row's sums.
-template <class F>
-BEVKD_HOST_FORCEINLINE void for_each_piece(index_t first, index_t last, F&& f) {
-  for (; first < last; first += lane_group_piece)
-    f(first, last - first < lane_group_piece ? last : first + lane_group_piece);
-}
-
 /// @brief Most lane groups one lane_group_set runs together.
 constexpr int max_set_groups = 8;
 
@@ -789,6 +781,27 @@ class group_grad_writer {
   __mmask16 kept_;     // the rows whose gradient is computed
   __mmask16 written_;  // the lanes stored: every row when writing, only the kept ones when accumulating
 };
+
+/// @brief Adds the terms of columns [first, last) of a group to its rows' Count sums (lane l of sums[k]: row l's k-th),
+/// each piece of lane_group_piece columns summed on its own first (first is a multiple of it): f(c, piece) adds column
+/// c's terms to the piece's Count partial sums.
+template <int Count, class F>
+BEVKD_HOST_FORCEINLINE void add_in_pieces(const lane_group<float>& group, index_t first, index_t last,
+                                          float (&sums)[Count][block_rows], F&& f) {
+  __m512 total[Count];
+  for (int k = 0; k < Count; ++k) total[k] = _mm512_loadu_ps(sums[k]);
+  for (; first < last; first += lane_group_piece) {
+    const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
+    __m512 piece[Count];
+    for (int k = 0; k < Count; ++k) piece[k] = _mm512_setzero_ps();
+    for (index_t c = first; c < end; ++c) {
+      group.read_ahead(c);
+      f(c, piece);
+    }
+    for (int k = 0; k < Count; ++k) total[k] = _mm512_add_ps(total[k], piece[k]);
+  }
+  for (int k = 0; k < Count; ++k) _mm512_storeu_ps(sums[k], total[k]);
+}
 
 }  // namespace avx512
 #endif

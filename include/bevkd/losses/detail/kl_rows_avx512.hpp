@@ -321,24 +321,13 @@ struct lane_group_passes {
   static void sums(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
                    const float* max_t, const float* max_s, float (&z)[3][block_rows]) {
     const group_columns x(group);
-    const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s), zero = _mm512_setzero_ps();
-    __m512 z_t = _mm512_loadu_ps(z[0]), z_s = _mm512_loadu_ps(z[1]), cross = _mm512_loadu_ps(z[2]);
-    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
-      __m512 piece_t = zero, piece_s = zero, piece_cross = zero;
-      for (index_t c = begin; c < end; ++c) {
-        group.read_ahead(c);
-        const column_terms e(softmax_shift(x.teacher(c), m_t), softmax_shift(x.student(c), m_s), x_of.exp2);
-        piece_t = _mm512_add_ps(piece_t, e.e_t.value);
-        piece_s = _mm512_add_ps(piece_s, e.e_s);
-        piece_cross = e.add_cross(piece_cross, all_lanes);
-      }
-      z_t = _mm512_add_ps(z_t, piece_t);
-      z_s = _mm512_add_ps(z_s, piece_s);
-      cross = _mm512_add_ps(cross, piece_cross);
+    const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
+    add_in_pieces(group, first, last, z, [&](index_t c, __m512 (&piece)[3]) BEVKD_INLINE_LAMBDA {
+      const column_terms e(softmax_shift(x.teacher(c), m_t), softmax_shift(x.student(c), m_s), x_of.exp2);
+      piece[0] = _mm512_add_ps(piece[0], e.e_t.value);
+      piece[1] = _mm512_add_ps(piece[1], e.e_s);
+      piece[2] = e.add_cross(piece[2], all_lanes);
     });
-    _mm512_storeu_ps(z[0], z_t);
-    _mm512_storeu_ps(z[1], z_s);
-    _mm512_storeu_ps(z[2], cross);
   }
 
   /// @brief maxima() then sums() of one segment [first, last) of the columns, while its columns are in the cache: the

@@ -89,44 +89,26 @@ struct mse_lane_group_passes<float, float> {
   /// @brief The plain MSE's one pass: writes (Accumulate: adds) scale (s - t), adds (s - t)^2 to each row's sum.
   template <bool Accumulate, bool Stream>
   static void plain(const lane_group<float>& group, index_t first, index_t last, const float* scale, const bool* skip,
-                    float* sums) {
+                    float (&sums)[1][block_rows]) {
     const avx512::group_columns x(group);
     const avx512::group_grad_writer<Accumulate, Stream> write(group, skip);
     const __m512 k = _mm512_loadu_ps(scale);
-    __m512 total = _mm512_loadu_ps(sums);
-    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
-      __m512 piece = _mm512_setzero_ps();
-      for (index_t c = begin; c < end; ++c) {
-        group.read_ahead(c);
-        const __m512 d = _mm512_sub_ps(x.student(c), x.teacher(c));
-        piece = _mm512_fmadd_ps(d, d, piece);
-        write(c, _mm512_mul_ps(d, k));
-      }
-      total = _mm512_add_ps(total, piece);
+    avx512::add_in_pieces(group, first, last, sums, [&](index_t c, __m512 (&piece)[1]) BEVKD_INLINE_LAMBDA {
+      const __m512 d = _mm512_sub_ps(x.student(c), x.teacher(c));
+      piece[0] = _mm512_fmadd_ps(d, d, piece[0]);
+      write(c, _mm512_mul_ps(d, k));
     });
-    _mm512_storeu_ps(sums, total);
   }
 
   /// @brief The normalised MSE's first pass: adds s . s, t . t and s . t to each row's dots[0], [1], [2].
   static void dots(const lane_group<float>& group, index_t first, index_t last, float (&dots)[3][block_rows]) {
     const avx512::group_columns x(group);
-    __m512 ss = _mm512_loadu_ps(dots[0]), tt = _mm512_loadu_ps(dots[1]), st = _mm512_loadu_ps(dots[2]);
-    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
-      __m512 piece_ss = _mm512_setzero_ps(), piece_tt = piece_ss, piece_st = piece_ss;
-      for (index_t c = begin; c < end; ++c) {
-        group.read_ahead(c);
-        const __m512 s = x.student(c), t = x.teacher(c);
-        piece_ss = _mm512_fmadd_ps(s, s, piece_ss);
-        piece_tt = _mm512_fmadd_ps(t, t, piece_tt);
-        piece_st = _mm512_fmadd_ps(s, t, piece_st);
-      }
-      ss = _mm512_add_ps(ss, piece_ss);
-      tt = _mm512_add_ps(tt, piece_tt);
-      st = _mm512_add_ps(st, piece_st);
+    avx512::add_in_pieces(group, first, last, dots, [&](index_t c, __m512 (&piece)[3]) BEVKD_INLINE_LAMBDA {
+      const __m512 s = x.student(c), t = x.teacher(c);
+      piece[0] = _mm512_fmadd_ps(s, s, piece[0]);
+      piece[1] = _mm512_fmadd_ps(t, t, piece[1]);
+      piece[2] = _mm512_fmadd_ps(s, t, piece[2]);
     });
-    _mm512_storeu_ps(dots[0], ss);
-    _mm512_storeu_ps(dots[1], tt);
-    _mm512_storeu_ps(dots[2], st);
   }
 
   /// @brief Each row's normalized_mse_terms, lane l of each array row l's.
@@ -138,25 +120,18 @@ struct mse_lane_group_passes<float, float> {
   /// normalized_mse_terms computes it, and adds (s_hat - t_hat)^2 to each row's sum.
   template <bool Accumulate, bool Stream>
   static void normalized(const lane_group<float>& group, index_t first, index_t last, const row_terms& terms,
-                         float inv_n, const bool* skip, float* sums) {
+                         float inv_n, const bool* skip, float (&sums)[1][block_rows]) {
     const avx512::group_columns x(group);
     const avx512::group_grad_writer<Accumulate, Stream> write(group, skip);
     const __m512 div_s = _mm512_loadu_ps(terms.div_s), div_t = _mm512_loadu_ps(terms.div_t);
     const __m512 projection = _mm512_loadu_ps(terms.projection), scale = _mm512_loadu_ps(terms.scale);
     const __m512 two_inv_n = _mm512_set1_ps(2.0f * inv_n);
-    __m512 total = _mm512_loadu_ps(sums);
-    for_each_piece(first, last, [&](index_t begin, index_t end) BEVKD_INLINE_LAMBDA {
-      __m512 piece = _mm512_setzero_ps();
-      for (index_t c = begin; c < end; ++c) {
-        group.read_ahead(c);
-        const __m512 s_hat = _mm512_div_ps(x.student(c), div_s);
-        const __m512 d = _mm512_sub_ps(s_hat, _mm512_div_ps(x.teacher(c), div_t));
-        piece = _mm512_fmadd_ps(d, d, piece);
-        write(c, _mm512_mul_ps(scale, _mm512_fmsub_ps(two_inv_n, d, _mm512_mul_ps(s_hat, projection))));
-      }
-      total = _mm512_add_ps(total, piece);
+    avx512::add_in_pieces(group, first, last, sums, [&](index_t c, __m512 (&piece)[1]) BEVKD_INLINE_LAMBDA {
+      const __m512 s_hat = _mm512_div_ps(x.student(c), div_s);
+      const __m512 d = _mm512_sub_ps(s_hat, _mm512_div_ps(x.teacher(c), div_t));
+      piece[0] = _mm512_fmadd_ps(d, d, piece[0]);
+      write(c, _mm512_mul_ps(scale, _mm512_fmsub_ps(two_inv_n, d, _mm512_mul_ps(s_hat, projection))));
     });
-    _mm512_storeu_ps(sums, total);
   }
 };
 #endif
@@ -171,7 +146,7 @@ void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms
   using passes = mse_lane_group_passes<T, Acc>;
   const index_t n = set.groups[0].n;
   const Acc inv_n = Acc(1) / static_cast<Acc>(n);
-  Acc sums[max_set_groups][block_rows] = {};
+  Acc sums[max_set_groups][1][block_rows] = {};
   // The plain MSE's scale of (s - t), or the normalised rows' terms (from their dot products).
   Acc scale[max_set_groups][block_rows];
   typename passes::row_terms rows[Normalized ? max_set_groups : 1];
@@ -204,7 +179,7 @@ void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms
     });
   });
   for (int i = 0; i < set.count; ++i)
-    for (int l = 0; l < block_rows; ++l) loss[i][l] = l < set.groups[i].count ? sums[i][l] * inv_n : Acc(0);
+    for (int l = 0; l < block_rows; ++l) loss[i][l] = l < set.groups[i].count ? sums[i][0][l] * inv_n : Acc(0);
 }
 
 }  // namespace detail
