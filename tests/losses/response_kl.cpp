@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -63,6 +64,23 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
   // groups, two sets of five).
   for (index_t P : {index_t{37}, index_t{150}})
     check_all_options(kl_case<T>(kl_mode::softmax, 0.9, 2, P, 150), rng, exec);
+}
+
+TEST_CASE_TEMPLATE("response_kl accumulates onto the gradient buffer; rows of weight 0 keep their bits (NaN too)", T,
+                   float, double, bevkd::half, bevkd::bfloat16) {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  const double tol = std::is_same<T, bevkd::bfloat16>::value ? 2e-2 : std::is_same<T, bevkd::half>::value ? 4e-3 : 1e-5;
+  // Spatial rows of 300 pillars on NHWC (host lane groups for float, half and bfloat16 on AVX-512 builds: 21 channels
+  // make a group of 16 and one of 5), softmax rows of 150 classes on NCHW (lane groups too), of 67 on NHWC (row
+  // blocks).
+  check_accumulate_keeps_excluded_rows(kl_case<T>(kl_mode::spatial, 0.8, 2, 300, 21), rng, exec, tol);
+  auto nchw = kl_case<T>(kl_mode::softmax, 1.3, 2, 37, 150);
+  nchw.lay = layout::nchw;
+  check_accumulate_keeps_excluded_rows(nchw, rng, exec, tol);
+  check_accumulate_keeps_excluded_rows(kl_case<T>(kl_mode::softmax, 1.0, 2, 7, 67), rng, exec, tol);
 }
 
 TEST_CASE("response_kl spatial lane groups: accumulate, weight-0 channels, edge values per channel") {

@@ -5,8 +5,11 @@
 #include <bevkd/bevkd.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "bev_data.hpp"
@@ -263,6 +266,58 @@ void check_all_options(loss_case<T> cs, std::mt19937& rng, bevkd::host_exec& exe
       }
     }
   }
+}
+
+/// @brief A signalling NaN with a payload, which a conversion to float and back would change (quieted).
+template <class T>
+T signalling_nan() {
+  if constexpr (std::is_same<T, bevkd::half>::value) {
+    return bevkd::half::from_bits(0x7d01);
+  } else if constexpr (std::is_same<T, bevkd::bfloat16>::value) {
+    return bevkd::bfloat16::from_bits(0x7fa1);
+  } else {
+    using bits_type = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+    const bits_type bits = sizeof(T) == 4 ? bits_type{0x7fa00001u} : static_cast<bits_type>(0x7ff4000000000001ull);
+    T value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  }
+}
+
+/// @brief Runs a case (random inputs and weights, row 1 at weight 0) writing its gradient, then accumulating it onto
+/// random prior values with a signalling NaN and -0 in row 1: the buffer then holds prior + gradient (to tol,
+/// relative), and the rows of weight 0 keep their prior bits exactly.
+template <class T>
+void check_accumulate_keeps_excluded_rows(loss_case<T> cs, std::mt19937& rng, bevkd::host_exec& exec, double tol) {
+  cs.randomize(rng);
+  cs.random_weights(rng);
+  cs.weights[1] = 0;
+  std::vector<T> plain(cs.student.size()), acc = random_values<T>(static_cast<index_t>(cs.student.size()), rng);
+  std::vector<bevkd::accum_t<T>> rows;
+  cs.opts.accumulate = false;
+  cs.run(exec, plain, rows);
+  const auto g = cs.grad_view(acc);
+  const auto for_each_element = [&](auto&& f) {
+    for (index_t b = 0; b < cs.B; ++b)
+      for (index_t p = 0; p < cs.P; ++p)
+        for (index_t c = 0; c < cs.C; ++c)
+          f(static_cast<std::size_t>(g.offset(b, p, c)), b * cs.row_inner() + (cs.kind.spatial() ? c : p));
+  };
+  bool odd = false;
+  for_each_element([&](std::size_t i, index_t row) {
+    if (row == 1) acc[i] = (odd = !odd) ? signalling_nan<T>() : T(-0.0f);
+  });
+  const std::vector<T> prior = acc;
+  cs.opts.accumulate = true;
+  cs.run(exec, acc, rows);
+  for_each_element([&](std::size_t i, index_t row) {
+    if (cs.weights[static_cast<std::size_t>(row)] == 0) {
+      CHECK(std::memcmp(&acc[i], &prior[i], sizeof(T)) == 0);
+    } else {
+      const double want = static_cast<double>(static_cast<float>(prior[i])) + static_cast<float>(plain[i]);
+      CHECK(static_cast<float>(acc[i]) == doctest::Approx(want).epsilon(tol));
+    }
+  });
 }
 
 /// @brief Central finite differences of the reduced loss w.r.t. each student element (double inputs).

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "../config.hpp"
@@ -627,16 +628,18 @@ struct lane_group {
   }
 };
 
-/// @brief True when rows of T run in host lane groups: fp32 on AVX-512 hosts, whose passes read one vector per column.
+/// @brief True when rows of T run in host lane groups: float, half and bfloat16 on AVX-512 hosts, whose passes read one
+/// vector per column (16-bit columns widened to floats, see narrow_lanes).
 ///
 /// Why not others: generic loops over each column's sixteen rows (copied out, then vectorised
 /// over the lanes) ran slower than staging the rows for the row kernels (measured, C = 64 and
 /// 256, one thread: SSE2 fp32 8.9 against 4.4-6.1 ns per element, AVX-512 bf16 5.7-5.8 against
-/// 2.3-3.4): four exponentials per element weigh more there than the copies they save.
+/// 2.3-3.4): four exponentials per element weigh more there than the copies they save. double
+/// rows have no AVX-512 passes.
 template <class T>
 constexpr bool has_lane_group_passes() {
 #if defined(BEVKD_HOST_AVX512)
-  return std::is_same<T, float>::value;
+  return std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat16>::value;
 #else
   return false;
 #endif
@@ -732,61 +735,141 @@ BEVKD_HOST_FORCEINLINE void with_grad_mode(bool accumulate, bool stream, F&& f) 
 #if defined(BEVKD_HOST_AVX512)
 namespace avx512 {
 
-/// @brief Column c of an fp32 lane group's student and teacher rows as one vector each (lanes from count on read 0).
+/// @brief Sixteen half or bfloat16 elements held as one 256-bit vector, widened to floats and rounded back (to nearest
+/// even, as the scalar conversions of dtype.hpp) with AVX-512F instructions only: no 16-bit masked loads or stores
+/// (those need AVX-512BW), so a group of fewer than sixteen rows goes through a small buffer.
+template <class T>
+struct narrow_lanes;
+
+/// @brief bfloat16: the upper half of a float.
+template <>
+struct narrow_lanes<bfloat16> {
+  /// @brief The floats of sixteen bfloat16 (exact).
+  static BEVKD_HOST_FORCEINLINE __m512 widen(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all_lanes, _mm512_maskz_cvtepu16_epi32(all_lanes, v), 16));
+  }
+  /// @brief Sixteen floats rounded to bfloat16 as float_to_bfloat16_bits rounds each (a NaN stays a quiet NaN).
+  static BEVKD_HOST_FORCEINLINE __m256i narrow(__m512 v) {
+    const __m512i bits = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
+    const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(all_lanes, bits, 16), one);
+    const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    const __m512i quiet_nan = _mm512_or_si512(bits, _mm512_set1_epi32(0x400000));  // the quiet bit, before the shift
+    const __m512i kept = _mm512_mask_mov_epi32(rounded, nan, quiet_nan);
+    return _mm512_maskz_cvtepi32_epi16(all_lanes, _mm512_maskz_srli_epi32(all_lanes, kept, 16));
+  }
+};
+
+/// @brief half: IEEE binary16, converted by vcvtph2ps and vcvtps2ph.
+template <>
+struct narrow_lanes<half> {
+  /// @brief The floats of sixteen halves (exact).
+  static BEVKD_HOST_FORCEINLINE __m512 widen(__m256i v) { return _mm512_maskz_cvtph_ps(all_lanes, v); }
+  /// @brief Sixteen floats rounded to half, to nearest even (overflow to inf, a NaN stays NaN).
+  static BEVKD_HOST_FORCEINLINE __m256i narrow(__m512 v) {
+    return _mm512_maskz_cvtps_ph(all_lanes, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+};
+
+/// @brief Loads the first count of sixteen 16-bit elements at p (the others read 0): one load for a whole group.
+template <class T>
+BEVKD_HOST_FORCEINLINE __m256i load_narrow(const T* p, int count) {
+  static_assert(sizeof(T) == 2, "16-bit elements");
+  if (count == block_rows) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  alignas(32) std::uint16_t lanes[block_rows] = {};
+  std::memcpy(lanes, p, static_cast<std::size_t>(count) * sizeof(T));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+}
+
+/// @brief Stores the first count of sixteen 16-bit elements at p (nothing past them).
+template <class T>
+BEVKD_HOST_FORCEINLINE void store_narrow(T* p, __m256i v, int count) {
+  if (count == block_rows) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  alignas(32) std::uint16_t lanes[block_rows];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
+  std::memcpy(p, lanes, static_cast<std::size_t>(count) * sizeof(T));
+}
+
+/// @brief Column c of a lane group's student and teacher rows (float, half or bfloat16) as one float vector each (lanes
+/// from count on read 0).
+template <class T>
 struct group_columns {
-  const float* s;      ///< Row 0 of the student.
-  const float* t;      ///< Row 0 of the teacher.
-  index_t s_step;      ///< The student's column stride.
-  index_t t_step;      ///< The teacher's column stride.
-  __mmask16 rows;      ///< The group's rows: the lanes below count.
+  const T* s;      ///< Row 0 of the student.
+  const T* t;      ///< Row 0 of the teacher.
+  index_t s_step;  ///< The student's column stride.
+  index_t t_step;  ///< The teacher's column stride.
+  int count;       ///< The group's rows.
+  __mmask16 rows;  ///< The lanes below count.
 
   /// @brief The columns of a group.
-  explicit group_columns(const lane_group<float>& group)
+  explicit group_columns(const lane_group<T>& group)
       : s(group.row0.student.ptr),
         t(group.row0.teacher.ptr),
         s_step(group.row0.student.stride),
         t_step(group.row0.teacher.stride),
+        count(group.count),
         rows(column_mask(0, group.count)) {}
   /// @brief Column c of the student.
-  BEVKD_HOST_FORCEINLINE __m512 student(index_t c) const { return _mm512_maskz_loadu_ps(rows, s + c * s_step); }
+  BEVKD_HOST_FORCEINLINE __m512 student(index_t c) const { return load(s + c * s_step); }
   /// @brief Column c of the teacher.
-  BEVKD_HOST_FORCEINLINE __m512 teacher(index_t c) const { return _mm512_maskz_loadu_ps(rows, t + c * t_step); }
+  BEVKD_HOST_FORCEINLINE __m512 teacher(index_t c) const { return load(t + c * t_step); }
+
+ private:
+  BEVKD_HOST_FORCEINLINE __m512 load(const T* p) const {
+    if constexpr (std::is_same<T, float>::value)
+      return _mm512_maskz_loadu_ps(rows, p);
+    else
+      return narrow_lanes<T>::widen(load_narrow(p, count));
+  }
 };
 
-/// @brief Writes (Accumulate: adds) gradient columns of an fp32 lane group, one vector each: rows with skip set get
-/// exactly 0 (their values may be NaN) or, when accumulating, keep what they held; the lanes from count on are not
-/// touched; whole aligned columns go around the caches when Stream is set (store_lanes).
-template <bool Accumulate, bool Stream>
+/// @brief Writes (Accumulate: adds) gradient columns of a lane group (float, half or bfloat16), one float vector each,
+/// rounded to T: rows with skip set get exactly 0 (their values may be NaN) or, when accumulating, keep what they held
+/// (bit for bit); the lanes from count on are not touched; whole aligned fp32 columns go around the caches when Stream
+/// is set (store_lanes; 16-bit columns are half a line and never stream).
+template <class T, bool Accumulate, bool Stream>
 class group_grad_writer {
  public:
   /// @brief The writer of a group's gradient, with skip[l] for each of its rows.
-  group_grad_writer(const lane_group<float>& group, const bool* skip)
-      : g_(group.row0.grad.ptr), step_(group.row0.grad.stride), kept_(column_mask(0, group.count)) {
+  group_grad_writer(const lane_group<T>& group, const bool* skip)
+      : g_(group.row0.grad.ptr), step_(group.row0.grad.stride), count_(group.count), kept_(column_mask(0, group.count)) {
     for (int l = 0; l < group.count; ++l)
       if (skip[l]) kept_ = static_cast<__mmask16>(kept_ & ~(1u << l));
     written_ = Accumulate ? kept_ : column_mask(0, group.count);
+    // 16-bit lanes of the kept rows all ones: the byte blend that keeps the other rows' bits when accumulating.
+    kept_bytes_ = _mm512_maskz_cvtepi32_epi16(all_lanes, _mm512_maskz_set1_epi32(kept_, -1));
   }
 
   /// @brief Writes `value` as column c.
   BEVKD_HOST_FORCEINLINE void operator()(index_t c, __m512 value) const {
-    float* const at = g_ + c * step_;
+    T* const at = g_ + c * step_;
     value = _mm512_maskz_mov_ps(kept_, value);
-    if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written_, at), value);
-    store_lanes<Stream>(at, value, written_);
+    if constexpr (std::is_same<T, float>::value) {
+      if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written_, at), value);
+      store_lanes<Stream>(at, value, written_);
+    } else if constexpr (Accumulate) {
+      const __m256i prior = load_narrow(at, count_);
+      const __m256i sum = narrow_lanes<T>::narrow(_mm512_add_ps(narrow_lanes<T>::widen(prior), value));
+      store_narrow(at, _mm256_blendv_epi8(prior, sum, kept_bytes_), count_);
+    } else {
+      store_narrow(at, narrow_lanes<T>::narrow(value), count_);
+    }
   }
 
  private:
-  float* g_;
+  T* g_;
   index_t step_;
-  __mmask16 kept_;     // the rows whose gradient is computed
-  __mmask16 written_;  // the lanes stored: every row when writing, only the kept ones when accumulating
+  int count_;
+  __mmask16 kept_;      // the rows whose gradient is computed
+  __mmask16 written_;   // fp32: the lanes stored, every row when writing, only the kept ones when accumulating
+  __m256i kept_bytes_;  // 16-bit: kept_ as a byte mask
 };
 
 /// @brief Adds the terms of columns [first, last) of a group to its rows' Count sums (lane l of sums[k]: row l's k-th),
 /// each piece of lane_group_piece columns summed on its own first (first is a multiple of it): f(c, piece) adds column
 /// c's terms to the piece's Count partial sums.
-template <int Count, class F>
-BEVKD_HOST_FORCEINLINE void add_in_pieces(const lane_group<float>& group, index_t first, index_t last,
+template <int Count, class T, class F>
+BEVKD_HOST_FORCEINLINE void add_in_pieces(const lane_group<T>& group, index_t first, index_t last,
                                           float (&sums)[Count][block_rows], F&& f) {
   __m512 total[Count];
   for (int k = 0; k < Count; ++k) total[k] = _mm512_loadu_ps(sums[k]);

@@ -472,14 +472,14 @@ void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bo
 }
 
 /// @brief The three passes of the softmax KL over columns [first, last) of a host lane group (row_blocks.hpp): only
-/// fp32 rows on AVX-512 hosts have them (see has_lane_group_passes; others are staged).
+/// float, half and bfloat16 rows on AVX-512 hosts have them (see has_lane_group_passes; others are staged).
 template <class T, class Acc>
 struct lane_group_passes;
 
 #if defined(BEVKD_HOST_AVX512)
-/// @brief fp32 lane groups on AVX-512 hosts: one vector per column.
-template <>
-struct lane_group_passes<float, float> : avx512::lane_group_passes {};
+/// @brief float, half and bfloat16 lane groups on AVX-512 hosts: one fp32 vector per column.
+template <class T>
+struct lane_group_passes<T, float> : avx512::lane_group_passes<T> {};
 #endif
 
 /// @brief True when every row of a lane_group_set has finite sums {z_T, z_S, cross} (rows.z).

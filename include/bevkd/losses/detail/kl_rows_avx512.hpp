@@ -295,17 +295,18 @@ struct row_passes {
   }
 };
 
-/// @brief The passes of the softmax KL over columns [first, last) of a lane group of fp32 rows (see lane_group_passes
-/// in kl_rows.hpp): lane l of each vector row l, column c of the group one vector; the lanes from count on read 0 and
-/// write nothing.
+/// @brief The passes of the softmax KL over columns [first, last) of a lane group of float, half or bfloat16 rows (see
+/// lane_group_passes in kl_rows.hpp), in fp32: lane l of each vector row l, column c of the group one vector; the lanes
+/// from count on read 0 and write nothing.
+template <class T>
 struct lane_group_passes {
   /// @brief 1 / tau and the exponential's constants, made once per set.
   using exponent = row_passes::exponent<false>;
 
   /// @brief Each row's maxima of t and s, taken further over the columns (as shift_max_op: a NaN column leaves a
   /// maximum as it was).
-  static void maxima(const lane_group<float>& group, index_t first, index_t last, float* max_t, float* max_s) {
-    const group_columns x(group);
+  static void maxima(const lane_group<T>& group, index_t first, index_t last, float* max_t, float* max_s) {
+    const group_columns<T> x(group);
     __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
     for (index_t c = first; c < last; ++c) {
       group.read_ahead(c);
@@ -318,9 +319,9 @@ struct lane_group_passes {
 
   /// @brief Each row's {z_T, z_S, cross} (softmax_terms' units), added to z in pieces of lane_group_piece columns
   /// (first is a multiple of it).
-  static void sums(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
+  static void sums(const lane_group<T>& group, index_t first, index_t last, const exponent& x_of,
                    const float* max_t, const float* max_s, float (&z)[3][block_rows]) {
-    const group_columns x(group);
+    const group_columns<T> x(group);
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
     add_in_pieces(group, first, last, z, [&](index_t c, __m512 (&piece)[3]) BEVKD_INLINE_LAMBDA {
       const column_terms e(softmax_shift(x.teacher(c), m_t), softmax_shift(x.student(c), m_s), x_of.exp2);
@@ -333,7 +334,7 @@ struct lane_group_passes {
   /// @brief maxima() then sums() of one segment [first, last) of the columns, while its columns are in the cache: the
   /// maxima so far (in max_t, max_s) are taken over the segment, and the sums of the earlier segments (first > 0) are
   /// carried over to the new maxima first (rescale). One read of the tensors from memory instead of two.
-  static void segment_sums(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
+  static void segment_sums(const lane_group<T>& group, index_t first, index_t last, const exponent& x_of,
                            float* max_t, float* max_s, float (&z)[3][block_rows]) {
     const __m512 old_t = _mm512_loadu_ps(max_t), old_s = _mm512_loadu_ps(max_s);
     maxima(group, first, last, max_t, max_s);
@@ -359,11 +360,11 @@ struct lane_group_passes {
   /// @brief Writes (Accumulate: adds) e_s scale_s - e_t scale_t into the rows' gradients from recomputed exponentials,
   /// exactly 0 in rows with skip set (nothing when accumulating); whole columns streamed when Stream is set.
   template <bool Accumulate, bool Stream>
-  static void grad(const lane_group<float>& group, index_t first, index_t last, const exponent& x_of,
+  static void grad(const lane_group<T>& group, index_t first, index_t last, const exponent& x_of,
                    const float* max_t, const float* max_s, const float* scale_t, const float* scale_s,
                    const bool* skip) {
-    const group_columns x(group);
-    const group_grad_writer<Accumulate, Stream> write(group, skip);
+    const group_columns<T> x(group);
+    const group_grad_writer<T, Accumulate, Stream> write(group, skip);
     const __m512 m_t = _mm512_loadu_ps(max_t), m_s = _mm512_loadu_ps(max_s);
     const __m512 k_t = _mm512_loadu_ps(scale_t), k_s = _mm512_loadu_ps(scale_s);
     for (index_t c = first; c < last; ++c) {

@@ -75,23 +75,23 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, c
   return total * terms.inv_n;
 }
 
-/// @brief The feature MSE's passes over columns [first, last) of a host lane group (row_blocks.hpp): only fp32 rows on
-/// AVX-512 hosts have them (see has_lane_group_passes; others are staged).
+/// @brief The feature MSE's passes over columns [first, last) of a host lane group (row_blocks.hpp): only float, half and
+/// bfloat16 rows on AVX-512 hosts have them (see has_lane_group_passes; others are staged).
 template <class T, class Acc>
 struct mse_lane_group_passes;
 
 #if defined(BEVKD_HOST_AVX512)
-/// @brief fp32 lane groups on AVX-512 hosts: one vector per column; sums added in pieces of lane_group_piece columns
+/// @brief float, half and bfloat16 lane groups on AVX-512 hosts: one fp32 vector per column; sums added in pieces of lane_group_piece columns
 /// (first is a multiple of it); the gradient written by group_grad_writer (exactly 0 in rows with skip set, nothing
 /// there when accumulating, whole columns streamed when Stream is set).
-template <>
-struct mse_lane_group_passes<float, float> {
+template <class T>
+struct mse_lane_group_passes<T, float> {
   /// @brief The plain MSE's one pass: writes (Accumulate: adds) scale (s - t), adds (s - t)^2 to each row's sum.
   template <bool Accumulate, bool Stream>
-  static void plain(const lane_group<float>& group, index_t first, index_t last, const float* scale, const bool* skip,
+  static void plain(const lane_group<T>& group, index_t first, index_t last, const float* scale, const bool* skip,
                     float (&sums)[1][block_rows]) {
-    const avx512::group_columns x(group);
-    const avx512::group_grad_writer<Accumulate, Stream> write(group, skip);
+    const avx512::group_columns<T> x(group);
+    const avx512::group_grad_writer<T, Accumulate, Stream> write(group, skip);
     const __m512 k = _mm512_loadu_ps(scale);
     avx512::add_in_pieces(group, first, last, sums, [&](index_t c, __m512 (&piece)[1]) BEVKD_INLINE_LAMBDA {
       const __m512 d = _mm512_sub_ps(x.student(c), x.teacher(c));
@@ -101,8 +101,8 @@ struct mse_lane_group_passes<float, float> {
   }
 
   /// @brief The normalised MSE's first pass: adds s . s, t . t and s . t to each row's dots[0], [1], [2].
-  static void dots(const lane_group<float>& group, index_t first, index_t last, float (&dots)[3][block_rows]) {
-    const avx512::group_columns x(group);
+  static void dots(const lane_group<T>& group, index_t first, index_t last, float (&dots)[3][block_rows]) {
+    const avx512::group_columns<T> x(group);
     avx512::add_in_pieces(group, first, last, dots, [&](index_t c, __m512 (&piece)[3]) BEVKD_INLINE_LAMBDA {
       const __m512 s = x.student(c), t = x.teacher(c);
       piece[0] = _mm512_fmadd_ps(s, s, piece[0]);
@@ -119,10 +119,10 @@ struct mse_lane_group_passes<float, float> {
   /// @brief The normalised MSE's second pass: writes (Accumulate: adds) each element's gradient, as
   /// normalized_mse_terms computes it, and adds (s_hat - t_hat)^2 to each row's sum.
   template <bool Accumulate, bool Stream>
-  static void normalized(const lane_group<float>& group, index_t first, index_t last, const row_terms& terms,
+  static void normalized(const lane_group<T>& group, index_t first, index_t last, const row_terms& terms,
                          float inv_n, const bool* skip, float (&sums)[1][block_rows]) {
-    const avx512::group_columns x(group);
-    const avx512::group_grad_writer<Accumulate, Stream> write(group, skip);
+    const avx512::group_columns<T> x(group);
+    const avx512::group_grad_writer<T, Accumulate, Stream> write(group, skip);
     const __m512 div_s = _mm512_loadu_ps(terms.div_s), div_t = _mm512_loadu_ps(terms.div_t);
     const __m512 projection = _mm512_loadu_ps(terms.projection), scale = _mm512_loadu_ps(terms.scale);
     const __m512 two_inv_n = _mm512_set1_ps(2.0f * inv_n);
