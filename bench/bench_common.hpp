@@ -137,6 +137,10 @@ struct row_layout {
 inline row_layout pillar_rows(index_t channels) {
   return {batch * pillars, channels, pillars, pillars * channels, channels, 1};
 }
+/// @brief Rows (b, p) of C channels on NCHW: each pillar's channels P apart.
+inline row_layout nchw_pillar_rows(index_t channels) {
+  return {batch * pillars, channels, pillars, pillars * channels, 1, pillars};
+}
 /// @brief Softmax over P per channel (CWD): rows (b, c).
 inline row_layout channel_rows(index_t channels) {
   return {batch * channels, pillars, channels, pillars * channels, 1, channels};
@@ -187,7 +191,21 @@ inline const std::vector<std::uint8_t>& sca_hits() {
 }
 
 /// @brief The cases both benchmark binaries run; one enum drives the fused call, the naive reference and the names.
-enum class loss_case { kl_softmax, kl_sigmoid, kl_spatial, mse, mse_l2, attention_kl, attention_sca };
+enum class loss_case {
+  kl_softmax,
+  kl_sigmoid,
+  kl_spatial,
+  mse,
+  mse_l2,
+  attention_kl,
+  attention_sca,
+  mse_nchw,
+  mse_l2_nchw
+};
+
+/// @brief True for the feature MSE's cases on NCHW [B, C, 1, P] (PyTorch's layout of BEV features): the same buffers
+/// read as NCHW, so that each pillar's channels lie P apart.
+inline bool nchw_case(loss_case c) { return c == loss_case::mse_nchw || c == loss_case::mse_l2_nchw; }
 
 /// @brief Family name of a case in benchmark names.
 inline const char* case_name(loss_case c) {
@@ -198,6 +216,8 @@ inline const char* case_name(loss_case c) {
     case loss_case::attention_kl: return "attention_kl";
     case loss_case::attention_sca: return "attention_sca";
     case loss_case::mse: return "mse";
+    case loss_case::mse_nchw: return "mse_nchw";
+    case loss_case::mse_l2_nchw: return "mse_l2_nchw";
     default: return "mse_l2";
   }
 }
@@ -227,12 +247,17 @@ typename Exec::result_type fused_loss_call(Exec& exec, loss_case c, index_t chan
     }
     return bevkd::attention_distill(opts)(exec, view(student), view(teacher), view(grad), io);
   }
-  const auto s = bevkd::bev_nhwc<const T>(student, batch, 1, pillars, channels);
-  const auto t = bevkd::bev_nhwc<const T>(teacher, batch, 1, pillars, channels);
-  const auto g = bevkd::bev_nhwc<T>(grad, batch, 1, pillars, channels);
-  if (c == loss_case::mse || c == loss_case::mse_l2) {
+  const auto view = [&](auto* p) {
+    using U = std::remove_pointer_t<decltype(p)>;
+    return nchw_case(c) ? bevkd::bev_nchw<U>(p, batch, channels, 1, pillars)
+                        : bevkd::bev_nhwc<U>(p, batch, 1, pillars, channels);
+  };
+  const auto s = view(student), t = view(teacher);
+  const auto g = view(grad);
+  if (c == loss_case::mse || c == loss_case::mse_l2 || nchw_case(c)) {
     bevkd::feature_mse_options opts;
-    opts.normalize = c == loss_case::mse ? bevkd::mse_normalize::none : bevkd::mse_normalize::per_pillar_l2;
+    const bool plain = c == loss_case::mse || c == loss_case::mse_nchw;
+    opts.normalize = plain ? bevkd::mse_normalize::none : bevkd::mse_normalize::per_pillar_l2;
     opts.eps = l2_eps;
     opts.reduce = bevkd::reduction::mean;
     return bevkd::feature_mse(opts)(exec, s, t, g);

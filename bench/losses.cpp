@@ -19,6 +19,8 @@
 //                     (math::exp_nonpositive of a nonpositive argument, here -|x|; fp32 on
 //                     AVX-512 builds the row blocks' base-2 exponential) and a sum, nothing
 //                     else: the compute floor of every exact softmax loss.
+// The feature MSE also runs on NCHW (mse_nchw, mse_l2_nchw: the same buffers read as [B, C, 1, P], PyTorch's layout of
+// BEV features), its naive reference over the same strided rows.
 // The cold cases (copy_cold, kl_softmax_cold at C = 64, attention_kl_cold, attention_sca_cold; fp32) run the
 // targets' cases again with every cache swept before each iteration (cache_evictor, untimed): the tensors then
 // come from memory, as in a trainer, where the other cases reuse what the previous iteration left in the caches
@@ -310,6 +312,10 @@ double naive_call(loss_case c, const host_inputs<T>& in, T* grad, naive_buffers&
     case loss_case::attention_kl: loss = naive_softmax_kl(s, t, g, attention_rows(), B, threads); break;
     case loss_case::attention_sca: loss = naive_masked_attention_kl(s, t, g, B, threads); break;
     case loss_case::mse: loss = naive_mse(s, t, g, pillar_rows(C), B, threads); break;
+    case loss_case::mse_nchw: loss = naive_mse(s, t, g, nchw_pillar_rows(C), B, threads); break;
+    case loss_case::mse_l2_nchw:
+      loss = naive_normalized_mse(s, t, g, nchw_pillar_rows(C), B, threads, static_cast<float>(l2_eps));
+      break;
     default: loss = naive_normalized_mse(s, t, g, pillar_rows(C), B, threads, static_cast<float>(l2_eps)); break;
   }
   if constexpr (!is_float) {
@@ -460,7 +466,7 @@ void register_dtype() {
   with_sizes(benchmark::RegisterBenchmark(bench_name<T>("copy").c_str(), bm_copy<T>, warm));
   with_sizes(benchmark::RegisterBenchmark(bench_name<T>("exp_floor").c_str(), bm_exp_floor<T>));
   for (loss_case c : {loss_case::kl_softmax, loss_case::kl_sigmoid, loss_case::kl_spatial, loss_case::mse,
-                      loss_case::mse_l2}) {
+                      loss_case::mse_l2, loss_case::mse_nchw, loss_case::mse_l2_nchw}) {
     with_sizes(benchmark::RegisterBenchmark(bench_name<T>(case_name(c)).c_str(), bm_fused<T>, c, warm));
     with_sizes(benchmark::RegisterBenchmark(naive_name<T>(c).c_str(),
                                             bm_naive<T>, c));

@@ -21,8 +21,8 @@ import sys
 STAT = "min"
 BATCH, PILLARS = 2, 200 * 200
 DTYPE_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2}
-LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2", "attention_kl", "attention_sca",
-          "kl_softmax_cold", "attention_kl_cold", "attention_sca_cold"]
+LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2", "mse_nchw", "mse_l2_nchw", "attention_kl",
+          "attention_sca", "kl_softmax_cold", "attention_kl_cold", "attention_sca_cold"]
 # A cold case ("<loss>_cold": caches swept before each iteration) is compared with the copy swept the same way.
 COLD = "_cold"
 
