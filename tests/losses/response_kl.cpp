@@ -433,47 +433,52 @@ TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excl
   using bevkd::detail::max_block_columns;
   using bevkd::detail::max_row_layout_columns;
   using bevkd::detail::min_row_layout_columns;
-  for (index_t channels : {index_t{1}, index_t{10}, index_t{32}, index_t{37}, min_row_layout_columns - 1,
-                           min_row_layout_columns, index_t{64}, max_block_columns, max_block_columns + 1, index_t{333},
-                           max_row_layout_columns, max_row_layout_columns + 1})
-    for (layout lay : all_layouts)
-      for (bool accumulate : {false, true})
-        for (reduction red : {reduction::mean, reduction::none}) {
-          auto cs = kl_case<T>(kl_mode::softmax, 1.7, 2, 37, channels);
-          cs.lay = lay;
-          cs.opts.accumulate = accumulate;
-          cs.opts.reduce = red;
-          cs.opts.loss_weight = 0.8;
-          cs.randomize(rng, 4.0);
-          cs.random_weights(rng);
-          if (red == reduction::none) cs.random_upstream(rng);
-          const auto prior = random_values<T>(storage_size(lay, cs.B, cs.P, cs.C), rng);
-          std::vector<T> in_blocks = prior, by_row = prior;
-          std::vector<acc> block_losses, row_losses;
-          const double block_loss = cs.run(blocks, in_blocks, block_losses).loss;
-          const double row_loss = cs.run(per_row, by_row, row_losses).loss;
-          INFO("C ", channels, " layout ", layout_name(lay), " accumulate ", accumulate, " reduction ",
-               static_cast<int>(red));
-          CHECK(relative_error(block_loss, row_loss) < 2e-6);
-          CHECK(relative_error(std::vector<double>(block_losses.begin(), block_losses.end()),
-                               std::vector<double>(row_losses.begin(), row_losses.end())) < 2e-6);
-          const double tolerance = std::is_same<T, float>::value ? 2e-6 : 1e-2;  // half and bf16 stores round at 2^-11, 2^-8
-          const auto as_doubles = [](const std::vector<T>& v) {
-            std::vector<double> out;
-            for (T x : v) out.push_back(to_double(x));
-            return out;
-          };
-          CHECK(relative_error(as_doubles(in_blocks), as_doubles(by_row)) < tolerance);
-          // A row of weight 0 is bitwise what the per-row kernel leaves: +0 written, or the prior value kept.
-          const auto view = view_of<T>(lay, in_blocks.data(), cs.B, cs.P, cs.C);
-          for (index_t r = 0; r < cs.row_count(); ++r) {
-            if (cs.weights[static_cast<std::size_t>(r)] != acc(0)) continue;
-            for (index_t c = 0; c < cs.C; ++c) {
-              const auto at = static_cast<std::size_t>(view.offset(r / cs.P, r % cs.P, c));
-              CHECK(std::memcmp(&in_blocks[at], accumulate ? &prior[at] : &by_row[at], sizeof(T)) == 0);
+  // The sigmoid KL runs its lane-layout rows in blocks (elementwise, up to max_block_columns), the rest per row.
+  const std::vector<index_t> softmax_channels = {1, 10, 32, 37, min_row_layout_columns - 1, min_row_layout_columns, 64,
+                                                 max_block_columns, max_block_columns + 1, 333, max_row_layout_columns,
+                                                 max_row_layout_columns + 1};
+  const std::vector<index_t> sigmoid_channels = {1, 10, 32, 37, min_row_layout_columns - 1, min_row_layout_columns,
+                                                 max_block_columns, max_block_columns + 1};
+  for (kl_mode mode : {kl_mode::softmax, kl_mode::sigmoid})
+    for (index_t channels : mode == kl_mode::softmax ? softmax_channels : sigmoid_channels)
+      for (layout lay : all_layouts)
+        for (bool accumulate : {false, true})
+          for (reduction red : {reduction::mean, reduction::none}) {
+            auto cs = kl_case<T>(mode, 1.7, 2, 37, channels);
+            cs.lay = lay;
+            cs.opts.accumulate = accumulate;
+            cs.opts.reduce = red;
+            cs.opts.loss_weight = 0.8;
+            cs.randomize(rng, 4.0);
+            cs.random_weights(rng);
+            if (red == reduction::none) cs.random_upstream(rng);
+            const auto prior = random_values<T>(storage_size(lay, cs.B, cs.P, cs.C), rng);
+            std::vector<T> in_blocks = prior, by_row = prior;
+            std::vector<acc> block_losses, row_losses;
+            const double block_loss = cs.run(blocks, in_blocks, block_losses).loss;
+            const double row_loss = cs.run(per_row, by_row, row_losses).loss;
+            INFO("mode ", static_cast<int>(mode), " C ", channels, " layout ", layout_name(lay), " accumulate ",
+                 accumulate, " reduction ", static_cast<int>(red));
+            CHECK(relative_error(block_loss, row_loss) < 2e-6);
+            CHECK(relative_error(std::vector<double>(block_losses.begin(), block_losses.end()),
+                                 std::vector<double>(row_losses.begin(), row_losses.end())) < 2e-6);
+            const double tolerance = std::is_same<T, float>::value ? 2e-6 : 1e-2;  // half and bf16 stores round at 2^-11, 2^-8
+            const auto as_doubles = [](const std::vector<T>& v) {
+              std::vector<double> out;
+              for (T x : v) out.push_back(to_double(x));
+              return out;
+            };
+            CHECK(relative_error(as_doubles(in_blocks), as_doubles(by_row)) < tolerance);
+            // A row of weight 0 is bitwise what the per-row kernel leaves: +0 written, or the prior value kept.
+            const auto view = view_of<T>(lay, in_blocks.data(), cs.B, cs.P, cs.C);
+            for (index_t r = 0; r < cs.row_count(); ++r) {
+              if (cs.weights[static_cast<std::size_t>(r)] != acc(0)) continue;
+              for (index_t c = 0; c < cs.C; ++c) {
+                const auto at = static_cast<std::size_t>(view.offset(r / cs.P, r % cs.P, c));
+                CHECK(std::memcmp(&in_blocks[at], accumulate ? &prior[at] : &by_row[at], sizeof(T)) == 0);
+              }
             }
           }
-        }
 }
 
 TEST_CASE("a gradient of several MiB streams past the caches where its rows start on a line: the same bits as stored") {
@@ -575,6 +580,40 @@ TEST_CASE("host row blocks keep a NaN, -inf or huge logit in its own row") {
       // q_S - q_T cancels: compare against the gradient's scale (1 / rows), not each element's size. Each side's
       // fp32 sums over 64 columns carry up to 64 * 2^-24 = 3.8e-6 relative error, in both runs: allow 3e-5.
       if (r != nan_row) CHECK(std::fabs(g - by_row[static_cast<std::size_t>(r * 64 + c)]) < 3e-5f / 40);
+    }
+  }
+}
+
+TEST_CASE("host sigmoid blocks keep a NaN in its own element and agree with the per-row kernel on -inf and huge logits") {
+  std::mt19937 rng(fresh_seed());
+  const index_t C = 10, rows = 40;  // lane layout: two full blocks and one of 8 rows
+  auto cs = kl_case<float>(kl_mode::sigmoid, 1.0, 1, rows, C);
+  cs.randomize(rng);
+  const index_t nan_row = 3, inf_row = 17, huge_row = 33;
+  const auto at = [&](index_t r, index_t c) { return static_cast<std::size_t>(r * C + c); };
+  cs.student[at(nan_row, 5)] = std::nanf("");
+  for (index_t c = 0; c < C; c += 2) cs.teacher[at(inf_row, c)] = -HUGE_VALF;
+  for (index_t c = 1; c < C; c += 2) cs.student[at(inf_row, c)] = HUGE_VALF;
+  for (index_t c = 0; c < C; ++c) cs.student[at(huge_row, c)] = c % 3 ? 1e4f : -1e4f;
+  cs.opts.reduce = reduction::none;
+  std::vector<float> grad(cs.student.size()), by_row(cs.student.size());
+  std::vector<float> losses, row_losses;
+  bevkd::host_exec blocks, per_row;
+  per_row.run_row_blocks(false);
+  cs.run(blocks, grad, losses);
+  cs.run(per_row, by_row, row_losses);
+  for (index_t r = 0; r < rows; ++r) {
+    INFO("row ", r);
+    const float loss = losses[static_cast<std::size_t>(r)], want = row_losses[static_cast<std::size_t>(r)];
+    CHECK(std::isnan(loss) == (r == nan_row));
+    if (std::isinf(want))  // +inf student logits where the teacher has mass below 1 (row 17)
+      CHECK(loss == want);
+    else if (r != nan_row)
+      CHECK(loss == doctest::Approx(want).epsilon(1e-5));
+    for (index_t c = 0; c < C; ++c) {
+      INFO("column ", c);
+      CHECK(std::isnan(grad[at(r, c)]) == (r == nan_row && c == 5));  // elementwise: only its own gradient
+      if (!std::isnan(grad[at(r, c)])) CHECK(grad[at(r, c)] == doctest::Approx(by_row[at(r, c)]).epsilon(1e-5));
     }
   }
 }

@@ -44,21 +44,30 @@ struct response_kl_problem : row_problem<T, Unit> {
     return Sigmoid ? 0 : 2 * this->columns() * static_cast<index_t>(sizeof(acc_type));
   }
 
-  /// @brief Softmax rows with float accumulators can run in host row blocks (see blocks_apply()).
-  static constexpr bool row_blocks = !Sigmoid && std::is_same<acc_type, float>::value;
+  /// @brief Rows with float accumulators can run in host row blocks (see blocks_apply()): softmax rows in row or lane
+  /// layout, sigmoid rows in lane layout.
+  static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
   /// @brief True when this call's rows run in host row blocks.
-  bool blocks_apply() const { return row_blocks && block_columns_fit(this->columns(), Unit); }
+  bool blocks_apply() const { return row_blocks && blocks_fit(this->columns(), Unit); }
+  /// @brief True when rows of `columns` columns run in host row blocks (see blocks_apply()).
+  static constexpr bool blocks_fit(index_t columns, bool unit_stride) {
+    return Sigmoid ? sigmoid_blocks_fit<T>(columns, unit_stride) : block_columns_fit(columns, unit_stride);
+  }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(this->columns()); }
-  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see softmax_kl_block).
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see softmax_kl_block, sigmoid_kl_block).
   template <class Block>
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
-    softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+    if constexpr (Sigmoid)
+      sigmoid_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
+    else
+      softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
-  /// @brief Strided float, half and bfloat16 softmax rows on AVX-512 hosts can run in host lane groups (see lane_groups_apply()).
-  static constexpr bool lane_groups = row_blocks && !Unit && has_lane_group_passes<T>();
+  /// @brief Strided float, half and bfloat16 softmax rows on AVX-512 hosts can run in host lane groups (see
+  /// lane_groups_apply()).
+  static constexpr bool lane_groups = row_blocks && !Sigmoid && !Unit && has_lane_group_passes<T>();
   /// @brief True when this call's rows run in host lane groups: strided rows too long for a row block, side by side in
   /// memory (the spatial mode's channels of an NHWC tensor).
   bool lane_groups_apply() const {
@@ -68,7 +77,7 @@ struct response_kl_problem : row_problem<T, Unit> {
   /// @brief True when side-by-side strided rows of `columns` columns run in place on the host, so run_on_rows does not
   /// stage them: in row blocks when a block takes them (blocks_apply), in lane groups when longer (lane_groups_apply).
   static constexpr bool reads_in_place(index_t columns) {
-    return row_blocks && (block_columns_fit(columns, false) || lane_groups);
+    return row_blocks && (blocks_fit(columns, false) || lane_groups);
   }
 
   /// @brief Loss of each row of a host lane_group_set; writes coeff * dl/dS (see softmax_kl_lane_groups).
@@ -143,7 +152,9 @@ class response_kl {
                                  student.extent[0]};
     using acc = accum_t<T>;
     const bool sigmoid = options.mode == kl_mode::sigmoid;
-    const bool in_place = !sigmoid && detail::response_kl_problem<T, false, false>::reads_in_place(student.extent[2]);
+    const index_t columns = student.extent[2];
+    const bool in_place = sigmoid ? detail::response_kl_problem<T, false, true>::reads_in_place(columns)
+                                  : detail::response_kl_problem<T, false, false>::reads_in_place(columns);
     return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, in_place, [&](auto unit, auto s,
                                                                                                 auto t, auto g) {
       return detail::dispatch_bool(sigmoid, [&](auto sig) {

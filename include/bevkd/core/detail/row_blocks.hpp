@@ -81,6 +81,20 @@ constexpr bool fixed_run_length(index_t n) {
   return has_fixed_run_lengths<T>() && fixed_run_lengths::contains(n);
 }
 
+/// @brief True when a block of rows of n columns of T runs in row layout (row_block::row_layout()), false when in lane
+/// layout.
+template <class T>
+constexpr bool block_row_layout(index_t n, bool unit_stride) {
+  return unit_stride && (n >= min_row_layout_columns || fixed_run_length<T>(n));
+}
+
+/// @brief True when a row block holds rows of n columns of T in lane layout (what the elementwise sigmoid KL's block
+/// kernel takes; longer unit-stride rows vectorise in the per-row kernel).
+template <class T>
+constexpr bool sigmoid_blocks_fit(index_t n, bool unit_stride) {
+  return n <= max_block_columns && !block_row_layout<T>(n, unit_stride);
+}
+
 /// @brief Longest rows run in row layout (C = 256 measured 7 % (fp32) to 27 % (bf16) faster than the per-row
 /// kernel; the block's scratch, 2 x 16 rows of exponentials, stays within 128 KiB).
 constexpr index_t max_row_layout_columns = 1024;
@@ -278,7 +292,7 @@ struct row_block {
   /// @brief True when the block runs in row layout: each row read and written in place, its reductions in
   /// row_partials partial accumulators (unit-stride rows of at least min_row_layout_columns, or of a
   /// fixed_run_length).
-  bool row_layout() const { return Unit && (n >= min_row_layout_columns || fixed_run_length<T>(n)); }
+  bool row_layout() const { return block_row_layout<T>(n, Unit); }
 
   /// @brief Columns of each run (one run per row).
   index_t run_length() const { return n; }
