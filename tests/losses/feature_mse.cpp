@@ -200,7 +200,7 @@ TEST_CASE_TEMPLATE("feature_mse accumulates onto the gradient buffer; pillars of
   INFO("seed ", seed);
   std::mt19937 rng(seed);
   bevkd::host_exec exec;
-  const double tol = std::is_same<T, bevkd::bfloat16>::value ? 2e-2 : std::is_same<T, bevkd::half>::value ? 4e-3 : 1e-5;
+  const double tol = stored_tolerance<T>();
   // NCHW pillars (host lane groups for float, half and bfloat16 on AVX-512 builds: 40 pillars make groups of 16, 16
   // and 8) and NHWC ones, both modes.
   for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2})

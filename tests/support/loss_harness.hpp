@@ -268,6 +268,13 @@ void check_all_options(loss_case<T> cs, std::mt19937& rng, bevkd::host_exec& exe
   }
 }
 
+/// @brief Relative tolerance of a gradient stored as T after one rounding of a float sum (half, bfloat16: a few of
+/// their ulps; float, double: a few float ulps).
+template <class T>
+constexpr double stored_tolerance() {
+  return std::is_same<T, bevkd::bfloat16>::value ? 2e-2 : std::is_same<T, bevkd::half>::value ? 4e-3 : 1e-5;
+}
+
 /// @brief A signalling NaN with a payload, which a conversion to float and back would change (quieted).
 template <class T>
 T signalling_nan() {
