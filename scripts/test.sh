@@ -77,6 +77,10 @@ fma_tests=(test_core test_response_kl test_feature_mse test_attention_distill te
 if [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
   fma_flags="-mavx2 -mfma"
   if grep -qw avx512f /proc/cpuinfo; then fma_flags="${fma_flags} -mavx512f"; fi
+  # With AVX-512BW and VL too, half and bfloat16 rows run in the host lane groups (16-bit masked loads and stores).
+  if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
+    fma_flags="${fma_flags} -mavx512bw -mavx512vl"
+  fi
   echo "test.sh: contraction build flags: ${fma_flags}"
   phase "configure (fma)" configure build-fma -DCMAKE_BUILD_TYPE=Release -DBEVKD_ENABLE_CUDA=OFF \
     -DBEVKD_BUILD_BENCHMARKS=OFF -DBEVKD_BUILD_EXAMPLES=OFF -DCMAKE_CXX_FLAGS="${fma_flags}"

@@ -18,6 +18,12 @@
 /// @brief Defined when the host row blocks use their AVX-512 code (fp32 rows).
 #define BEVKD_HOST_AVX512 1
 
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+/// @brief Defined when the build also has AVX-512BW and VL (16-bit masked loads and stores): half and bfloat16 rows
+/// then run in host lane groups too.
+#define BEVKD_HOST_AVX512_BW 1
+#endif
+
 namespace bevkd {
 namespace detail {
 namespace avx512 {

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 #include "../config.hpp"
@@ -642,8 +641,9 @@ struct lane_group {
   }
 };
 
-/// @brief True when rows of T run in host lane groups: float, half and bfloat16 on AVX-512 hosts, whose passes read one
-/// vector per column (16-bit columns widened to floats, see narrow_lanes).
+/// @brief True when rows of T run in host lane groups: float on AVX-512 hosts, half and bfloat16 too where the build has
+/// AVX-512BW and VL (BEVKD_HOST_AVX512_BW: 16-bit masked loads and stores); their passes read one vector per column
+/// (16-bit columns widened to floats, see narrow_lanes).
 ///
 /// Why not others: generic loops over each column's sixteen rows (copied out, then vectorised
 /// over the lanes) ran slower than staging the rows for the row kernels (measured, C = 64 and
@@ -652,8 +652,10 @@ struct lane_group {
 /// rows have no AVX-512 passes.
 template <class T>
 constexpr bool has_lane_group_passes() {
-#if defined(BEVKD_HOST_AVX512)
+#if defined(BEVKD_HOST_AVX512_BW)
   return std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat16>::value;
+#elif defined(BEVKD_HOST_AVX512)
+  return std::is_same<T, float>::value;
 #else
   return false;
 #endif
@@ -750,8 +752,7 @@ BEVKD_HOST_FORCEINLINE void with_grad_mode(bool accumulate, bool stream, F&& f) 
 namespace avx512 {
 
 /// @brief Sixteen half or bfloat16 elements held as one 256-bit vector, widened to floats and rounded back (to nearest
-/// even, as the scalar conversions of dtype.hpp) with AVX-512F instructions only: no 16-bit masked loads or stores
-/// (those need AVX-512BW), so a group of fewer than sixteen rows goes through a small buffer.
+/// even, as the scalar conversions of dtype.hpp) with AVX-512F instructions.
 template <class T>
 struct narrow_lanes;
 
@@ -785,24 +786,22 @@ struct narrow_lanes<half> {
   }
 };
 
-/// @brief Loads the first count of sixteen 16-bit elements at p (the others read 0): one load for a whole group.
+#if defined(BEVKD_HOST_AVX512_BW)
+/// @brief Loads the lanes m of sixteen 16-bit elements at p (the others read 0).
 template <class T>
-BEVKD_HOST_FORCEINLINE __m256i load_narrow(const T* p, int count) {
+BEVKD_HOST_FORCEINLINE __m256i load_narrow(const T* p, __mmask16 m) {
   static_assert(sizeof(T) == 2, "16-bit elements");
-  if (count == block_rows) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  alignas(32) std::uint16_t lanes[block_rows] = {};
-  std::memcpy(lanes, p, static_cast<std::size_t>(count) * sizeof(T));
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+  if (m == all_lanes) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm256_maskz_loadu_epi16(m, p);
 }
 
-/// @brief Stores the first count of sixteen 16-bit elements at p (nothing past them).
+/// @brief Stores the lanes m of sixteen 16-bit elements at p (nothing in the others).
 template <class T>
-BEVKD_HOST_FORCEINLINE void store_narrow(T* p, __m256i v, int count) {
-  if (count == block_rows) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
-  alignas(32) std::uint16_t lanes[block_rows];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
-  std::memcpy(p, lanes, static_cast<std::size_t>(count) * sizeof(T));
+BEVKD_HOST_FORCEINLINE void store_narrow(T* p, __m256i v, __mmask16 m) {
+  if (m == all_lanes) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  _mm256_mask_storeu_epi16(p, m, v);
 }
+#endif
 
 /// @brief Column c of a lane group's student and teacher rows (float, half or bfloat16) as one float vector each (lanes
 /// from count on read 0).
@@ -812,8 +811,7 @@ struct group_columns {
   const T* t;      ///< Row 0 of the teacher.
   index_t s_step;  ///< The student's column stride.
   index_t t_step;  ///< The teacher's column stride.
-  int count;       ///< The group's rows.
-  __mmask16 rows;  ///< The lanes below count.
+  __mmask16 rows;  ///< The group's rows: the lanes below count.
 
   /// @brief The columns of a group.
   explicit group_columns(const lane_group<T>& group)
@@ -821,7 +819,6 @@ struct group_columns {
         t(group.row0.teacher.ptr),
         s_step(group.row0.student.stride),
         t_step(group.row0.teacher.stride),
-        count(group.count),
         rows(column_mask(0, group.count)) {}
   /// @brief Column c of the student.
   BEVKD_HOST_FORCEINLINE __m512 student(index_t c) const { return load(s + c * s_step); }
@@ -830,28 +827,32 @@ struct group_columns {
 
  private:
   BEVKD_HOST_FORCEINLINE __m512 load(const T* p) const {
-    if constexpr (std::is_same<T, float>::value)
+    if constexpr (std::is_same<T, float>::value) {
       return _mm512_maskz_loadu_ps(rows, p);
-    else
-      return narrow_lanes<T>::widen(load_narrow(p, count));
+    } else {
+#if defined(BEVKD_HOST_AVX512_BW)
+      return narrow_lanes<T>::widen(load_narrow(p, rows));
+#else
+      static_assert(std::is_same<T, float>::value, "16-bit lane groups need AVX-512BW (has_lane_group_passes)");
+      return _mm512_setzero_ps();
+#endif
+    }
   }
 };
 
 /// @brief Writes (Accumulate: adds) gradient columns of a lane group (float, half or bfloat16), one float vector each,
-/// rounded to T: rows with skip set get exactly 0 (their values may be NaN) or, when accumulating, keep what they held
-/// (bit for bit); the lanes from count on are not touched; whole aligned fp32 columns go around the caches when Stream
-/// is set (store_lanes; 16-bit columns are half a line and never stream).
+/// rounded to T: rows with skip set get exactly 0 (their values may be NaN) or, when accumulating, keep what they held;
+/// the lanes from count on are not touched; whole aligned fp32 columns go around the caches when Stream is set
+/// (store_lanes; 16-bit columns are half a line and never stream).
 template <class T, bool Accumulate, bool Stream>
 class group_grad_writer {
  public:
   /// @brief The writer of a group's gradient, with skip[l] for each of its rows.
   group_grad_writer(const lane_group<T>& group, const bool* skip)
-      : g_(group.row0.grad.ptr), step_(group.row0.grad.stride), count_(group.count), kept_(column_mask(0, group.count)) {
+      : g_(group.row0.grad.ptr), step_(group.row0.grad.stride), kept_(column_mask(0, group.count)) {
     for (int l = 0; l < group.count; ++l)
       if (skip[l]) kept_ = static_cast<__mmask16>(kept_ & ~(1u << l));
     written_ = Accumulate ? kept_ : column_mask(0, group.count);
-    // 16-bit lanes of the kept rows all ones: the byte blend that keeps the other rows' bits when accumulating.
-    kept_bytes_ = _mm512_maskz_cvtepi32_epi16(all_lanes, _mm512_maskz_set1_epi32(kept_, -1));
   }
 
   /// @brief Writes `value` as column c.
@@ -861,22 +862,19 @@ class group_grad_writer {
     if constexpr (std::is_same<T, float>::value) {
       if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written_, at), value);
       store_lanes<Stream>(at, value, written_);
-    } else if constexpr (Accumulate) {
-      const __m256i prior = load_narrow(at, count_);
-      const __m256i sum = narrow_lanes<T>::narrow(_mm512_add_ps(narrow_lanes<T>::widen(prior), value));
-      store_narrow(at, _mm256_blendv_epi8(prior, sum, kept_bytes_), count_);
     } else {
-      store_narrow(at, narrow_lanes<T>::narrow(value), count_);
+#if defined(BEVKD_HOST_AVX512_BW)
+      if constexpr (Accumulate) value = _mm512_add_ps(narrow_lanes<T>::widen(load_narrow(at, written_)), value);
+      store_narrow(at, narrow_lanes<T>::narrow(value), written_);
+#endif
     }
   }
 
  private:
   T* g_;
   index_t step_;
-  int count_;
-  __mmask16 kept_;      // the rows whose gradient is computed
-  __mmask16 written_;   // fp32: the lanes stored, every row when writing, only the kept ones when accumulating
-  __m256i kept_bytes_;  // 16-bit: kept_ as a byte mask
+  __mmask16 kept_;     // the rows whose gradient is computed
+  __mmask16 written_;  // the lanes stored: every row when writing, only the kept ones when accumulating
 };
 
 /// @brief Adds the terms of columns [first, last) of a group to its rows' Count sums (lane l of sums[k]: row l's k-th),
