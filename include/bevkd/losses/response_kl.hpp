@@ -51,7 +51,7 @@ struct response_kl_problem : row_problem<T, Unit> {
   bool blocks_apply() const { return row_blocks && blocks_fit(this->columns(), Unit); }
   /// @brief True when rows of `columns` columns run in host row blocks (see blocks_apply()).
   static constexpr bool blocks_fit(index_t columns, bool unit_stride) {
-    return Sigmoid ? sigmoid_blocks_fit<T>(columns, unit_stride) : block_columns_fit(columns, unit_stride);
+    return Sigmoid ? lane_layout_fits<T>(columns, unit_stride) : block_columns_fit(columns, unit_stride);
   }
   /// @brief Host scratch of one row block.
   index_t block_scratch_bytes() const { return softmax_kl_block_scratch_bytes<acc_type>(this->columns()); }

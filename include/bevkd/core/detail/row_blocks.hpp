@@ -87,10 +87,10 @@ constexpr bool block_row_layout(index_t n, bool unit_stride) {
   return unit_stride && (n >= min_row_layout_columns || fixed_run_length<T>(n));
 }
 
-/// @brief True when a row block holds rows of n columns of T in lane layout (what the elementwise sigmoid KL's block
-/// kernel takes; longer unit-stride rows vectorise in the per-row kernel).
+/// @brief True when a row block holds rows of n columns of T in lane layout (what the block kernels of the sigmoid KL
+/// and the feature MSE take; longer unit-stride rows vectorise in their per-row kernels).
 template <class T>
-constexpr bool sigmoid_blocks_fit(index_t n, bool unit_stride) {
+constexpr bool lane_layout_fits(index_t n, bool unit_stride) {
   return n <= max_block_columns && !block_row_layout<T>(n, unit_stride);
 }
 

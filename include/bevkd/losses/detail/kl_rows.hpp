@@ -599,7 +599,7 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc sigmoid_kl_row(const Team& team, const
 }
 
 /// @brief sigmoid_kl_row for the rows of a host row block in lane layout (rows that a block holds lane by lane, see
-/// sigmoid_blocks_fit): loss[l] of row l; writes coeff[l] tau (s_S - s_T), exactly 0 (or nothing, when accumulating)
+/// lane_layout_fits): loss[l] of row l; writes coeff[l] tau (s_S - s_T), exactly 0 (or nothing, when accumulating)
 /// for rows with skip set. Each column's sixteen rows are one vectorised loop.
 ///
 /// Why: a row of 10 classes (a detection heatmap's) is too short for the per-row loop to vectorise; it ran as scalar
