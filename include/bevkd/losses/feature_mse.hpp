@@ -38,20 +38,20 @@ struct feature_mse_problem : row_problem<T, Unit> {
   /// @brief Host scratch a row may use (none: every pass is one exponential-free sweep).
   index_t scratch_bytes() const { return 0; }
 
-  /// @brief Rows with float accumulators that a host row block holds in lane layout run in row blocks (see
-  /// blocks_apply()).
-  static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
+  /// @brief Normalised rows with float accumulators that a host row block holds in lane layout run in row blocks (see
+  /// blocks_apply() and normalized_mse_block).
+  static constexpr bool row_blocks = Normalized && std::is_same<acc_type, float>::value;
   /// @brief True when this call's rows run in host row blocks: rows too short for the per-row loops to vectorise.
   bool blocks_apply() const { return row_blocks && lane_layout_fits<T>(this->columns(), Unit); }
   /// @brief Host scratch of one row block: student and teacher in lane layout.
   index_t block_scratch_bytes() const {
     return 2 * block_rows * this->columns() * static_cast<index_t>(sizeof(acc_type));
   }
-  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see mse_block).
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see normalized_mse_block).
   template <class Block>
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
-    mse_block<Normalized>(block, coeff, skip, accumulate, scratch, eps, loss);
+    normalized_mse_block(block, coeff, skip, accumulate, scratch, eps, loss);
   }
 
   /// @brief float, half and bfloat16 rows with strided columns can run in host lane groups on AVX-512 hosts (see lane_groups_apply()).

@@ -81,65 +81,51 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, c
   return total * terms.inv_n;
 }
 
-/// @brief mse_row (or normalized_mse_row when Normalized) for the rows of a host row block in lane layout (see
-/// lane_layout_fits): loss[l] of row l; writes coeff[l] dl/ds, exactly 0 (or nothing, when accumulating) for rows with
-/// skip set. Each column's sixteen rows are one vectorised loop; the normalised MSE takes a dot-product pass first.
+/// @brief normalized_mse_row for the rows of a host row block in lane layout (see lane_layout_fits): loss[l] of row l;
+/// writes coeff[l] dl/ds, exactly 0 (or nothing, when accumulating) for rows with skip set. A dot-product pass, then
+/// the gradient pass, each column's sixteen rows one vectorised loop.
 ///
-/// Why: rows of 10 channels are too short for the per-row loops to vectorise (measured, B = 2, 200 x 200, one
-/// thread: plain 1.0 ms, normalised 4.5 ms, slower than the naive multi-pass reference's 0.64 and 2.6 ms).
-template <bool Normalized, class Block, class Acc>
-void mse_block(const Block& block, const Acc* coeff, const bool* skip, bool accumulate, Acc* scratch, Acc eps,
-               Acc* loss) {
+/// Why: rows of 10 channels are too short for the per-row loops to vectorise (measured, B = 2, 200 x 200, fp32, one
+/// thread: 4.5 ms, slower than the naive multi-pass reference's 2.6 ms; 1.4 ms so). The plain MSE keeps its per-row
+/// kernel: in blocks it ran 1.0 -> 0.86 ms on one thread but 0.52 -> 0.62 on two and bf16 1.2 -> 2.5 ms (the
+/// transposes into lane layout cost what its one pass saves).
+template <class Block, class Acc>
+void normalized_mse_block(const Block& block, const Acc* coeff, const bool* skip, bool accumulate, Acc* scratch,
+                          Acc eps, Acc* loss) {
   const index_t n = block.n;
   const Acc inv_n = Acc(1) / static_cast<Acc>(n);
   Acc* s = scratch;
   Acc* t = scratch + block_rows * n;
   block.gather(s, t);
-  Acc total[block_rows] = {};
-  if constexpr (Normalized) {
-    Acc ss[block_rows] = {}, tt[block_rows] = {}, st[block_rows] = {};
-    for (index_t c = 0; c < n; ++c) {
-      const Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
-      const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
-      for (int l = 0; l < block_rows; ++l) {
-        ss[l] += s_c[l] * s_c[l];
-        tt[l] += t_c[l] * t_c[l];
-        st[l] += s_c[l] * t_c[l];
-      }
-    }
-    // Each constant an array over the rows (not an array of normalized_mse_terms): the lane loop then vectorises
-    // (measured, C = 10: 2.3 ms with the structs, 1.3 ms so).
-    Acc div_s[block_rows], div_t[block_rows], projection[block_rows], scale[block_rows];
+  Acc ss[block_rows] = {}, tt[block_rows] = {}, st[block_rows] = {};
+  for (index_t c = 0; c < n; ++c) {
+    const Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
+    const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
     for (int l = 0; l < block_rows; ++l) {
-      const normalized_mse_terms<Acc> row(ss[l], tt[l], st[l], n, eps, coeff[l]);
-      div_s[l] = row.div_s;
-      div_t[l] = row.div_t;
-      projection[l] = row.projection;
-      scale[l] = row.scale;
+      ss[l] += s_c[l] * s_c[l];
+      tt[l] += t_c[l] * t_c[l];
+      st[l] += s_c[l] * t_c[l];
     }
-    for (index_t c = 0; c < n; ++c) {
-      block.prefetch(c);
-      Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
-      const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
-      for (int l = 0; l < block_rows; ++l) {
-        const graded<Acc, Acc> out =
-            normalized_mse_terms<Acc>::element(s_c[l], t_c[l], div_s[l], div_t[l], scale[l], projection[l], inv_n);
-        s_c[l] = out.grad;  // the gradient in place of the student
-        total[l] += out.value;
-      }
-    }
-  } else {
-    Acc scale[block_rows];
-    for (int l = 0; l < block_rows; ++l) scale[l] = coeff[l] * Acc(2) * inv_n;
-    for (index_t c = 0; c < n; ++c) {
-      block.prefetch(c);
-      Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
-      const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
-      for (int l = 0; l < block_rows; ++l) {
-        const Acc d = s_c[l] - t_c[l];
-        s_c[l] = scale[l] * d;
-        total[l] += d * d;
-      }
+  }
+  // Each constant an array over the rows (not an array of normalized_mse_terms): the lane loop then vectorises
+  // (measured, C = 10: 2.3 ms with the structs, 1.3 ms so).
+  Acc div_s[block_rows], div_t[block_rows], projection[block_rows], scale[block_rows], total[block_rows] = {};
+  for (int l = 0; l < block_rows; ++l) {
+    const normalized_mse_terms<Acc> row(ss[l], tt[l], st[l], n, eps, coeff[l]);
+    div_s[l] = row.div_s;
+    div_t[l] = row.div_t;
+    projection[l] = row.projection;
+    scale[l] = row.scale;
+  }
+  for (index_t c = 0; c < n; ++c) {
+    block.prefetch(c);
+    Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
+    const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
+    for (int l = 0; l < block_rows; ++l) {
+      const graded<Acc, Acc> out =
+          normalized_mse_terms<Acc>::element(s_c[l], t_c[l], div_s[l], div_t[l], scale[l], projection[l], inv_n);
+      s_c[l] = out.grad;  // the gradient in place of the student
+      total[l] += out.value;
     }
   }
   for (int l = 0; l < block_rows; ++l) loss[l] = total[l] * inv_n;
