@@ -54,7 +54,8 @@ struct feature_mse_problem : row_problem<T, Unit> {
     normalized_mse_block(block, coeff, skip, accumulate, scratch, eps, loss);
   }
 
-  /// @brief float, half and bfloat16 rows with strided columns can run in host lane groups on AVX-512 hosts (see lane_groups_apply()).
+  /// @brief Rows with strided columns of the types of has_lane_group_passes can run in host lane groups (see
+  /// lane_groups_apply()).
   static constexpr bool lane_groups = !Unit && has_lane_group_passes<T>();
   /// @brief True when this call's rows run in host lane groups: side by side in memory (NCHW pillars).
   bool lane_groups_apply() const { return lane_groups && rows_side_by_side(this->student, this->teacher, this->grad); }
@@ -118,7 +119,7 @@ class feature_mse {
     const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate,
                                  student.extent[0]};
     const bool normalized = options.normalize == mse_normalize::per_pillar_l2;
-    // Side-by-side rows (NCHW) run in place on the host in lane groups (float, half, bfloat16; AVX-512); others are staged.
+    // Side-by-side rows (NCHW) run in place on the host in lane groups (see has_lane_group_passes); others are staged.
     const bool in_place = detail::feature_mse_problem<T, false, false>::lane_groups;
     return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, in_place, [&](auto unit, auto s,
                                                                                               auto t, auto g) {

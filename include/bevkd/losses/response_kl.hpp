@@ -65,7 +65,7 @@ struct response_kl_problem : row_problem<T, Unit> {
       softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
   }
 
-  /// @brief Strided float, half and bfloat16 softmax rows on AVX-512 hosts can run in host lane groups (see
+  /// @brief Strided softmax rows of the types of has_lane_group_passes can run in host lane groups (see
   /// lane_groups_apply()).
   static constexpr bool lane_groups = row_blocks && !Sigmoid && !Unit && has_lane_group_passes<T>();
   /// @brief True when this call's rows run in host lane groups: strided rows too long for a row block, side by side in

@@ -471,13 +471,13 @@ void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bo
   block.scatter(s, skip, accumulate);
 }
 
-/// @brief The three passes of the softmax KL over columns [first, last) of a host lane group (row_blocks.hpp): only
-/// float, half and bfloat16 rows on AVX-512 hosts have them (see has_lane_group_passes; others are staged).
+/// @brief The three passes of the softmax KL over columns [first, last) of a host lane group (row_blocks.hpp): only the
+/// rows of has_lane_group_passes have them (others are staged).
 template <class T, class Acc>
 struct lane_group_passes;
 
 #if defined(BEVKD_HOST_AVX512)
-/// @brief float, half and bfloat16 lane groups on AVX-512 hosts: one fp32 vector per column.
+/// @brief Lane groups on AVX-512 hosts (float; half and bfloat16 with AVX-512BW): one fp32 vector per column.
 template <class T>
 struct lane_group_passes<T, float> : avx512::lane_group_passes<T> {};
 #endif

@@ -67,6 +67,25 @@ struct normalized_mse_terms {
   }
 };
 
+/// @brief The normalized_mse_terms of sixteen rows, each constant an array over the rows (what the host's block and
+/// lane-group kernels read lane by lane; an array of the structs kept GCC from vectorising the lane loop: measured,
+/// C = 10, 2.3 ms against 1.3 ms).
+template <class Acc>
+struct normalized_mse_rows {
+  Acc div_s[block_rows];       ///< normalized_mse_terms::div_s of each row.
+  Acc div_t[block_rows];       ///< normalized_mse_terms::div_t of each row.
+  Acc projection[block_rows];  ///< normalized_mse_terms::projection of each row.
+  Acc scale[block_rows];       ///< normalized_mse_terms::scale of each row.
+
+  /// @brief Sets row l's constants.
+  void set(int l, const normalized_mse_terms<Acc>& row) {
+    div_s[l] = row.div_s;
+    div_t[l] = row.div_t;
+    projection[l] = row.projection;
+    scale[l] = row.scale;
+  }
+};
+
 /// @brief MSE of s / max(||s||, eps) and t / max(||t||, eps) over one row (a loss_row, or a row a team holds, see
 /// hold_row), with the gradient through s's normalisation (normalized_mse_terms). Two passes: the norms and dot
 /// product, then the gradient.
@@ -107,23 +126,16 @@ void normalized_mse_block(const Block& block, const Acc* coeff, const bool* skip
       st[l] += s_c[l] * t_c[l];
     }
   }
-  // Each constant an array over the rows (not an array of normalized_mse_terms): the lane loop then vectorises
-  // (measured, C = 10: 2.3 ms with the structs, 1.3 ms so).
-  Acc div_s[block_rows], div_t[block_rows], projection[block_rows], scale[block_rows], total[block_rows] = {};
-  for (int l = 0; l < block_rows; ++l) {
-    const normalized_mse_terms<Acc> row(ss[l], tt[l], st[l], n, eps, coeff[l]);
-    div_s[l] = row.div_s;
-    div_t[l] = row.div_t;
-    projection[l] = row.projection;
-    scale[l] = row.scale;
-  }
+  normalized_mse_rows<Acc> rows;
+  for (int l = 0; l < block_rows; ++l) rows.set(l, normalized_mse_terms<Acc>(ss[l], tt[l], st[l], n, eps, coeff[l]));
+  Acc total[block_rows] = {};
   for (index_t c = 0; c < n; ++c) {
     block.prefetch(c);
     Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
     const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
     for (int l = 0; l < block_rows; ++l) {
-      const graded<Acc, Acc> out =
-          normalized_mse_terms<Acc>::element(s_c[l], t_c[l], div_s[l], div_t[l], scale[l], projection[l], inv_n);
+      const graded<Acc, Acc> out = normalized_mse_terms<Acc>::element(s_c[l], t_c[l], rows.div_s[l], rows.div_t[l],
+                                                                      rows.scale[l], rows.projection[l], inv_n);
       s_c[l] = out.grad;  // the gradient in place of the student
       total[l] += out.value;
     }
@@ -132,15 +144,15 @@ void normalized_mse_block(const Block& block, const Acc* coeff, const bool* skip
   block.scatter(s, skip, accumulate);
 }
 
-/// @brief The feature MSE's passes over columns [first, last) of a host lane group (row_blocks.hpp): only float, half and
-/// bfloat16 rows on AVX-512 hosts have them (see has_lane_group_passes; others are staged).
+/// @brief The feature MSE's passes over columns [first, last) of a host lane group (row_blocks.hpp): only the rows of
+/// has_lane_group_passes have them (others are staged).
 template <class T, class Acc>
 struct mse_lane_group_passes;
 
 #if defined(BEVKD_HOST_AVX512)
-/// @brief float, half and bfloat16 lane groups on AVX-512 hosts: one fp32 vector per column; sums added in pieces of lane_group_piece columns
-/// (first is a multiple of it); the gradient written by group_grad_writer (exactly 0 in rows with skip set, nothing
-/// there when accumulating, whole columns streamed when Stream is set).
+/// @brief Lane groups on AVX-512 hosts (float; half and bfloat16 with AVX-512BW): one fp32 vector per column; sums
+/// added in pieces of lane_group_piece columns (first is a multiple of it); the gradient written by group_grad_writer
+/// (exactly 0 in rows with skip set, nothing there when accumulating, whole columns streamed when Stream is set).
 template <class T>
 struct mse_lane_group_passes<T, float> {
   /// @brief The plain MSE's one pass: writes (Accumulate: adds) scale (s - t), adds (s - t)^2 to each row's sum.
@@ -168,16 +180,12 @@ struct mse_lane_group_passes<T, float> {
     });
   }
 
-  /// @brief Each row's normalized_mse_terms, lane l of each array row l's.
-  struct row_terms {
-    float div_s[block_rows], div_t[block_rows], projection[block_rows], scale[block_rows];
-  };
-
   /// @brief The normalised MSE's second pass: writes (Accumulate: adds) each element's gradient, as
   /// normalized_mse_terms computes it, and adds (s_hat - t_hat)^2 to each row's sum.
   template <bool Accumulate, bool Stream>
-  static void normalized(const lane_group<T>& group, index_t first, index_t last, const row_terms& terms,
-                         float inv_n, const bool* skip, float (&sums)[1][block_rows]) {
+  static void normalized(const lane_group<T>& group, index_t first, index_t last,
+                         const normalized_mse_rows<float>& terms, float inv_n, const bool* skip,
+                         float (&sums)[1][block_rows]) {
     const avx512::group_columns<T> x(group);
     const avx512::group_grad_writer<T, Accumulate, Stream> write(group, skip);
     const __m512 div_s = _mm512_loadu_ps(terms.div_s), div_t = _mm512_loadu_ps(terms.div_t);
@@ -193,9 +201,9 @@ struct mse_lane_group_passes<T, float> {
 };
 #endif
 
-/// @brief The feature MSE (mse_row, or normalized_mse_row when Normalized) for the rows of a host lane_group_set (NCHW
-/// pillars, read in place): loss[i][l] of group i's row l (0 from its count on); writes terms[i].coeff[l] dl/ds, exactly
-/// 0 (or nothing, when accumulating) for rows with skip set. The normalised MSE takes two passes: the dot products,
+/// @brief The feature MSE (mse_row, or normalized_mse_row when Normalized) for the rows of a host lane_group_set
+/// (NCHW pillars, read in place): loss[i][l] of group i's row l (0 from its count on); writes terms[i].coeff[l] dl/ds,
+/// exactly 0 (or nothing, when accumulating) for rows with skip set. The normalised MSE takes two passes: the dot products,
 /// then the gradient.
 template <bool Normalized, class T, class Acc>
 void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms, bool accumulate, Acc eps,
@@ -206,7 +214,7 @@ void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms
   Acc sums[max_set_groups][1][block_rows] = {};
   // The plain MSE's scale of (s - t), or the normalised rows' terms (from their dot products).
   Acc scale[max_set_groups][block_rows];
-  typename passes::row_terms rows[Normalized ? max_set_groups : 1];
+  normalized_mse_rows<Acc> rows[Normalized ? max_set_groups : 1];
   if constexpr (Normalized) {
     Acc dots[max_set_groups][3][block_rows] = {};
     set.for_each_segment([&](index_t first, index_t last) {
@@ -214,11 +222,8 @@ void mse_lane_groups(const lane_group_set<T>& set, const block_terms<Acc>* terms
     });
     for (int i = 0; i < set.count; ++i)
       for (int l = 0; l < block_rows; ++l) {
-        const normalized_mse_terms<Acc> row(dots[i][0][l], dots[i][1][l], dots[i][2][l], n, eps, terms[i].coeff[l]);
-        rows[i].div_s[l] = row.div_s;
-        rows[i].div_t[l] = row.div_t;
-        rows[i].projection[l] = row.projection;
-        rows[i].scale[l] = row.scale;
+        const Acc(&dot)[3][block_rows] = dots[i];
+        rows[i].set(l, normalized_mse_terms<Acc>(dot[0][l], dot[1][l], dot[2][l], n, eps, terms[i].coeff[l]));
       }
   } else {
     for (int i = 0; i < set.count; ++i)
