@@ -93,6 +93,21 @@ struct row_problem {
     }
   }
 
+  /// @brief When rows [first, first + count) lie at equal distances in each of the three tensors (all in one i0, or
+  /// every tensor contiguous across i0: stride[0] = extent[1] stride[1]): row `first` into row0, the distances into
+  /// step (student, teacher, gradient) and true; else false.
+  bool even_spacing(index_t first, int count, loss_row<T, Unit>& row0, index_t (&step)[3]) const {
+    const index_t i0 = first / student.extent[1], i1 = first % student.extent[1];
+    const bool one_i0 = count <= 1 || i1 + count <= student.extent[1];
+    const auto across = [&](const auto& view) { return view.stride[0] == view.extent[1] * view.stride[1]; };
+    if (!one_i0 && !(across(student) && across(teacher) && across(grad))) return false;
+    row0 = row_at(i0, i1);
+    step[0] = student.stride[1];
+    step[1] = teacher.stride[1];
+    step[2] = grad.stride[1];
+    return true;
+  }
+
   /// @brief The three row references of row (i0, i1).
   BEVKD_HOST_DEVICE loss_row<T, Unit> row_at(index_t i0, index_t i1) const {
     return loss_row<T, Unit>{{student.data + student.offset(i0, i1, 0), student.stride[2]},
