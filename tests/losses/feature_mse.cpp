@@ -4,9 +4,11 @@
 
 #include <bevkd/bevkd.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -50,6 +52,12 @@ TEST_CASE_TEMPLATE("feature_mse matches the double reference in every layout, re
       INFO("long NCHW rows: P ", P, " C ", C, " normalize ", static_cast<int>(normalize));
       check_all_options(mse_case<T>(normalize, 2, P, C), rng, exec);
     }
+  // Normalised unit-stride rows of 48 to 128 channels: fp32 on AVX-512 builds runs them in row-layout blocks (129:
+  // the per-row kernel again). 37 pillars: blocks of 16 that cross the batch boundary, a short last block.
+  for (index_t C : {index_t{48}, index_t{64}, index_t{67}, index_t{128}, index_t{129}}) {
+    INFO("normalised rows of ", C, " channels");
+    check_all_options(mse_case<T>(mse_normalize::per_pillar_l2, 2, 37, C), rng, exec);
+  }
 }
 
 TEST_CASE("half gradients below half's normal range are exact to its subnormal spacing") {
@@ -178,10 +186,11 @@ TEST_CASE("feature_mse edge cases") {
 TEST_CASE("feature_mse is deterministic across runs and thread counts") {
   std::mt19937 rng(fresh_seed());
   // NHWC rows, and NCHW rows (host lane groups on AVX-512 builds: 94 sets of eight groups).
-  for (auto [normalize, lay] :
-       {std::pair{mse_normalize::per_pillar_l2, layout::nhwc}, std::pair{mse_normalize::none, layout::nchw},
-        std::pair{mse_normalize::per_pillar_l2, layout::nchw}}) {
-    auto cs = mse_case<float>(normalize, 2, 1500, 17);
+  // Rows of 17 and of 64 channels (normalised: host row blocks in lane and in row layout on AVX-512 builds).
+  for (auto [normalize, lay, C] :
+       {std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 17}, std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 64},
+        std::tuple{mse_normalize::none, layout::nchw, 17}, std::tuple{mse_normalize::per_pillar_l2, layout::nchw, 17}}) {
+    auto cs = mse_case<float>(normalize, 2, 1500, C);
     cs.lay = lay;
     cs.randomize(rng);
     std::vector<float> g1(cs.student.size()), g2(cs.student.size()), rows;
@@ -210,6 +219,8 @@ TEST_CASE_TEMPLATE("feature_mse accumulates onto the gradient buffer; pillars of
       cs.lay = lay;
       check_accumulate_keeps_excluded_rows(cs, rng, exec, tol);
     }
+  // Normalised NHWC rows of 64 channels (row-layout blocks for float on AVX-512 builds).
+  check_accumulate_keeps_excluded_rows(mse_case<T>(mse_normalize::per_pillar_l2, 2, 40, 64), rng, exec, tol);
 }
 
 TEST_CASE("feature_mse on NCHW pillars read in place: accumulate, weight-0 pillars, a zero and a huge pillar, NaN") {
@@ -266,5 +277,61 @@ TEST_CASE("feature_mse on NCHW pillars read in place: accumulate, weight-0 pilla
     w[3] = 1.0f;  // the NaN pillar counts again
     CHECK(std::isnan(mse(exec, view(s), view(t), bevkd::bev_nchw(acc.data(), 1, C, 1, P), io).loss));
     w[3] = 0.0f;
+  }
+}
+
+TEST_CASE("normalised feature_mse on rows of 64 channels: weight-0 pillars, a zero and a huge pillar, NaN, streamed") {
+  const auto seed = fresh_seed();
+  INFO("seed ", seed);
+  std::mt19937 rng(seed);
+  bevkd::host_exec exec;
+  const index_t C = 64;
+  // 40 pillars: row blocks of 16, 16 and 8 (in row layout for fp32 on AVX-512 builds); 16400: 4.2 MB of gradient,
+  // which those blocks write with non-temporal stores.
+  for (index_t P : {index_t{40}, index_t{16400}}) {
+    INFO("pillars ", P);
+    auto s = random_values<float>(P * C, rng), t = random_values<float>(P * C, rng);
+    const auto at = [&](index_t p, index_t c) { return static_cast<std::size_t>(p * C + c); };  // NHWC: p C + c
+    s[at(3, 5)] = std::nanf("");
+    for (index_t c = 0; c < C; ++c) {
+      s[at(7, c)] = 0.0f;                                                   // the eps clamp (gradient g / eps)
+      s[at(20, c)] = (c % 2 ? -3e17f : 1e17f) * static_cast<float>(1 + c % 9);  // squares near float's range
+      t[at(20, c)] = 2e17f;
+    }
+    std::vector<float> w(static_cast<std::size_t>(P), 1.0f);
+    for (index_t p = 0; p < P; p += 3) w[static_cast<std::size_t>(p)] = 0.0f;  // pillar 3 among them: its NaN is excluded
+    bevkd::row_io<float> io;
+    io.weights = bevkd::rows_contiguous(w.data(), 1, P);
+    const auto view = [&](const std::vector<float>& v) { return bevkd::bev_nhwc<const float>(v.data(), 1, 1, P, C); };
+    std::vector<float> plain(static_cast<std::size_t>(P * C), 5.0f), acc = random_values<float>(P * C, rng);
+    const std::vector<float> prior = acc;
+    bevkd::feature_mse mse({mse_normalize::per_pillar_l2, 1e-3, reduction::sum});
+    const auto r = mse(exec, view(s), view(t), bevkd::bev_nhwc(plain.data(), 1, 1, P, C), io);
+    CHECK(std::isfinite(r.loss));
+    mse.options.accumulate = true;
+    mse(exec, view(s), view(t), bevkd::bev_nhwc(acc.data(), 1, 1, P, C), io);
+    double want = 0;
+    int mismatches = 0;
+    for (index_t p = 0; p < P; ++p) {
+      const std::vector<double> s_row(s.begin() + static_cast<std::ptrdiff_t>(at(p, 0)), s.begin() + static_cast<std::ptrdiff_t>(at(p + 1, 0)));
+      const std::vector<double> t_row(t.begin() + static_cast<std::ptrdiff_t>(at(p, 0)), t.begin() + static_cast<std::ptrdiff_t>(at(p + 1, 0)));
+      const bool excluded = w[static_cast<std::size_t>(p)] == 0.0f;
+      const auto ref = mse_reference(s_row, t_row, true, mse.options.eps);
+      if (!excluded) want += ref.loss;
+      double row_scale = 0;  // gradients are differences of the row's terms: errors scale with its largest
+      for (double g : ref.grad) row_scale = std::max(row_scale, std::fabs(g));
+      for (index_t c = 0; c < C; ++c) {
+        const std::size_t i = at(p, c);
+        const double expected = ref.grad[static_cast<std::size_t>(c)];
+        const bool ok = excluded ? plain[i] == 0.0f && std::memcmp(&acc[i], &prior[i], sizeof(float)) == 0
+                                 : std::fabs(plain[i] - expected) <= 1e-5 * (std::fabs(expected) + row_scale) &&
+                                       acc[i] == doctest::Approx(prior[i] + plain[i]).epsilon(1e-6);
+        if (!ok && ++mismatches <= 5) FAIL_CHECK("pillar ", p, " channel ", c, ": ", plain[i], " / ", acc[i]);
+      }
+    }
+    CHECK(mismatches == 0);
+    CHECK(r.loss == doctest::Approx(want).epsilon(1e-5));
+    w[3] = 1.0f;  // the NaN pillar counts again
+    CHECK(std::isnan(mse(exec, view(s), view(t), bevkd::bev_nhwc(acc.data(), 1, 1, P, C), io).loss));
   }
 }

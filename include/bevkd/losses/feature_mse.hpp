@@ -38,19 +38,33 @@ struct feature_mse_problem : row_problem<T, Unit> {
   /// @brief Host scratch a row may use (none: every pass is one exponential-free sweep).
   index_t scratch_bytes() const { return 0; }
 
-  /// @brief Normalised rows with float accumulators that a host row block holds in lane layout run in row blocks (see
-  /// blocks_apply() and normalized_mse_block).
+  /// @brief Normalised rows with float accumulators can run in host row blocks (see blocks_apply()).
   static constexpr bool row_blocks = Normalized && std::is_same<acc_type, float>::value;
-  /// @brief True when this call's rows run in host row blocks: rows too short for the per-row loops to vectorise.
-  bool blocks_apply() const { return row_blocks && lane_layout_fits<T>(this->columns(), Unit); }
-  /// @brief Host scratch of one row block: student and teacher in lane layout.
+  /// @brief True when this call's rows run in host row blocks: rows a block holds in lane layout (too short for the
+  /// per-row loops to vectorise; normalized_mse_block) and, on AVX-512 hosts, fp32 rows it holds in row layout
+  /// (normalized_mse_row_layout).
+  bool blocks_apply() const {
+    return row_blocks && (lane_layout_fits<T>(this->columns(), Unit) ||
+                          normalized_mse_row_layout_fits<T>(this->columns(), Unit));
+  }
+  /// @brief Host scratch of one row block: student and teacher in lane layout (none in row layout).
   index_t block_scratch_bytes() const {
+    if (!lane_layout_fits<T>(this->columns(), Unit)) return 0;
     return 2 * block_rows * this->columns() * static_cast<index_t>(sizeof(acc_type));
   }
-  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see normalized_mse_block).
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see normalized_mse_block and
+  /// normalized_mse_row_layout).
   template <class Block>
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
+#if defined(BEVKD_HOST_AVX512)
+    if constexpr (std::is_same<T, float>::value) {
+      if (block.row_layout()) {
+        normalized_mse_row_layout(block, coeff, skip, accumulate, eps, loss);
+        return;
+      }
+    }
+#endif
     normalized_mse_block(block, coeff, skip, accumulate, scratch, eps, loss);
   }
 

@@ -177,43 +177,6 @@ void lane_exponentials(const Block& block, float* s, float* t, index_t n, float 
   _mm512_storeu_ps(cross, cross_in_exponent_units<UnitTau>(sum_cross, inv_tau));
 }
 
-/// @brief op (sum_op or shift_max_op: a > b ? a : b, as vmaxps) on sixteen lanes.
-template <class Op>
-BEVKD_HOST_FORCEINLINE __m512 apply(Op, __m512 a, __m512 b) {
-  if constexpr (std::is_same<Op, sum_op>::value)
-    return _mm512_add_ps(a, b);
-  else
-    return _mm512_mask_max_ps(a, all_lanes, a, b);
-}
-
-/// @brief Folds sixteen vectors of partials at once: lane i of the result is v[i]'s sixteen partials combined with
-/// op in fold_partials' pairwise order (k with k + 8, then k + 4, k + 2, k + 1), bit for bit.
-///
-/// Why: one row's fold is three extracts and six dependent ops on four-float vectors; a C = 64
-/// row has five to fold (two maxima, three sums), which took about a sixth of the call. Each
-/// step here halves the partials of all sixteen rows with two shuffles and one op (15 ops and
-/// 30 shuffles for sixteen rows).
-template <class Op>
-BEVKD_HOST_FORCEINLINE __m512 fold16(Op op, const __m512 (&v)[16]) {
-  const __m512 unused = _mm512_setzero_ps();
-  __m512 half[8], quarter[4], pair[2];
-  for (int i = 0; i < 8; ++i)  // [v[2i]'s k op k + 8 | v[2i + 1]'s]
-    half[i] = apply(op, _mm512_mask_shuffle_f32x4(unused, all_lanes, v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                    _mm512_mask_shuffle_f32x4(unused, all_lanes, v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  for (int i = 0; i < 4; ++i)  // 128-bit block q: v[4i + q]'s k op k + 4
-    quarter[i] =
-        apply(op, _mm512_mask_shuffle_f32x4(unused, all_lanes, half[2 * i], half[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-              _mm512_mask_shuffle_f32x4(unused, all_lanes, half[2 * i], half[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  for (int i = 0; i < 2; ++i)  // block q: v[8i + q]'s k op k + 2 (two lanes), then v[8i + 4 + q]'s
-    pair[i] = apply(op, _mm512_mask_shuffle_ps(unused, all_lanes, quarter[2 * i], quarter[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                    _mm512_mask_shuffle_ps(unused, all_lanes, quarter[2 * i], quarter[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  // Block q: v[q], v[4 + q], v[8 + q], v[12 + q] folded; into order, v[i] at lane i.
-  const __m512 folded = apply(op, _mm512_mask_shuffle_ps(unused, all_lanes, pair[0], pair[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_mask_shuffle_ps(unused, all_lanes, pair[0], pair[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_mask_permutexvar_ps(unused, all_lanes,
-                                    _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), folded);
-}
-
 /// @brief row_layout_passes for fp32 rows (the same members; force-inlined, as they need no alias analysis).
 struct row_passes {
   using partials = __m512;  ///< A run's sixteen partial results of one reduction.

@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <type_traits>
+
 #include "../../core/config.hpp"
 #include "../../core/detail/avx512.hpp"
 #include "../../core/detail/lanes.hpp"
@@ -40,7 +42,9 @@ struct normalized_mse_terms {
   Acc scale;       ///< coeff / div_s.
 
   /// @brief The constants of a row of n elements with s . s, t . t and s . t, norm clamp eps and gradient coefficient.
-  BEVKD_HOST_DEVICE normalized_mse_terms(Acc ss, Acc tt, Acc st, index_t n, Acc eps, Acc coeff) {
+  /// Force-inlined: with a host row block calling it too, GCC made it a call of its own, and the per-row kernel of
+  /// C = 256 rows 10 % slower (measured).
+  BEVKD_FORCEINLINE normalized_mse_terms(Acc ss, Acc tt, Acc st, index_t n, Acc eps, Acc coeff) {
     const Acc norm_s = math::sqrt(ss), norm_t = math::sqrt(tt);
     const bool clamped = !(norm_s > eps);
     div_s = clamped ? eps : norm_s;
@@ -85,6 +89,29 @@ struct normalized_mse_rows {
     scale[l] = row.scale;
   }
 };
+
+#if defined(BEVKD_HOST_AVX512)
+namespace avx512 {
+
+/// @brief normalized_mse_terms::element on sixteen lanes (sixteen columns of one row, or one column of sixteen rows:
+/// the constants are vectors either way).
+struct normalized_mse_lanes {
+  __m512 div_s;       ///< normalized_mse_terms::div_s.
+  __m512 div_t;       ///< normalized_mse_terms::div_t.
+  __m512 projection;  ///< normalized_mse_terms::projection.
+  __m512 scale;       ///< normalized_mse_terms::scale.
+  __m512 two_inv_n;   ///< 2 / n.
+
+  /// @brief The gradient of student lanes s (teacher t); d receives s_hat - t_hat.
+  BEVKD_HOST_FORCEINLINE __m512 grad(__m512 s, __m512 t, __m512& d) const {
+    const __m512 s_hat = _mm512_div_ps(s, div_s);
+    d = _mm512_sub_ps(s_hat, _mm512_div_ps(t, div_t));
+    return _mm512_mul_ps(scale, _mm512_fmsub_ps(two_inv_n, d, _mm512_mul_ps(s_hat, projection)));
+  }
+};
+
+}  // namespace avx512
+#endif
 
 /// @brief MSE of s / max(||s||, eps) and t / max(||t||, eps) over one row (a loss_row, or a row a team holds, see
 /// hold_row), with the gradient through s's normalisation (normalized_mse_terms). Two passes: the norms and dot
@@ -144,6 +171,86 @@ void normalized_mse_block(const Block& block, const Acc* coeff, const bool* skip
   block.scatter(s, skip, accumulate);
 }
 
+/// @brief Longest rows normalized_mse_row_layout takes: its two passes read a block's rows twice, and from 16 x 2 x 128
+/// floats (16 KiB) on they no longer stay in L1 between them (measured, fp32, 20000 rows, one thread, Zen 4, against
+/// the per-row kernel, which holds each row: C = 48 1.49 -> 0.60 ms, 64 1.60 -> 0.74, 128 2.03 -> 1.31, 192
+/// 2.46 -> 2.30, 256 2.91 -> 3.55).
+constexpr index_t max_normalized_mse_row_layout_columns = 128;
+
+/// @brief True when a host row block runs rows of n columns of T through normalized_mse_row_layout: fp32 rows that a
+/// block holds in row layout, up to max_normalized_mse_row_layout_columns, on AVX-512 hosts.
+template <class T>
+constexpr bool normalized_mse_row_layout_fits(index_t n, bool unit_stride) {
+#if defined(BEVKD_HOST_AVX512)
+  return std::is_same<T, float>::value && block_row_layout<T>(n, unit_stride) &&
+         n <= max_normalized_mse_row_layout_columns;
+#else
+  (void)n;
+  (void)unit_stride;
+  return false;
+#endif
+}
+
+#if defined(BEVKD_HOST_AVX512)
+/// @brief normalized_mse_row for the fp32 rows of a host row block in row layout (normalized_mse_row_layout_fits):
+/// loss[l] of row l; writes coeff[l] dl/ds, exactly 0 (or nothing, when accumulating) for rows with skip set. The
+/// per-row kernel's two passes, read in place: each row's sums in one vector of partials (column c in lane c mod 16),
+/// the sixteen rows' partials folded at once (fold16); the gradient streamed where the block's is (stream_grad).
+///
+/// Why: the per-row kernel spends on each row of a BEV feature width (64) about as much in its reductions' set-up and
+/// folds as in its arithmetic (measured, B = 2, 200 x 200, C = 64, fp32, one thread, Zen 4: 6.5 ms, the softmax KL
+/// with its exponentials 3.6 ms).
+template <class Block>
+void normalized_mse_row_layout(const Block& block, const float* coeff, const bool* skip, bool accumulate, float eps,
+                               float* loss) {
+  const index_t n = block.n;
+  const float inv_n = 1.0f / static_cast<float>(n);
+  __m512 dots[3][block_rows];  // s . s, t . t, s . t
+  for (auto& dot : dots)
+    for (__m512& partials : dot) partials = _mm512_setzero_ps();
+  for (int l = 0; l < block.count; ++l) {
+    block.prefetch_row(l);
+    const auto row = block.row(l);
+    avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
+      const __m512 s = _mm512_maskz_loadu_ps(m, row.student.ptr + c), t = _mm512_maskz_loadu_ps(m, row.teacher.ptr + c);
+      dots[0][l] = _mm512_fmadd_ps(s, s, dots[0][l]);
+      dots[1][l] = _mm512_fmadd_ps(t, t, dots[1][l]);
+      dots[2][l] = _mm512_fmadd_ps(s, t, dots[2][l]);
+    });
+  }
+  float folded[3][block_rows];
+  for (int i = 0; i < 3; ++i) _mm512_storeu_ps(folded[i], avx512::fold16(sum_op{}, dots[i]));
+  normalized_mse_rows<float> rows;
+  for (int l = 0; l < block_rows; ++l)
+    rows.set(l, normalized_mse_terms<float>(folded[0][l], folded[1][l], folded[2][l], n, eps, coeff[l]));
+  __m512 sums[block_rows];
+  for (__m512& partials : sums) partials = _mm512_setzero_ps();
+  with_grad_mode(accumulate, block.stream_grad, [&](auto accumulating, auto streaming) BEVKD_INLINE_LAMBDA {
+    constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
+    for (int l = 0; l < block.count; ++l) {
+      const auto row = block.row(l);
+      if (skip[l]) {  // written as 0 outright (nothing when accumulating): its terms may be NaN
+        if (!add) write_zeros(row.grad.ptr, n, stream);
+        continue;
+      }
+      const avx512::normalized_mse_lanes lanes{_mm512_set1_ps(rows.div_s[l]), _mm512_set1_ps(rows.div_t[l]),
+                                               _mm512_set1_ps(rows.projection[l]), _mm512_set1_ps(rows.scale[l]),
+                                               _mm512_set1_ps(2.0f * inv_n)};
+      avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
+        __m512 d;
+        __m512 g = lanes.grad(_mm512_maskz_loadu_ps(m, row.student.ptr + c), _mm512_maskz_loadu_ps(m, row.teacher.ptr + c), d);
+        sums[l] = _mm512_mask3_fmadd_ps(d, d, sums[l], m);
+        if constexpr (add) g = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row.grad.ptr + c), g);
+        avx512::store_lanes<stream>(row.grad.ptr + c, g, m);
+      });
+    }
+  });
+  float total[block_rows];
+  _mm512_storeu_ps(total, avx512::fold16(sum_op{}, sums));
+  for (int l = 0; l < block_rows; ++l) loss[l] = total[l] * inv_n;
+}
+#endif
+
 /// @brief The feature MSE's passes over columns [first, last) of a host lane group (row_blocks.hpp): only the rows of
 /// has_lane_group_passes have them (others are staged).
 template <class T, class Acc>
@@ -188,14 +295,14 @@ struct mse_lane_group_passes<T, float> {
                          float (&sums)[1][block_rows]) {
     const avx512::group_columns<T> x(group);
     const avx512::group_grad_writer<T, Accumulate, Stream> write(group, skip);
-    const __m512 div_s = _mm512_loadu_ps(terms.div_s), div_t = _mm512_loadu_ps(terms.div_t);
-    const __m512 projection = _mm512_loadu_ps(terms.projection), scale = _mm512_loadu_ps(terms.scale);
-    const __m512 two_inv_n = _mm512_set1_ps(2.0f * inv_n);
+    const avx512::normalized_mse_lanes lanes{_mm512_loadu_ps(terms.div_s), _mm512_loadu_ps(terms.div_t),
+                                             _mm512_loadu_ps(terms.projection), _mm512_loadu_ps(terms.scale),
+                                             _mm512_set1_ps(2.0f * inv_n)};
     avx512::add_in_pieces(group, first, last, sums, [&](index_t c, __m512 (&piece)[1]) BEVKD_INLINE_LAMBDA {
-      const __m512 s_hat = _mm512_div_ps(x.student(c), div_s);
-      const __m512 d = _mm512_sub_ps(s_hat, _mm512_div_ps(x.teacher(c), div_t));
+      __m512 d;
+      const __m512 g = lanes.grad(x.student(c), x.teacher(c), d);
       piece[0] = _mm512_fmadd_ps(d, d, piece[0]);
-      write(c, _mm512_mul_ps(scale, _mm512_fmsub_ps(two_inv_n, d, _mm512_mul_ps(s_hat, projection))));
+      write(c, g);
     });
   }
 };
