@@ -348,8 +348,9 @@ BEVKD_HOST_FORCEINLINE index_t run_columns(const Run& run) {
 /// @brief softmax_kl_row_layout with inv_tau known to be 1 (UnitTau) or not, and every run FixedColumns long
 /// (0: each run's own n; see fixed_run_length).
 template <bool UnitTau, index_t FixedColumns, class Block, class Acc>
-void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, const bool* skip, bool accumulate,
-                               Acc inv_tau, Acc tau, Acc* loss) {
+void softmax_kl_row_layout_tau(const Block& block_rows_in, Acc* e, const Acc* coeff, const bool* skip,
+                               bool accumulate, Acc inv_tau, Acc tau, Acc* loss) {
+  const auto& block = held_rows(block_rows_in);
   using T = typename Block::value_type;
   using passes = row_layout_passes<T, Acc>;
   constexpr int capacity = block_rows * Block::max_runs;
@@ -358,12 +359,13 @@ void softmax_kl_row_layout_tau(const Block& block, Acc* e, const Acc* coeff, con
   {
     block_partials<passes, Acc, 2, capacity> max;
     int k = 0;
-    for (int l = 0; l < block.count; ++l)
-      block.for_each_run(l, [&](const auto& run) {
+    for_block_rows(block.count, [&](auto l) BEVKD_INLINE_LAMBDA {
+      block.for_each_run(l, [&](const auto& run) BEVKD_INLINE_LAMBDA {
         passes::maxima(run.student.ptr, run.teacher.ptr, run_columns<FixedColumns>(run), max.part[0][k],
                        max.part[1][k]);
         ++k;
       });
+    });
     max.reduce(shift_max_op{}, block, k, maxima);
   }
   Acc z[3][block_rows];  // z_T, z_S, cross
@@ -457,7 +459,9 @@ template <class Block, class Acc>
 void softmax_kl_block(const Block& block, const Acc* coeff, const bool* skip, bool accumulate, Acc* scratch,
                       Acc inv_tau, Acc tau, Acc* loss) {
   if (block.row_layout()) {
-    softmax_kl_row_layout(block, scratch, coeff, skip, accumulate, inv_tau, tau, loss);
+    with_block_rows(block, [&](const auto& rows) {
+      softmax_kl_row_layout(rows, scratch, coeff, skip, accumulate, inv_tau, tau, loss);
+    });
     return;
   }
   Acc scale[block_rows];
