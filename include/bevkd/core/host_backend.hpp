@@ -173,21 +173,23 @@ class host_exec {
     if constexpr (detail::has_row_blocks<Problem>::value) {
       if (runs_row_blocks() && problem.blocks_apply()) {
         const index_t bytes = problem.block_scratch_bytes();
-        return sum_over_chunks(rows, chunk_rows, bytes, [&](index_t first, index_t last, const host_team& team) {
+        const bool stream_call = detail::streams_grad(problem, scaling.accumulate);
+        const auto run_chunk = [&](index_t first, index_t last, const host_team& team) {
           Acc* scratch = team.template scratch<Acc>(bytes / static_cast<index_t>(sizeof(Acc)));
-          Acc weighted[detail::block_rows];
+          detail::block_terms<Acc> unit_terms;
+          const bool unit = detail::unit_rows(problem.rows);
+          if (unit) unit_terms.load_unit(scaling);
           double partial = 0;
           detail::row_block_of<Problem> block;  // each block takes its rows from the one before's `next`
-          block.stream_call = detail::streams_grad(problem, scaling.accumulate);
+          block.stream_call = stream_call;
           for (index_t r = first; r < last; r += detail::block_rows) {
             const int count = static_cast<int>(last - r < detail::block_rows ? last - r : detail::block_rows);
             block.load(problem, r, count, last);
-            detail::run_block(problem, block, scaling, scratch, weighted);
-            partial += detail::block_sum(weighted);  // rows from count on have weight 0: they add +0
+            partial += detail::run_block(problem, block, scaling, scratch, unit ? &unit_terms : nullptr);
           }
-          if (block.stream_call) detail::fence_streamed_stores();
           return partial;
-        });
+        };
+        return sum_over_chunks(rows, chunk_rows, bytes, run_chunk, 0, stream_call);
       }
     }
     const index_t scratch_bytes = scratch_enabled_ ? problem.scratch_bytes() : 0;
@@ -209,15 +211,16 @@ class host_exec {
       set_type set;
       set.load(problem, k, stream_call);
       return detail::run_lane_group_set(problem, set, scaling);
-    }, elements);
+    }, elements, stream_call);
   }
 
   // Sum of chunk_value(first, last, team) over the chunks [first, last) of chunk_rows rows, in chunk order: the
   // partition, and with it the result, does not depend on the thread count. `chunk_elements` (about how many elements
-  // a chunk touches, when far more than a chunk of short rows) lets a few large chunks go parallel.
+  // a chunk touches, when far more than a chunk of short rows) lets a few large chunks go parallel. `streamed`: the
+  // chunks may write with non-temporal stores, fenced once by each thread after its last chunk.
   template <class ChunkValue>
   double sum_over_chunks(index_t rows, index_t chunk_rows, index_t scratch_bytes, ChunkValue&& chunk_value,
-                         index_t chunk_elements = 0) {
+                         index_t chunk_elements = 0, bool streamed = false) {
     const index_t chunks = (rows + chunk_rows - 1) / chunk_rows;
     const int nthreads = threads();
     partials_.assign(static_cast<std::size_t>(chunks), 0.0);
@@ -245,13 +248,15 @@ class host_exec {
     if (nthreads == 1 || few) {
       const host_team team(lanes, chunk, scratch, scratch_bytes);
       for (index_t k = 0; k < chunks; ++k) run_chunk(k, team);
+      if (streamed) detail::fence_streamed_stores();
     } else {
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(nthreads)
       {
         const host_team team(lanes, chunk, scratch + omp_get_thread_num() * scratch_doubles, scratch_bytes);
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (index_t k = 0; k < chunks; ++k) run_chunk(k, team);
+        if (streamed) detail::fence_streamed_stores();  // before the join: the caller reads the gradient next
       }
 #else
       (void)scratch_doubles;  // unreachable: threads() is 1 without OpenMP
