@@ -60,7 +60,9 @@ struct feature_mse_problem : row_problem<T, Unit> {
 #if defined(BEVKD_HOST_AVX512)
     if constexpr (std::is_same<T, float>::value) {
       if (block.row_layout()) {
-        normalized_mse_row_layout(block, coeff, skip, accumulate, eps, loss);
+        with_block_rows(block, [&](const auto& rows) {
+          normalized_mse_row_layout(rows, coeff, skip, accumulate, eps, loss);
+        });
         return;
       }
     }

@@ -201,8 +201,9 @@ constexpr bool normalized_mse_row_layout_fits(index_t n, bool unit_stride) {
 /// folds as in its arithmetic (measured, B = 2, 200 x 200, C = 64, fp32, one thread, Zen 4: 6.5 ms, the softmax KL
 /// with its exponentials 3.6 ms).
 template <class Block>
-void normalized_mse_row_layout(const Block& block, const float* coeff, const bool* skip, bool accumulate, float eps,
-                               float* loss) {
+void normalized_mse_row_layout(const Block& block_rows_in, const float* coeff, const bool* skip, bool accumulate,
+                               float eps, float* loss) {
+  const auto& block = held_rows(block_rows_in);
   const index_t n = block.n;
   const float inv_n = 1.0f / static_cast<float>(n);
   __m512 dots[3][block_rows];  // s . s, t . t, s . t
