@@ -184,7 +184,9 @@ class host_exec {
           block.stream_call = stream_call;
           for (index_t r = first; r < last; r += detail::block_rows) {
             const int count = static_cast<int>(last - r < detail::block_rows ? last - r : detail::block_rows);
-            block.load(problem, r, count, last);
+            // The next block may be the next chunk's, prefetched all the same: stopping at each chunk's end left a
+            // sixteenth of the blocks unprefetched (C = 64 KL, 80000 rows, one thread, Zen 4: 3.15 -> 3.08 ms).
+            block.load(problem, r, count, rows);
             partial += detail::run_block(problem, block, scaling, scratch, unit ? &unit_terms : nullptr);
           }
           return partial;

@@ -334,7 +334,7 @@ struct row_block {
   index_t step[3] = {};      ///< Elements from one row to the next in student, teacher and gradient (evenly_spaced).
   index_t first = 0;                   ///< The problem's index of row 0.
   int count = 0;                       ///< Rows in the block (1..block_rows).
-  int next_count = 0;                  ///< Rows in the next block (0 at the end of a chunk).
+  int next_count = 0;                  ///< Rows in the next block (0 after the last row, `end`).
   index_t n = 0;                       ///< Columns per row.
   /// @brief Whole blocks whose rows are neighbours in memory, column c of row l at row 0's + l (NCHW: pillars are
   /// adjacent within a channel), in all three tensors: then the tensors already are in lane layout.
