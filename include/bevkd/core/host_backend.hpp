@@ -174,11 +174,11 @@ class host_exec {
       if (runs_row_blocks() && problem.blocks_apply()) {
         const index_t bytes = problem.block_scratch_bytes();
         const bool stream_call = detail::streams_grad(problem, scaling.accumulate);
+        detail::block_terms<Acc> unit_terms;  // read-only once loaded: every chunk's full blocks share it
+        const bool unit = detail::unit_rows(problem.rows);
+        if (unit) unit_terms.load_unit(scaling);
         const auto run_chunk = [&](index_t first, index_t last, const host_team& team) {
           Acc* scratch = team.template scratch<Acc>(bytes / static_cast<index_t>(sizeof(Acc)));
-          detail::block_terms<Acc> unit_terms;
-          const bool unit = detail::unit_rows(problem.rows);
-          if (unit) unit_terms.load_unit(scaling);
           double partial = 0;
           detail::row_block_of<Problem> block;  // each block takes its rows from the one before's `next`
           block.stream_call = stream_call;
