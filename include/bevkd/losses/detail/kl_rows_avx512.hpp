@@ -237,6 +237,7 @@ struct row_passes {
     for (int first = 0; first < count; first += 16) {
       const int here = count - first < 16 ? count - first : 16;
       __m512 v[16];
+      BEVKD_UNROLL
       for (int i = 0; i < 16; ++i) v[i] = i < here ? p[first + i] : _mm512_setzero_ps();
       _mm512_mask_storeu_ps(out + first, column_mask(0, here), fold16(op, v));
     }
