@@ -104,6 +104,18 @@
 /// @brief Keeps the next host loop rolled so that the loop vectoriser, not full unrolling, gets it.
 #define BEVKD_NO_UNROLL
 #endif
+// A host loop whose iterations touch distinct memory (each column's own gradient and scratch,
+// never an input: the public calls reject overlapping outputs). GCC cannot prove it and
+// vectorises such a loop only behind a run-time overlap check, which its -O2 cost model refuses:
+// a consumer built with -O2 (CMake's RelWithDebInfo) then ran the per-row kernels as scalar
+// code (sigmoid KL C = 64, 20000 rows: 78.7 ms at -O2, 5.4 at -O3; 5.4 at both with it).
+// Clang vectorises behind the check at -O2 too, so it gets nothing here.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define BEVKD_IVDEP _Pragma("GCC ivdep")
+#else
+/// @brief Tells the host compiler that the next loop's iterations have no memory dependences between them.
+#define BEVKD_IVDEP
+#endif
 #define BEVKD_STRINGIFY_IMPL(x) #x
 /// @brief Turns a token sequence into a string literal (used to build pragmas).
 #define BEVKD_STRINGIFY(x) BEVKD_STRINGIFY_IMPL(x)

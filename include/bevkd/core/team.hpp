@@ -258,6 +258,7 @@ class host_team {
   // Folds columns [c, c + Width) into partials [first, first + Width).
   template <int Width, class Op, class Acc, int N, class F>
   BEVKD_FORCEINLINE static void fold_block(Op op, Acc (&partial)[N][simd_partials], int first, index_t c, F& f) {
+    BEVKD_IVDEP  // f(c) writes only column c's gradient or scratch
     for (int l = 0; l < Width; ++l) {
       const acc_array<Acc, N> v = f(c + l);
       BEVKD_UNROLL

@@ -440,6 +440,7 @@ struct row_block {
     if (lanes_adjacent) {
       const auto student = row(0).student, teacher = row(0).teacher;
       for (index_t c = 0; c < n; ++c)
+        BEVKD_IVDEP  // s and t alias nothing, but GCC checks that at run time, which -O2 refuses
         for (int l = 0; l < block_rows; ++l) {
           s[lane_index(c, l)] = load_as_accum(student.ptr[c * student.stride + l]);
           t[lane_index(c, l)] = load_as_accum(teacher.ptr[c * teacher.stride + l]);

@@ -623,6 +623,7 @@ void sigmoid_kl_block(const Block& block, const Acc* coeff, const bool* skip, bo
     block.prefetch(c);
     Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
     const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
+    BEVKD_IVDEP  // GCC does not take the restrict of these local pointers
     for (int l = 0; l < block_rows; ++l) {
       const graded<Acc, Acc> out = sigmoid_kl_terms(s_c[l], t_c[l], inv_tau, scale[l]);
       s_c[l] = out.grad;  // the gradient in place of the student

@@ -160,6 +160,7 @@ void normalized_mse_block(const Block& block, const Acc* coeff, const bool* skip
     block.prefetch(c);
     Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
     const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
+    BEVKD_IVDEP  // GCC does not take the restrict of these local pointers
     for (int l = 0; l < block_rows; ++l) {
       const graded<Acc, Acc> out = normalized_mse_terms<Acc>::element(s_c[l], t_c[l], rows.div_s[l], rows.div_t[l],
                                                                       rows.scale[l], rows.projection[l], inv_n);
