@@ -110,6 +110,7 @@ template <class F>
 BEVKD_HOST_FORCEINLINE void for_row_partials(index_t n, F&& f) {
   index_t first = 0;
   for (; first + row_partials <= n; first += row_partials)
+    BEVKD_NO_UNROLL  // a loop for the loop vectoriser (see the callers' BEVKD_INLINE_LAMBDA)
     for (int v = 0; v < row_partials; ++v) f(first + v, v);
   for (int v = 0; first + v < n; ++v) f(first + v, v);
 }

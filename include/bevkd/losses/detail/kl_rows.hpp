@@ -250,7 +250,7 @@ struct row_layout_passes {
                                          partials& max_t, partials& max_s) {
     Acc part_t[row_partials], part_s[row_partials];
     for (int v = 0; v < row_partials; ++v) part_t[v] = part_s[v] = -math::infinity<Acc>();
-    for_row_partials(n, [&](index_t c, int v) {
+    for_row_partials(n, [&](index_t c, int v) BEVKD_INLINE_LAMBDA {
       part_t[v] = shift_max_op{}(load_as_accum(t[c]), part_t[v]);
       part_s[v] = shift_max_op{}(load_as_accum(s[c]), part_s[v]);
     });
@@ -273,7 +273,7 @@ struct row_layout_passes {
     Acc z_t[row_partials], z_s[row_partials], cross[row_partials];
     for (int v = 0; v < row_partials; ++v) z_t[v] = z_s[v] = cross[v] = Acc(0);
     const Acc inv_tau = UnitTau ? Acc(1) : x_of.inv_tau;  // a constant when UnitTau: the multiplies compile away
-    for_row_partials(n, [&](index_t c, int v) {
+    for_row_partials(n, [&](index_t c, int v) BEVKD_INLINE_LAMBDA {
       const softmax_terms<Acc> x(load_as_accum(s[c]), load_as_accum(t[c]), inv_tau, max_t, max_s);
       e_t[c] = x.e_t;
       e_s[c] = x.e_s;
@@ -297,8 +297,10 @@ struct row_layout_passes {
   template <bool Accumulate, bool Stream>
   static BEVKD_HOST_NOINLINE void grad(T* BEVKD_RESTRICT g, index_t n, const Acc* BEVKD_RESTRICT e_t,
                                        const Acc* BEVKD_RESTRICT e_s, Acc scale, Acc inv_zt, Acc inv_zs) {
-    for (index_t c = 0; c < n; ++c)
+    // In runs of row_partials as the other passes: GCC's -O2 vectorises only loops of a known count.
+    for_row_partials(n, [&](index_t c, int) BEVKD_INLINE_LAMBDA {
       write_grad(g[c], softmax_kl_grad_value(scale, e_t[c], e_s[c], inv_zt, inv_zs), Accumulate);
+    });
   }
 };
 
