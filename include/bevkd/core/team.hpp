@@ -140,7 +140,7 @@ class host_team {
   template <class F>
   BEVKD_HOST_DEVICE BEVKD_FLATTEN void for_columns(index_t n, F&& f) const {
     if (single()) {
-      for (index_t c = 0; c < n; ++c) f(c);
+      detail::for_row_partials(n, [&f](index_t c, int) BEVKD_INLINE_LAMBDA { f(c); });
       return;
     }
     for (int lane = 0; lane < lanes_; ++lane) detail::for_lane_columns(lane, lanes_, chunk_, n, f);

@@ -37,10 +37,6 @@ constexpr index_t max_block_columns = 128;
 /// @brief Index of column c of lane l in a block's lane-layout buffer.
 BEVKD_HOST_FORCEINLINE index_t lane_index(index_t c, int l) { return c * block_rows + l; }
 
-/// @brief Partial accumulators per row when a block's unit-stride rows run in row layout (one SIMD vector of
-/// floats with AVX-512): column c of a row goes to partial c mod row_partials.
-constexpr int row_partials = 16;
-
 /// @brief Shortest unit-stride rows a block runs in row layout (in place, no transposes); shorter ones are
 /// transposed into lane layout, whose lanes they fill better (measured, -march=native: K = 32 attention rows 4 %
 /// faster in lane layout, C = 64 rows 12 % faster in row layout; 48 lies between), except rows of a
@@ -102,17 +98,6 @@ constexpr index_t max_row_layout_columns = 1024;
 constexpr bool block_columns_fit(index_t columns, bool unit_stride) {
   return unit_stride && columns >= min_row_layout_columns ? columns <= max_row_layout_columns
                                                           : columns <= max_block_columns;
-}
-
-/// @brief Calls f(c, v) for the columns c of a row of n, v = c mod row_partials, in runs of row_partials (which
-/// the compiler vectorises) and then the tail.
-template <class F>
-BEVKD_HOST_FORCEINLINE void for_row_partials(index_t n, F&& f) {
-  index_t first = 0;
-  for (; first + row_partials <= n; first += row_partials)
-    BEVKD_NO_UNROLL  // a loop for the loop vectoriser (see the callers' BEVKD_INLINE_LAMBDA)
-    for (int v = 0; v < row_partials; ++v) f(first + v, v);
-  for (int v = 0; first + v < n; ++v) f(first + v, v);
 }
 
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
@@ -567,23 +552,28 @@ struct row_block {
   void gather_four(int l, Pick pick, float* out) const {
     float buffer[4][max_block_columns];
     const float* from[4];
+    BEVKD_UNROLL
     for (int i = 0; i < 4; ++i) {
       const auto ref = pick(row(l + i));
       if constexpr (in_place) {
         from[i] = ref.ptr;
       } else {
-        for (index_t c = 0; c < n; ++c) buffer[i][c] = load_as_accum(ref[c]);
-        from[i] = buffer[i];
+        float* to = buffer[i];  // in runs of row_partials: GCC's -O2 vectorises only loops of a known count
+        for_row_partials(n, [&](index_t c, int) BEVKD_INLINE_LAMBDA { to[c] = load_as_accum(ref[c]); });
+        from[i] = to;
       }
     }
     const index_t whole = n / 4 * 4;
     for (index_t c = 0; c < whole; c += 4) {
       __m128 v[4];
+      BEVKD_UNROLL
       for (int i = 0; i < 4; ++i) v[i] = _mm_loadu_ps(from[i] + c);
       _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
+      BEVKD_UNROLL
       for (int i = 0; i < 4; ++i) _mm_storeu_ps(out + lane_index(c + i, l), v[i]);
     }
     for (index_t c = whole; c < n; ++c)
+      BEVKD_UNROLL
       for (int i = 0; i < 4; ++i) out[lane_index(c, l + i)] = from[i][c];
   }
 
@@ -592,21 +582,27 @@ struct row_block {
     float buffer[4][max_block_columns];
     float* to[4];
     const bool direct = in_place && !accumulate;
+    BEVKD_UNROLL
     for (int i = 0; i < 4; ++i) to[i] = direct ? reinterpret_cast<float*>(&row(l + i).grad[0]) : buffer[i];
     const index_t whole = n / 4 * 4;
     for (index_t c = 0; c < whole; c += 4) {
       __m128 v[4];
+      BEVKD_UNROLL
       for (int i = 0; i < 4; ++i) v[i] = _mm_loadu_ps(g + lane_index(c + i, l));
       _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
+      BEVKD_UNROLL
       for (int i = 0; i < 4; ++i) _mm_storeu_ps(to[i] + c, v[i]);
     }
     for (index_t c = whole; c < n; ++c)
+      BEVKD_UNROLL
       for (int i = 0; i < 4; ++i) to[i][c] = g[lane_index(c, l + i)];
     if (direct) return;
+    BEVKD_UNROLL
     for (int i = 0; i < 4; ++i) {
       if (skip[l + i] && accumulate) continue;
       const auto grad = row(l + i).grad;
-      for (index_t c = 0; c < n; ++c) write_grad(grad[c], buffer[i][c], accumulate);
+      const float* from = buffer[i];
+      for_row_partials(n, [&](index_t c, int) BEVKD_INLINE_LAMBDA { write_grad(grad[c], from[c], accumulate); });
     }
   }
 #endif
