@@ -25,6 +25,11 @@ constexpr int row_partials = 16;
 /// ran as scalar code there (bf16 softmax KL C = 64, 49 ms at -O2 against 6 at -O3). The run
 /// stays a loop (a full unroll leaves it to the weaker straight-line vectoriser), and f must be
 /// inlined into it (BEVKD_INLINE_LAMBDA: a large lambda otherwise stays a call).
+// nvcc: a host-only caller's lambda (its operator() constexpr, host) may be passed here; the host team's single lane
+// is the only caller that runs, so the cross-space check is off for this function.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
 template <class F>
 BEVKD_FORCEINLINE void for_row_partials(index_t n, F&& f) {
   index_t first = 0;
