@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <initializer_list>
 #include <limits>
 #include <random>
@@ -96,6 +97,30 @@ TEST_CASE("the AVX-512 exp2_of_shift of the fp32 row blocks keeps the same contr
         exp2_lanes, [&](double d) { return std::exp2(d * k); }, lowest,
         {below, -140.0f / k, -149.0f / k, -1e4f, -3.4e38f});
   }
+}
+
+TEST_CASE("the AVX-512 log1p_unit of the fp32 sigmoid lanes is within 2 ulp on [0, 1], 0 at 0, NaN kept") {
+  const auto log1p_lanes = [](float e) {
+    float lanes[16];
+    _mm512_storeu_ps(lanes, bevkd::detail::avx512::log1p_unit(_mm512_set1_ps(e)));
+    for (int l = 1; l < 16; ++l) CHECK(std::memcmp(&lanes[l], &lanes[0], sizeof(float)) == 0);
+    return lanes[0];
+  };
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f), exponent(-150.0f, 0.0f);
+  std::int64_t worst = 0;
+  for (int i = 0; i < 200000; ++i) {
+    // Uniform on [0, 1], then spread over the binades down to the subnormals (e = e^-|x| for large |x|).
+    const float e = i % 2 ? unit(rng) : std::min(1.0f, std::exp2(exponent(rng)));
+    worst = std::max(worst, ulp_distance(log1p_lanes(e), std::log1p(static_cast<double>(e))));
+  }
+  CHECK(worst <= 2);
+  for (int j = 0; j <= 32; ++j) {  // the table's points, and 1 (clamped to the last entry)
+    const float e = static_cast<float>(j) / 32.0f;
+    CHECK(ulp_distance(log1p_lanes(e), std::log1p(static_cast<double>(e))) <= 1);
+  }
+  CHECK(log1p_lanes(0.0f) == 0.0f);
+  CHECK(std::isnan(log1p_lanes(std::nanf(""))));
 }
 #endif
 

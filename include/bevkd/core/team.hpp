@@ -97,6 +97,10 @@ class host_team {
   /// @brief Consecutive columns a lane owns before the next lane's share starts (see for_lane_columns).
   BEVKD_HOST_DEVICE int chunk() const { return chunk_; }
 
+  /// @brief True for the production team, one lane of single columns (what the CPU backend runs; other sizes simulate
+  /// the CUDA teams' partitioning in tests).
+  BEVKD_HOST_DEVICE bool single() const { return lanes_ == 1 && chunk_ == 1; }
+
   /// @brief True for the lane that performs the row's single writes (the host runs them once).
   BEVKD_HOST_DEVICE bool leader() const { return true; }
 
@@ -230,9 +234,6 @@ class host_team {
   }
 
  private:
-  // The production team: one lane, single columns.
-  BEVKD_HOST_DEVICE bool single() const { return lanes_ == 1 && chunk_ == 1; }
-
   // 16 partial accumulators, column c into partial c % 16, then a pairwise tree. Arrays of
   // accumulators are kept component-major so that each component's 16 partials form one vector.
   // The row's tail is folded in blocks of 8, 4, then singly, so that short rows (10 classes,

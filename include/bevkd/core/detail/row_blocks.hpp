@@ -791,9 +791,22 @@ struct lane_group {
   }
 };
 
-/// @brief True when rows of T run in host lane groups: float on AVX-512 hosts, half and bfloat16 too where the build has
-/// AVX-512BW and VL (BEVKD_HOST_AVX512_BW: 16-bit masked loads and stores); their passes read one vector per column
-/// (16-bit columns widened to floats, see narrow_lanes).
+/// @brief True when this build's AVX-512 code holds sixteen elements of T as one float vector (avx512::load_floats,
+/// avx512::store_floats): float on AVX-512 builds, half and bfloat16 too with AVX-512BW.
+template <class T>
+constexpr bool host_float_lanes() {
+#if defined(BEVKD_HOST_AVX512_BW)
+  return std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat16>::value;
+#elif defined(BEVKD_HOST_AVX512)
+  return std::is_same<T, float>::value;
+#else
+  return false;
+#endif
+}
+
+/// @brief True when rows of T run in host lane groups: the types of host_float_lanes (16-bit ones where the build has
+/// AVX-512BW and VL: masked 16-bit loads and stores); their passes read one vector per column (16-bit columns widened
+/// to floats, see narrow_lanes).
 ///
 /// Why not others: generic loops over each column's sixteen rows (copied out, then vectorised
 /// over the lanes) ran slower than staging the rows for the row kernels (measured, C = 64 and
@@ -802,13 +815,7 @@ struct lane_group {
 /// rows have no AVX-512 passes.
 template <class T>
 constexpr bool has_lane_group_passes() {
-#if defined(BEVKD_HOST_AVX512_BW)
-  return std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat16>::value;
-#elif defined(BEVKD_HOST_AVX512)
-  return std::is_same<T, float>::value;
-#else
-  return false;
-#endif
+  return host_float_lanes<T>();
 }
 
 /// @brief Columns of a lane group whose sums a kernel adds up on their own before adding them to the row's: rows of
@@ -953,6 +960,33 @@ BEVKD_HOST_FORCEINLINE void store_narrow(T* p, __m256i v, __mmask16 m) {
 }
 #endif
 
+/// @brief The lanes m of sixteen elements of T at p as floats, the others 0 (T: one of host_float_lanes).
+template <class T>
+BEVKD_HOST_FORCEINLINE __m512 load_floats(const T* p, __mmask16 m) {
+  static_assert(host_float_lanes<T>(), "16-bit lanes need AVX-512BW");
+  if constexpr (std::is_same<T, float>::value) {
+    return _mm512_maskz_loadu_ps(m, p);
+  } else {
+#if defined(BEVKD_HOST_AVX512_BW)
+    return narrow_lanes<T>::widen(load_narrow(p, m));
+#endif
+  }
+}
+
+/// @brief Stores the lanes m of sixteen floats at p as T (rounded to nearest even; nothing in the other lanes), whole
+/// aligned fp32 lines around the caches when Stream is set (store_lanes; 16-bit lanes are half a line, never streamed).
+template <bool Stream, class T>
+BEVKD_HOST_FORCEINLINE void store_floats(T* p, __m512 v, __mmask16 m) {
+  static_assert(host_float_lanes<T>(), "16-bit lanes need AVX-512BW");
+  if constexpr (std::is_same<T, float>::value) {
+    store_lanes<Stream>(p, v, m);
+  } else {
+#if defined(BEVKD_HOST_AVX512_BW)
+    store_narrow(p, narrow_lanes<T>::narrow(v), m);
+#endif
+  }
+}
+
 /// @brief Column c of a lane group's student and teacher rows (float, half or bfloat16) as one float vector each (lanes
 /// from count on read 0).
 template <class T>
@@ -976,18 +1010,7 @@ struct group_columns {
   BEVKD_HOST_FORCEINLINE __m512 teacher(index_t c) const { return load(t + c * t_step); }
 
  private:
-  BEVKD_HOST_FORCEINLINE __m512 load(const T* p) const {
-    if constexpr (std::is_same<T, float>::value) {
-      return _mm512_maskz_loadu_ps(rows, p);
-    } else {
-#if defined(BEVKD_HOST_AVX512_BW)
-      return narrow_lanes<T>::widen(load_narrow(p, rows));
-#else
-      static_assert(std::is_same<T, float>::value, "16-bit lane groups need AVX-512BW (has_lane_group_passes)");
-      return _mm512_setzero_ps();
-#endif
-    }
-  }
+  BEVKD_HOST_FORCEINLINE __m512 load(const T* p) const { return load_floats(p, rows); }
 };
 
 /// @brief Writes (Accumulate: adds) gradient columns of a lane group (float, half or bfloat16), one float vector each,
@@ -1009,15 +1032,8 @@ class group_grad_writer {
   BEVKD_HOST_FORCEINLINE void operator()(index_t c, __m512 value) const {
     T* const at = g_ + c * step_;
     value = _mm512_maskz_mov_ps(kept_, value);
-    if constexpr (std::is_same<T, float>::value) {
-      if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(written_, at), value);
-      store_lanes<Stream>(at, value, written_);
-    } else {
-#if defined(BEVKD_HOST_AVX512_BW)
-      if constexpr (Accumulate) value = _mm512_add_ps(narrow_lanes<T>::widen(load_narrow(at, written_)), value);
-      store_narrow(at, narrow_lanes<T>::narrow(value), written_);
-#endif
-    }
+    if constexpr (Accumulate) value = _mm512_add_ps(load_floats(at, written_), value);
+    store_floats<Stream>(at, value, written_);
   }
 
  private:

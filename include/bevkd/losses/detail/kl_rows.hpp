@@ -13,6 +13,7 @@
 #include "../../core/math.hpp"
 #include "../../core/team.hpp"
 #include "kl_rows_avx512.hpp"
+#include "sigmoid_rows_avx512.hpp"
 
 namespace bevkd {
 namespace detail {
@@ -597,11 +598,46 @@ template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc sigmoid_kl_row(const Team& team, const loss_row<T, Unit>& row, Acc inv_tau,
                                                          Acc tau, Acc coeff, bool accumulate) {
   const Acc scale = coeff * tau;
+#if defined(BEVKD_HOST_AVX512)
+  if constexpr (std::is_same<Team, host_team>::value && host_float_lanes<T>() && Unit) {
+    if (team.single()) {  // the production team: the AVX-512 lanes of sigmoid_rows_avx512.hpp
+      const T* s = row.student.ptr;
+      const T* t = row.teacher.ptr;
+      const Acc sum = accumulate ? avx512::sigmoid_kl_row_sum<true>(s, t, row.grad.ptr, row.n, inv_tau, scale)
+                                 : avx512::sigmoid_kl_row_sum<false>(s, t, row.grad.ptr, row.n, inv_tau, scale);
+      return tau * tau * sum;
+    }
+  }
+#endif
   const Acc total =
       team.reduce_grads(sum_op{}, Acc(0), row, accumulate, [inv_tau, scale](index_t, Acc student, Acc teacher) {
         return sigmoid_kl_terms(student, teacher, inv_tau, scale);
       });
   return tau * tau * total;
+}
+
+/// @brief The sigmoid KL terms of a lane-layout block (s, t: column c's rows at lane_index(c, 0)): each column's
+/// gradient scale written over s, each row's terms added to total[l] in column order; fp32 on AVX-512 hosts in
+/// sigmoid_rows_avx512.hpp's lanes.
+template <class Block, class Acc>
+void sigmoid_kl_lane_columns(const Block& block, Acc* s, const Acc* t, const Acc* scale, Acc inv_tau, Acc* total) {
+#if defined(BEVKD_HOST_AVX512)
+  if constexpr (std::is_same<Acc, float>::value) {
+    avx512::sigmoid_kl_lane_columns(block, s, t, scale, inv_tau, total);
+    return;
+  }
+#endif
+  for (index_t c = 0; c < block.n; ++c) {
+    block.prefetch(c);
+    Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
+    const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
+    BEVKD_IVDEP  // GCC does not take the restrict of these local pointers
+    for (int l = 0; l < block_rows; ++l) {
+      const graded<Acc, Acc> out = sigmoid_kl_terms(s_c[l], t_c[l], inv_tau, scale[l]);
+      s_c[l] = out.grad;  // the gradient in place of the student
+      total[l] += out.value;
+    }
+  }
 }
 
 /// @brief sigmoid_kl_row for the rows of a host row block in lane layout (rows that a block holds lane by lane, see
@@ -621,17 +657,7 @@ void sigmoid_kl_block(const Block& block, const Acc* coeff, const bool* skip, bo
   Acc* s = scratch;
   Acc* t = scratch + block_rows * block.n;
   block.gather(s, t);
-  for (index_t c = 0; c < block.n; ++c) {
-    block.prefetch(c);
-    Acc* BEVKD_RESTRICT s_c = s + lane_index(c, 0);
-    const Acc* BEVKD_RESTRICT t_c = t + lane_index(c, 0);
-    BEVKD_IVDEP  // GCC does not take the restrict of these local pointers
-    for (int l = 0; l < block_rows; ++l) {
-      const graded<Acc, Acc> out = sigmoid_kl_terms(s_c[l], t_c[l], inv_tau, scale[l]);
-      s_c[l] = out.grad;  // the gradient in place of the student
-      total[l] += out.value;
-    }
-  }
+  sigmoid_kl_lane_columns(block, s, t, scale, inv_tau, total);
   for (int l = 0; l < block_rows; ++l) loss[l] = tau * tau * total[l];
   block.scatter(s, skip, accumulate);
 }
