@@ -161,6 +161,104 @@ BEVKD_HOST_FORCEINLINE void prefetch_span(const T* first, index_t n) {
 #endif
 }
 
+/// @brief True when this build's AVX-512 code holds sixteen elements of T as one float vector (avx512::load_floats,
+/// avx512::store_floats): float on AVX-512 builds, half and bfloat16 too with AVX-512BW.
+template <class T>
+constexpr bool host_float_lanes() {
+#if defined(BEVKD_HOST_AVX512_BW)
+  return std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat16>::value;
+#elif defined(BEVKD_HOST_AVX512)
+  return std::is_same<T, float>::value;
+#else
+  return false;
+#endif
+}
+
+#if defined(BEVKD_HOST_AVX512)
+namespace avx512 {
+
+/// @brief Sixteen half or bfloat16 elements held as one 256-bit vector, widened to floats and rounded back (to nearest
+/// even, as the scalar conversions of dtype.hpp) with AVX-512F instructions.
+template <class T>
+struct narrow_lanes;
+
+/// @brief bfloat16: the upper half of a float.
+template <>
+struct narrow_lanes<bfloat16> {
+  /// @brief The floats of sixteen bfloat16 (exact).
+  static BEVKD_HOST_FORCEINLINE __m512 widen(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all_lanes, _mm512_maskz_cvtepu16_epi32(all_lanes, v), 16));
+  }
+  /// @brief Sixteen floats rounded to bfloat16 as float_to_bfloat16_bits rounds each (a NaN stays a quiet NaN).
+  static BEVKD_HOST_FORCEINLINE __m256i narrow(__m512 v) {
+    const __m512i bits = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
+    const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(all_lanes, bits, 16), one);
+    const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    const __m512i quiet_nan = _mm512_or_si512(bits, _mm512_set1_epi32(0x400000));  // the quiet bit, before the shift
+    const __m512i kept = _mm512_mask_mov_epi32(rounded, nan, quiet_nan);
+    return _mm512_maskz_cvtepi32_epi16(all_lanes, _mm512_maskz_srli_epi32(all_lanes, kept, 16));
+  }
+};
+
+/// @brief half: IEEE binary16, converted by vcvtph2ps and vcvtps2ph.
+template <>
+struct narrow_lanes<half> {
+  /// @brief The floats of sixteen halves (exact).
+  static BEVKD_HOST_FORCEINLINE __m512 widen(__m256i v) { return _mm512_maskz_cvtph_ps(all_lanes, v); }
+  /// @brief Sixteen floats rounded to half, to nearest even (overflow to inf, a NaN stays NaN).
+  static BEVKD_HOST_FORCEINLINE __m256i narrow(__m512 v) {
+    return _mm512_maskz_cvtps_ph(all_lanes, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+};
+
+#if defined(BEVKD_HOST_AVX512_BW)
+/// @brief Loads the lanes m of sixteen 16-bit elements at p (the others read 0).
+template <class T>
+BEVKD_HOST_FORCEINLINE __m256i load_narrow(const T* p, __mmask16 m) {
+  static_assert(sizeof(T) == 2, "16-bit elements");
+  if (m == all_lanes) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm256_maskz_loadu_epi16(m, p);
+}
+
+/// @brief Stores the lanes m of sixteen 16-bit elements at p (nothing in the others).
+template <class T>
+BEVKD_HOST_FORCEINLINE void store_narrow(T* p, __m256i v, __mmask16 m) {
+  if (m == all_lanes) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  _mm256_mask_storeu_epi16(p, m, v);
+}
+#endif
+
+/// @brief The lanes m of sixteen elements of T at p as floats, the others 0 (T: one of host_float_lanes).
+template <class T>
+BEVKD_HOST_FORCEINLINE __m512 load_floats(const T* p, __mmask16 m) {
+  static_assert(host_float_lanes<T>(), "16-bit lanes need AVX-512BW");
+  if constexpr (std::is_same<T, float>::value) {
+    return _mm512_maskz_loadu_ps(m, p);
+  } else {
+#if defined(BEVKD_HOST_AVX512_BW)
+    return narrow_lanes<T>::widen(load_narrow(p, m));
+#endif
+  }
+}
+
+/// @brief Stores the lanes m of sixteen floats at p as T (rounded to nearest even; nothing in the other lanes), whole
+/// aligned fp32 lines around the caches when Stream is set (store_lanes; 16-bit lanes are half a line, never streamed).
+template <bool Stream, class T>
+BEVKD_HOST_FORCEINLINE void store_floats(T* p, __m512 v, __mmask16 m) {
+  static_assert(host_float_lanes<T>(), "16-bit lanes need AVX-512BW");
+  if constexpr (std::is_same<T, float>::value) {
+    store_lanes<Stream>(p, v, m);
+  } else {
+#if defined(BEVKD_HOST_AVX512_BW)
+    store_narrow(p, narrow_lanes<T>::narrow(v), m);
+#endif
+  }
+}
+
+}  // namespace avx512
+#endif
+
 /// @brief Gradients of at least this many bytes per call are streamed (see streams_grad).
 constexpr index_t min_streamed_grad_bytes = index_t{4} << 20;
 
@@ -434,7 +532,7 @@ struct row_block {
       return;
     }
 #if defined(BEVKD_HOST_AVX512)
-    if constexpr (in_place) {
+    if constexpr (lanes_in_place) {
       gather_sixteen([](const loss_row<T, Unit>& r) { return r.student.ptr; }, s);
       gather_sixteen([](const loss_row<T, Unit>& r) { return r.teacher.ptr; }, t);
       return;
@@ -473,7 +571,7 @@ struct row_block {
       return;
     }
 #if defined(BEVKD_HOST_AVX512)
-    if constexpr (in_place)
+    if constexpr (lanes_in_place)
       if (!accumulate) {
         scatter_sixteen(g);
         return;
@@ -544,6 +642,9 @@ struct row_block {
   // float row buffer, which a contiguous loop converts (and vectorises), so that every row moves by the same 4 x 4
   // transposes.
   static constexpr bool in_place = std::is_same<T, float>::value && Unit;
+  // The same for the AVX-512 transposes, which also widen and round 16-bit rows in registers (load_floats,
+  // store_floats) where the build has AVX-512BW.
+  static constexpr bool lanes_in_place = host_float_lanes<T>() && Unit;
 
 #if defined(BEVKD_ROW_BLOCKS_SSE2)
 
@@ -608,14 +709,14 @@ struct row_block {
 #endif
 
 #if defined(BEVKD_HOST_AVX512)
-  // Moves the tensor's rows (pick(row): a row's first element) into lane layout sixteen columns at a time (one
-  // 16 x 16 transpose; lanes from count on get 0).
+  // Moves the tensor's rows (pick(row): a row's first element; float, or 16-bit widened) into lane layout sixteen
+  // columns at a time (one 16 x 16 transpose; lanes from count on get 0).
   template <class Pick>
   void gather_sixteen(Pick pick, float* out) const {
     avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       __m512 v[block_rows];
       for (int l = 0; l < block_rows; ++l)
-        v[l] = l < count ? _mm512_maskz_loadu_ps(m, pick(row(l)) + c) : _mm512_setzero_ps();
+        v[l] = l < count ? avx512::load_floats(pick(row(l)) + c, m) : _mm512_setzero_ps();
       avx512::transpose16(v);
       for (index_t j = 0; j < block_rows && c + j < n; ++j) _mm512_storeu_ps(out + lane_index(c + j, 0), v[j]);
     });
@@ -637,7 +738,7 @@ struct row_block {
       for (int j = 0; j < block_rows; ++j)
         v[j] = c + j < n ? _mm512_loadu_ps(g + lane_index(c + j, 0)) : _mm512_setzero_ps();
       avx512::transpose16(v);
-      for (int l = 0; l < count; ++l) avx512::store_lanes<Stream>(row(l).grad.ptr + c, v[l], m);
+      for (int l = 0; l < count; ++l) avx512::store_floats<Stream>(row(l).grad.ptr + c, v[l], m);
     });
   }
 #endif
@@ -791,19 +892,6 @@ struct lane_group {
   }
 };
 
-/// @brief True when this build's AVX-512 code holds sixteen elements of T as one float vector (avx512::load_floats,
-/// avx512::store_floats): float on AVX-512 builds, half and bfloat16 too with AVX-512BW.
-template <class T>
-constexpr bool host_float_lanes() {
-#if defined(BEVKD_HOST_AVX512_BW)
-  return std::is_same<T, float>::value || std::is_same<T, half>::value || std::is_same<T, bfloat16>::value;
-#elif defined(BEVKD_HOST_AVX512)
-  return std::is_same<T, float>::value;
-#else
-  return false;
-#endif
-}
-
 /// @brief True when rows of T run in host lane groups: the types of host_float_lanes (16-bit ones where the build has
 /// AVX-512BW and VL: masked 16-bit loads and stores); their passes read one vector per column (16-bit columns widened
 /// to floats, see narrow_lanes).
@@ -907,85 +995,6 @@ BEVKD_HOST_FORCEINLINE void with_grad_mode(bool accumulate, bool stream, F&& f) 
 
 #if defined(BEVKD_HOST_AVX512)
 namespace avx512 {
-
-/// @brief Sixteen half or bfloat16 elements held as one 256-bit vector, widened to floats and rounded back (to nearest
-/// even, as the scalar conversions of dtype.hpp) with AVX-512F instructions.
-template <class T>
-struct narrow_lanes;
-
-/// @brief bfloat16: the upper half of a float.
-template <>
-struct narrow_lanes<bfloat16> {
-  /// @brief The floats of sixteen bfloat16 (exact).
-  static BEVKD_HOST_FORCEINLINE __m512 widen(__m256i v) {
-    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all_lanes, _mm512_maskz_cvtepu16_epi32(all_lanes, v), 16));
-  }
-  /// @brief Sixteen floats rounded to bfloat16 as float_to_bfloat16_bits rounds each (a NaN stays a quiet NaN).
-  static BEVKD_HOST_FORCEINLINE __m256i narrow(__m512 v) {
-    const __m512i bits = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
-    const __m512i odd = _mm512_and_si512(_mm512_maskz_srli_epi32(all_lanes, bits, 16), one);
-    const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    const __m512i quiet_nan = _mm512_or_si512(bits, _mm512_set1_epi32(0x400000));  // the quiet bit, before the shift
-    const __m512i kept = _mm512_mask_mov_epi32(rounded, nan, quiet_nan);
-    return _mm512_maskz_cvtepi32_epi16(all_lanes, _mm512_maskz_srli_epi32(all_lanes, kept, 16));
-  }
-};
-
-/// @brief half: IEEE binary16, converted by vcvtph2ps and vcvtps2ph.
-template <>
-struct narrow_lanes<half> {
-  /// @brief The floats of sixteen halves (exact).
-  static BEVKD_HOST_FORCEINLINE __m512 widen(__m256i v) { return _mm512_maskz_cvtph_ps(all_lanes, v); }
-  /// @brief Sixteen floats rounded to half, to nearest even (overflow to inf, a NaN stays NaN).
-  static BEVKD_HOST_FORCEINLINE __m256i narrow(__m512 v) {
-    return _mm512_maskz_cvtps_ph(all_lanes, v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-};
-
-#if defined(BEVKD_HOST_AVX512_BW)
-/// @brief Loads the lanes m of sixteen 16-bit elements at p (the others read 0).
-template <class T>
-BEVKD_HOST_FORCEINLINE __m256i load_narrow(const T* p, __mmask16 m) {
-  static_assert(sizeof(T) == 2, "16-bit elements");
-  if (m == all_lanes) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm256_maskz_loadu_epi16(m, p);
-}
-
-/// @brief Stores the lanes m of sixteen 16-bit elements at p (nothing in the others).
-template <class T>
-BEVKD_HOST_FORCEINLINE void store_narrow(T* p, __m256i v, __mmask16 m) {
-  if (m == all_lanes) return _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
-  _mm256_mask_storeu_epi16(p, m, v);
-}
-#endif
-
-/// @brief The lanes m of sixteen elements of T at p as floats, the others 0 (T: one of host_float_lanes).
-template <class T>
-BEVKD_HOST_FORCEINLINE __m512 load_floats(const T* p, __mmask16 m) {
-  static_assert(host_float_lanes<T>(), "16-bit lanes need AVX-512BW");
-  if constexpr (std::is_same<T, float>::value) {
-    return _mm512_maskz_loadu_ps(m, p);
-  } else {
-#if defined(BEVKD_HOST_AVX512_BW)
-    return narrow_lanes<T>::widen(load_narrow(p, m));
-#endif
-  }
-}
-
-/// @brief Stores the lanes m of sixteen floats at p as T (rounded to nearest even; nothing in the other lanes), whole
-/// aligned fp32 lines around the caches when Stream is set (store_lanes; 16-bit lanes are half a line, never streamed).
-template <bool Stream, class T>
-BEVKD_HOST_FORCEINLINE void store_floats(T* p, __m512 v, __mmask16 m) {
-  static_assert(host_float_lanes<T>(), "16-bit lanes need AVX-512BW");
-  if constexpr (std::is_same<T, float>::value) {
-    store_lanes<Stream>(p, v, m);
-  } else {
-#if defined(BEVKD_HOST_AVX512_BW)
-    store_narrow(p, narrow_lanes<T>::narrow(v), m);
-#endif
-  }
-}
 
 /// @brief Column c of a lane group's student and teacher rows (float, half or bfloat16) as one float vector each (lanes
 /// from count on read 0).
