@@ -524,7 +524,7 @@ TEST_CASE("the AVX-512 row passes fold sixteen runs at a time bit for bit as fol
   std::uniform_int_distribution<int> pick(0, 19);
   const float specials[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                             -std::numeric_limits<float>::infinity(), -0.0f, 0.0f};
-  using passes = bevkd::detail::avx512::row_passes;
+  using passes = bevkd::detail::avx512::row_passes<float>;
   const auto check = [&](auto op, int count) {
     __m512 partials[128];
     float values[16 * 128], folded[128];

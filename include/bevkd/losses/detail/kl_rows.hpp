@@ -308,7 +308,15 @@ struct row_layout_passes {
 #if defined(BEVKD_HOST_AVX512)
 /// @brief fp32 rows on AVX-512 hosts: the hand-vectorised passes, inlined into the block.
 template <>
-struct row_layout_passes<float, float> : avx512::row_passes {};
+struct row_layout_passes<float, float> : avx512::row_passes<float> {};
+#endif
+#if defined(BEVKD_HOST_AVX512_BW)
+/// @brief half rows where the build has AVX-512BW: the same passes, each vector widened to fp32 in registers.
+template <>
+struct row_layout_passes<half, float> : avx512::row_passes<half> {};
+/// @brief bfloat16 rows where the build has AVX-512BW: the same passes, each vector widened to fp32 in registers.
+template <>
+struct row_layout_passes<bfloat16, float> : avx512::row_passes<bfloat16> {};
 #endif
 
 /// @brief N reductions' partial results for each run of a row-layout block (a pass of row_layout_passes), folded

@@ -177,21 +177,27 @@ void lane_exponentials(const Block& block, float* s, float* t, index_t n, float 
   _mm512_storeu_ps(cross, cross_in_exponent_units<UnitTau>(sum_cross, inv_tau));
 }
 
-/// @brief row_layout_passes for fp32 rows (the same members; force-inlined, as they need no alias analysis).
+/// @brief row_layout_passes for rows of T, one of host_float_lanes: fp32, and half and bfloat16 (read widened to fp32,
+/// gradients rounded back, in registers) where the build has AVX-512BW (the same members; force-inlined, as they need
+/// no alias analysis).
+template <class T>
 struct row_passes {
   using partials = __m512;  ///< A run's sixteen partial results of one reduction.
   /// @brief True: fold writes the runs' results into its `out`.
   static constexpr bool fold_writes_results = true;
 
   /// @brief The row's partial maxima of t and s.
-  static BEVKD_HOST_FORCEINLINE void maxima(const float* s, const float* t, index_t n, __m512& part_t,
-                                            __m512& part_s) {
+  static BEVKD_HOST_FORCEINLINE void maxima(const T* s, const T* t, index_t n, __m512& part_t, __m512& part_s) {
     const __m512 lowest = _mm512_set1_ps(-math::infinity<float>());
+    // A tail's padding lanes read -inf (full vectors: a constant mask, no blend).
+    const auto column = [&](const T* p, __mmask16 m) BEVKD_INLINE_LAMBDA {
+      return m == all_lanes ? load_floats(p, m) : _mm512_mask_mov_ps(lowest, m, load_floats(p, m));
+    };
     __m512 max_t = lowest, max_s = lowest;
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       // max(x, part): x > part ? x : part, as shift_max_op (a NaN column leaves the partial as it was).
-      max_t = _mm512_mask_max_ps(max_t, all_lanes, _mm512_mask_loadu_ps(lowest, m, t + c), max_t);
-      max_s = _mm512_mask_max_ps(max_s, all_lanes, _mm512_mask_loadu_ps(lowest, m, s + c), max_s);
+      max_t = _mm512_mask_max_ps(max_t, all_lanes, column(t + c, m), max_t);
+      max_s = _mm512_mask_max_ps(max_s, all_lanes, column(s + c, m), max_s);
     });
     part_t = max_t;
     part_s = max_s;
@@ -209,7 +215,7 @@ struct row_passes {
 
   /// @brief The row's partial sums {z_T, z_S, cross}; the exponentials go to e_t and e_s.
   template <bool UnitTau>
-  static BEVKD_HOST_FORCEINLINE void exponentials(const float* s, const float* t, index_t n,
+  static BEVKD_HOST_FORCEINLINE void exponentials(const T* s, const T* t, index_t n,
                                                   const exponent<UnitTau>& x_of, float max_t, float max_s, float* e_t,
                                                   float* e_s, __m512& sum_t, __m512& sum_s, __m512& sum_cross) {
     const exp2_of_shift& exp2 = x_of.exp2;
@@ -217,8 +223,8 @@ struct row_passes {
     const __m512 zero = _mm512_setzero_ps();
     __m512 z_t = zero, z_s = zero, cross = zero;
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
-      const column_terms x(softmax_shift(_mm512_maskz_loadu_ps(m, t + c), max_t_v),
-                           softmax_shift(_mm512_maskz_loadu_ps(m, s + c), max_s_v), exp2);
+      const column_terms x(softmax_shift(load_floats(t + c, m), max_t_v), softmax_shift(load_floats(s + c, m), max_s_v),
+                           exp2);
       _mm512_mask_storeu_ps(e_t + c, m, x.e_t.value);
       _mm512_mask_storeu_ps(e_s + c, m, x.e_s);
       // Masked adds: the tail's padding columns have exponentials of their own.
@@ -247,14 +253,14 @@ struct row_passes {
   /// @brief g = scale (e_s / z_S - e_t / z_T), or g += that when Accumulate (as e_s (scale / z_S) - e_t (scale / z_T):
   /// one multiply fewer per column); whole aligned lines with non-temporal stores when Stream is set.
   template <bool Accumulate, bool Stream>
-  static BEVKD_HOST_FORCEINLINE void grad(float* g, index_t n, const float* e_t, const float* e_s, float scale,
+  static BEVKD_HOST_FORCEINLINE void grad(T* g, index_t n, const float* e_t, const float* e_s, float scale,
                                           float inv_zt, float inv_zs) {
     const __m512 coeff_t = _mm512_set1_ps(scale * inv_zt), coeff_s = _mm512_set1_ps(scale * inv_zs);
     for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
       const __m512 q_t = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e_t + c), coeff_t);
       __m512 value = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, e_s + c), coeff_s, q_t);
-      if constexpr (Accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(m, g + c), value);
-      store_lanes<Stream>(g + c, value, m);
+      if constexpr (Accumulate) value = _mm512_add_ps(load_floats(g + c, m), value);
+      store_floats<Stream>(g + c, value, m);
     });
   }
 };
@@ -265,7 +271,7 @@ struct row_passes {
 template <class T>
 struct lane_group_passes {
   /// @brief 1 / tau and the exponential's constants, made once per set.
-  using exponent = row_passes::exponent<false>;
+  using exponent = row_passes<float>::exponent<false>;
 
   /// @brief Each row's maxima of t and s, taken further over the columns (as shift_max_op: a NaN column leaves a
   /// maximum as it was).
