@@ -5,10 +5,10 @@
 #include <bevkd/core/math.hpp>
 #include <bevkd/losses/detail/kl_rows.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <algorithm>
 #include <initializer_list>
 #include <limits>
 #include <random>
