@@ -183,6 +183,40 @@ TEST_CASE("feature_mse edge cases") {
   }
 }
 
+TEST_CASE_TEMPLATE("feature_mse on host row blocks gives the per-row kernel's results, excluded rows exactly 0 or kept",
+                   T, float, bevkd::half, bevkd::bfloat16) {
+  std::mt19937 rng(fresh_seed());
+  // 74 rows: four full blocks and a tail of 10. On AVX-512 builds (half and bfloat16: with AVX-512BW) unit-stride
+  // rows run in blocks read in place: plain up to max_mse_row_layout_columns, normalised up to
+  // max_normalized_mse_row_layout_columns; per row beyond. Strided rows and other builds: normalised rows in lane
+  // layout up to max_block_columns (float accumulators), the rest per row.
+  using bevkd::detail::max_block_columns;
+  using bevkd::detail::max_mse_row_layout_columns;
+  using bevkd::detail::max_normalized_mse_row_layout_columns;
+  const std::vector<index_t> plain_channels = {1, 10, 16, 17, 64, 333, max_mse_row_layout_columns,
+                                               max_mse_row_layout_columns + 1};
+  const std::vector<index_t> normalized_channels = {1,  10, 16, 17, max_block_columns, max_block_columns + 1,
+                                                    64, max_normalized_mse_row_layout_columns,
+                                                    max_normalized_mse_row_layout_columns + 1};
+  for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2})
+    for (index_t channels : normalize == mse_normalize::none ? plain_channels : normalized_channels)
+      for (layout lay : all_layouts)
+        for (bool accumulate : {false, true})
+          for (reduction red : {reduction::mean, reduction::none}) {
+            auto cs = mse_case<T>(normalize, 2, 37, channels);
+            cs.lay = lay;
+            cs.opts.accumulate = accumulate;
+            cs.opts.reduce = red;
+            cs.opts.loss_weight = 0.8;
+            INFO("normalize ", static_cast<int>(normalize), " C ", channels, " layout ", layout_name(lay),
+                 " accumulate ", accumulate, " reduction ", static_cast<int>(red));
+            // The plain MSE writes one expression per element either way: the same bits (added onto a prior gradient,
+            // the per-row kernel's add may be contracted into a multiply-add).
+            const bool same_bits = normalize == mse_normalize::none && !accumulate;
+            check_blocks_match_rows(cs, rng, same_bits ? 0.0 : std::is_same<T, float>::value ? 2e-6 : 1e-2);
+          }
+}
+
 TEST_CASE("feature_mse is deterministic across runs and thread counts") {
   std::mt19937 rng(fresh_seed());
   // NHWC rows, and NCHW rows (host lane groups on AVX-512 builds: 94 sets of eight groups).

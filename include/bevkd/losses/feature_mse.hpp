@@ -38,36 +38,49 @@ struct feature_mse_problem : row_problem<T, Unit> {
   /// @brief Host scratch a row may use (none: every pass is one exponential-free sweep).
   index_t scratch_bytes() const { return 0; }
 
-  /// @brief Normalised rows with float accumulators can run in host row blocks (see blocks_apply()).
-  static constexpr bool row_blocks = Normalized && std::is_same<acc_type, float>::value;
-  /// @brief True when this call's rows run in host row blocks: rows a block holds in lane layout (too short for the
-  /// per-row loops to vectorise; normalized_mse_block) and, on AVX-512 hosts, fp32 rows it holds in row layout
-  /// (normalized_mse_row_layout).
+  /// @brief Normalised rows with float accumulators can run in host row blocks (see blocks_apply()); plain rows on
+  /// AVX-512 hosts, of the types they hold as float lanes (host_float_lanes).
+  static constexpr bool row_blocks =
+      Normalized ? std::is_same<acc_type, float>::value : host_float_lanes<T>();
+  /// @brief True when this call's rows run in host row blocks. Normalised: rows a block holds in lane layout (too
+  /// short for the per-row loops to vectorise; normalized_mse_block) and, on AVX-512 hosts, rows it holds in row
+  /// layout (normalized_mse_row_layout). Plain: unit-stride rows up to max_mse_row_layout_columns (mse_row_layout).
   bool blocks_apply() const {
-    return row_blocks && (lane_layout_fits<T>(this->columns(), Unit) ||
-                          normalized_mse_row_layout_fits<T>(this->columns(), Unit));
+    const index_t n = this->columns();
+    if constexpr (Normalized)
+      return row_blocks && (lane_layout_fits<T>(n, Unit) || normalized_mse_row_layout_fits<T>(n, Unit));
+    else
+      return row_blocks && mse_row_layout_fits<T>(n, Unit);
   }
   /// @brief Host scratch of one row block: student and teacher in lane layout (none in row layout).
   index_t block_scratch_bytes() const {
-    if (!lane_layout_fits<T>(this->columns(), Unit)) return 0;
+    if (!Normalized || !lane_layout_fits<T>(this->columns(), Unit)) return 0;
     return 2 * block_rows * this->columns() * static_cast<index_t>(sizeof(acc_type));
   }
-  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see normalized_mse_block and
-  /// normalized_mse_row_layout).
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see mse_row_layout, normalized_mse_block
+  /// and normalized_mse_row_layout).
   template <class Block>
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
+    if constexpr (Normalized) {
 #if defined(BEVKD_HOST_AVX512)
-    if constexpr (std::is_same<T, float>::value) {
-      if (block.row_layout()) {
-        with_block_rows(block, [&](const auto& rows) {
-          normalized_mse_row_layout(rows, coeff, skip, accumulate, eps, loss);
-        });
-        return;
+      if constexpr (host_float_lanes<T>() && Unit) {
+        if (normalized_mse_row_layout_fits<T>(block.n, Unit)) {
+          with_block_rows(block, [&](const auto& rows) {
+            normalized_mse_row_layout(rows, coeff, skip, accumulate, eps, loss);
+          });
+          return;
+        }
       }
-    }
 #endif
-    normalized_mse_block(block, coeff, skip, accumulate, scratch, eps, loss);
+      normalized_mse_block(block, coeff, skip, accumulate, scratch, eps, loss);
+    } else {
+#if defined(BEVKD_HOST_AVX512)
+      if constexpr (host_float_lanes<T>() && Unit)
+        with_block_rows(block, [&](const auto& rows) { mse_row_layout(rows, coeff, skip, accumulate, loss); });
+#endif
+      (void)scratch;  // blocks_apply() holds only on AVX-512 hosts, for unit-stride rows of these types
+    }
   }
 
   /// @brief Rows with strided columns of the types of has_lane_group_passes can run in host lane groups (see

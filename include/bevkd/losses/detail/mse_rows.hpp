@@ -132,9 +132,9 @@ BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc normalized_mse_row(const Team& team, c
 /// the gradient pass, each column's sixteen rows one vectorised loop.
 ///
 /// Why: rows of 10 channels are too short for the per-row loops to vectorise (measured, B = 2, 200 x 200, fp32, one
-/// thread: 4.5 ms, slower than the naive multi-pass reference's 2.6 ms; 1.4 ms so). The plain MSE keeps its per-row
-/// kernel: in blocks it ran 1.0 -> 0.86 ms on one thread but 0.52 -> 0.62 on two and bf16 1.2 -> 2.5 ms (the
-/// transposes into lane layout cost what its one pass saves).
+/// thread: 4.5 ms, slower than the naive multi-pass reference's 2.6 ms; 1.4 ms so). The plain MSE does not transpose:
+/// in lane layout it ran 1.0 -> 0.86 ms on one thread but 0.52 -> 0.62 on two and bf16 1.2 -> 2.5 ms (the transposes
+/// cost what its one pass saves); it reads its short rows in place (mse_row_layout).
 template <class Block, class Acc>
 void normalized_mse_block(const Block& block, const Acc* coeff, const bool* skip, bool accumulate, Acc* scratch,
                           Acc eps, Acc* loss) {
@@ -178,25 +178,95 @@ void normalized_mse_block(const Block& block, const Acc* coeff, const bool* skip
 /// 2.46 -> 2.30, 256 2.91 -> 3.55).
 constexpr index_t max_normalized_mse_row_layout_columns = 128;
 
-/// @brief True when a host row block runs rows of n columns of T through normalized_mse_row_layout: fp32 rows that a
-/// block holds in row layout, up to max_normalized_mse_row_layout_columns, on AVX-512 hosts.
+/// @brief True when a host row block runs rows of n columns of T through normalized_mse_row_layout: unit-stride rows of
+/// host_float_lanes up to max_normalized_mse_row_layout_columns (shorter ones too: read in place, they need none of
+/// normalized_mse_block's transposes; measured, B = 2, 200 x 200, one thread, Zen 4: fp32 C = 10 2.00 -> 1.49 ms,
+/// C = 16 2.83 -> 1.47, bf16 C = 32 5.09 -> 1.91).
 template <class T>
 constexpr bool normalized_mse_row_layout_fits(index_t n, bool unit_stride) {
-#if defined(BEVKD_HOST_AVX512)
-  return std::is_same<T, float>::value && block_row_layout<T>(n, unit_stride) &&
-         n <= max_normalized_mse_row_layout_columns;
-#else
-  (void)n;
-  (void)unit_stride;
-  return false;
-#endif
+  return host_float_lanes<T>() && unit_stride && n <= max_normalized_mse_row_layout_columns;
+}
+
+/// @brief Longest rows the plain MSE runs in host row blocks (mse_row_layout); longer ones keep the per-row kernel.
+constexpr index_t max_mse_row_layout_columns = max_row_layout_columns;
+
+/// @brief True when a host row block runs rows of n columns of T through mse_row_layout: unit-stride rows of
+/// host_float_lanes, up to max_mse_row_layout_columns.
+template <class T>
+constexpr bool mse_row_layout_fits(index_t n, bool unit_stride) {
+  return host_float_lanes<T>() && unit_stride && n <= max_mse_row_layout_columns;
 }
 
 #if defined(BEVKD_HOST_AVX512)
-/// @brief normalized_mse_row for the fp32 rows of a host row block in row layout (normalized_mse_row_layout_fits):
-/// loss[l] of row l; writes coeff[l] dl/ds, exactly 0 (or nothing, when accumulating) for rows with skip set. The
-/// per-row kernel's two passes, read in place: each row's sums in one vector of partials (column c in lane c mod 16),
-/// the sixteen rows' partials folded at once (fold16); the gradient streamed where the block's is (stream_grad).
+namespace avx512 {
+
+/// @brief The plain MSE's gradient on sixteen lanes of one row: scale (s - t), with scale = coeff 2 / n.
+struct mse_lanes {
+  __m512 scale;  ///< coeff 2 / n.
+
+  /// @brief The gradient of student lanes s (teacher t); d receives s - t.
+  BEVKD_HOST_FORCEINLINE __m512 grad(__m512 s, __m512 t, __m512& d) const {
+    d = _mm512_sub_ps(s, t);
+    return _mm512_mul_ps(d, scale);
+  }
+};
+
+/// @brief The gradient pass of the feature MSE's row-layout kernels over a block's rows (unit-stride, of
+/// host_float_lanes): writes (or adds) each row's gradient, lanes_of(l).grad(s, t, d) sixteen columns at a time, exactly
+/// 0 (nothing when accumulating) in rows with skip set, streamed where the block's gradient is (stream_grad); loss[l]
+/// receives row l's sum of d^2 (its partials folded with the other rows', fold16) times inv_n.
+template <class Rows, class LanesOf>
+BEVKD_HOST_FORCEINLINE void mse_grad_pass(const Rows& block, const bool* skip, bool accumulate, float inv_n,
+                                          LanesOf&& lanes_of, float* loss) {
+  const index_t n = block.n;
+  __m512 sums[block_rows];
+  for (__m512& partials : sums) partials = _mm512_setzero_ps();
+  with_grad_mode(accumulate, block.stream_grad, [&](auto accumulating, auto streaming) BEVKD_INLINE_LAMBDA {
+    constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
+    for (int l = 0; l < block.count; ++l) {
+      const auto row = block.row(l);
+      if (skip[l]) {  // written as 0 outright (nothing when accumulating): its terms may be NaN
+        if (!add) write_zeros(row.grad.ptr, n, stream);
+        continue;
+      }
+      const auto lanes = lanes_of(l);
+      for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
+        __m512 d;
+        __m512 g = lanes.grad(load_floats(row.student.ptr + c, m), load_floats(row.teacher.ptr + c, m), d);
+        sums[l] = _mm512_mask3_fmadd_ps(d, d, sums[l], m);
+        if constexpr (add) g = _mm512_add_ps(load_floats(row.grad.ptr + c, m), g);
+        store_floats<stream>(row.grad.ptr + c, g, m);
+      });
+    }
+  });
+  float total[block_rows];
+  _mm512_storeu_ps(total, fold16(sum_op{}, sums));
+  for (int l = 0; l < block_rows; ++l) loss[l] = total[l] * inv_n;
+}
+
+}  // namespace avx512
+
+/// @brief mse_row for the rows of a host row block (mse_row_layout_fits), read in place: loss[l] of row l; writes
+/// coeff[l] (2/n)(s - t), exactly 0 (or nothing, when accumulating) for rows with skip set. Each row's sum of squares
+/// in one vector of partials (column c in lane c mod 16), the sixteen rows' partials folded at once (fold16).
+///
+/// Why: on rows of 10 channels the per-row kernel is mostly its reduction's set-up and fold, and ran slower than the
+/// naive multi-pass reference (measured, B = 2, 200 x 200, one thread, Zen 4: fp32 C = 10 1.50 -> 0.50 ms here, the
+/// naive 1.05; C = 48 1.1x, C = 64 to 1024 the same time; bf16 C = 10 to 256 1.8-3.5x, the rows widened in registers).
+/// No software prefetch: in one pass the hardware's streams keep up, and prefetching whole rows of the next block
+/// cost 10-30 % (measured, C = 10 to 256).
+template <class Block>
+void mse_row_layout(const Block& block_rows_in, const float* coeff, const bool* skip, bool accumulate, float* loss) {
+  const auto& block = held_rows(block_rows_in);
+  const float inv_n = 1.0f / static_cast<float>(block.n);
+  avx512::mse_grad_pass(block, skip, accumulate, inv_n, [&](int l) BEVKD_INLINE_LAMBDA {
+    return avx512::mse_lanes{_mm512_set1_ps(coeff[l] * 2.0f * inv_n)};
+  }, loss);
+}
+
+/// @brief normalized_mse_row for the rows of a host row block (normalized_mse_row_layout_fits), read in place: loss[l] of row l; writes coeff[l] dl/ds, exactly 0 (or nothing, when accumulating) for rows with skip set.
+/// The per-row kernel's two passes: each row's sums in one vector of partials (column c in lane c mod 16), the sixteen
+/// rows' partials folded at once (fold16); then mse_grad_pass.
 ///
 /// Why: the per-row kernel spends on each row of a BEV feature width (64) about as much in its reductions' set-up and
 /// folds as in its arithmetic (measured, B = 2, 200 x 200, C = 64, fp32, one thread, Zen 4: 6.5 ms, the softmax KL
@@ -214,7 +284,7 @@ void normalized_mse_row_layout(const Block& block_rows_in, const float* coeff, c
     block.prefetch_row(l);
     const auto row = block.row(l);
     avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
-      const __m512 s = _mm512_maskz_loadu_ps(m, row.student.ptr + c), t = _mm512_maskz_loadu_ps(m, row.teacher.ptr + c);
+      const __m512 s = avx512::load_floats(row.student.ptr + c, m), t = avx512::load_floats(row.teacher.ptr + c, m);
       dots[0][l] = _mm512_fmadd_ps(s, s, dots[0][l]);
       dots[1][l] = _mm512_fmadd_ps(t, t, dots[1][l]);
       dots[2][l] = _mm512_fmadd_ps(s, t, dots[2][l]);
@@ -225,31 +295,11 @@ void normalized_mse_row_layout(const Block& block_rows_in, const float* coeff, c
   normalized_mse_rows<float> rows;
   for (int l = 0; l < block_rows; ++l)
     rows.set(l, normalized_mse_terms<float>(folded[0][l], folded[1][l], folded[2][l], n, eps, coeff[l]));
-  __m512 sums[block_rows];
-  for (__m512& partials : sums) partials = _mm512_setzero_ps();
-  with_grad_mode(accumulate, block.stream_grad, [&](auto accumulating, auto streaming) BEVKD_INLINE_LAMBDA {
-    constexpr bool add = decltype(accumulating)::value, stream = decltype(streaming)::value;
-    for (int l = 0; l < block.count; ++l) {
-      const auto row = block.row(l);
-      if (skip[l]) {  // written as 0 outright (nothing when accumulating): its terms may be NaN
-        if (!add) write_zeros(row.grad.ptr, n, stream);
-        continue;
-      }
-      const avx512::normalized_mse_lanes lanes{_mm512_set1_ps(rows.div_s[l]), _mm512_set1_ps(rows.div_t[l]),
-                                               _mm512_set1_ps(rows.projection[l]), _mm512_set1_ps(rows.scale[l]),
-                                               _mm512_set1_ps(2.0f * inv_n)};
-      avx512::for_each_vector(n, [&](index_t c, __mmask16 m) BEVKD_INLINE_LAMBDA {
-        __m512 d;
-        __m512 g = lanes.grad(_mm512_maskz_loadu_ps(m, row.student.ptr + c), _mm512_maskz_loadu_ps(m, row.teacher.ptr + c), d);
-        sums[l] = _mm512_mask3_fmadd_ps(d, d, sums[l], m);
-        if constexpr (add) g = _mm512_add_ps(_mm512_maskz_loadu_ps(m, row.grad.ptr + c), g);
-        avx512::store_lanes<stream>(row.grad.ptr + c, g, m);
-      });
-    }
-  });
-  float total[block_rows];
-  _mm512_storeu_ps(total, avx512::fold16(sum_op{}, sums));
-  for (int l = 0; l < block_rows; ++l) loss[l] = total[l] * inv_n;
+  const __m512 two_inv_n = _mm512_set1_ps(2.0f * inv_n);
+  avx512::mse_grad_pass(block, skip, accumulate, inv_n, [&](int l) BEVKD_INLINE_LAMBDA {
+    return avx512::normalized_mse_lanes{_mm512_set1_ps(rows.div_s[l]), _mm512_set1_ps(rows.div_t[l]),
+                                        _mm512_set1_ps(rows.projection[l]), _mm512_set1_ps(rows.scale[l]), two_inv_n};
+  }, loss);
 }
 #endif
 
