@@ -83,9 +83,9 @@ struct feature_mse_problem : row_problem<T, Unit> {
     }
   }
 
-  /// @brief Rows with strided columns of the types of has_lane_group_passes can run in host lane groups (see
-  /// lane_groups_apply()).
-  static constexpr bool lane_groups = !Unit && has_lane_group_passes<T>();
+  /// @brief Rows with strided columns can run in host lane groups (see lane_groups_apply()): every dtype, on AVX-512
+  /// builds by its passes for the types of has_lane_group_passes, else by portable ones (mse_lane_group_passes).
+  static constexpr bool lane_groups = !Unit;
   /// @brief True when this call's rows run in host lane groups: side by side in memory (NCHW pillars).
   bool lane_groups_apply() const { return lane_groups && rows_side_by_side(this->student, this->teacher, this->grad); }
   /// @brief Loss of each row of a host lane_group_set; writes coeff * dl/dS (see mse_lane_groups).
@@ -148,7 +148,7 @@ class feature_mse {
     const detail::loss_call call{options.reduce, options.loss_weight, options.grad_scale, options.accumulate,
                                  student.extent[0]};
     const bool normalized = options.normalize == mse_normalize::per_pillar_l2;
-    // Side-by-side rows (NCHW) run in place on the host in lane groups (see has_lane_group_passes); others are staged.
+    // Side-by-side rows (NCHW) run in place on the host in lane groups (every dtype); others are staged.
     const bool in_place = detail::feature_mse_problem<T, false, false>::lane_groups;
     return detail::run_on_rows(exec, student, teacher, grad, options.accumulate, in_place, [&](auto unit, auto s,
                                                                                               auto t, auto g) {

@@ -993,6 +993,81 @@ BEVKD_HOST_FORCEINLINE void with_grad_mode(bool accumulate, bool stream, F&& f) 
     f(std::false_type{}, std::false_type{});
 }
 
+/// @brief Calls f(l) for the lanes l < count of a lane group: a loop of the constant block_rows for a full group (so that
+/// it vectorises), of count otherwise.
+template <class F>
+BEVKD_HOST_FORCEINLINE void for_group_lanes(int count, F&& f) {
+  if (count == block_rows) {
+    for (int l = 0; l < block_rows; ++l) f(l);
+  } else {
+    for (int l = 0; l < count; ++l) f(l);
+  }
+}
+
+/// @brief True when any of a lane group's count rows has skip set.
+inline bool group_skips_rows(int count, const bool* skip) {
+  bool any = false;
+  for (int l = 0; l < count; ++l) any = any || skip[l];
+  return any;
+}
+
+/// @brief Column c of a lane group's three tensors, element by element in portable code (the rows' elements lie next
+/// to each other: row l's at lane l).
+template <class T>
+class group_column {
+ public:
+  /// @brief Column c of a group.
+  group_column(const lane_group<T>& group, index_t c)
+      : s_(group.row0.student.ptr + c * group.row0.student.stride),
+        t_(group.row0.teacher.ptr + c * group.row0.teacher.stride),
+        g_(group.row0.grad.ptr + c * group.row0.grad.stride) {}
+
+  /// @brief Row l's student element.
+  BEVKD_HOST_FORCEINLINE accum_t<T> student(int l) const { return load_as_accum(s_[l]); }
+  /// @brief Row l's teacher element.
+  BEVKD_HOST_FORCEINLINE accum_t<T> teacher(int l) const { return load_as_accum(t_[l]); }
+
+  /// @brief Writes (Accumulate: adds) value_of(l) as row l's gradient element for the rows l < count: exactly 0 in rows
+  /// with skip set (their values may be NaN), or, when accumulating, nothing there (their bits kept). `skips`:
+  /// group_skips_rows: a group of no skipped rows writes in one loop that vectorises.
+  template <bool Accumulate, class ValueOf>
+  BEVKD_HOST_FORCEINLINE void write(int count, const bool* skip, bool skips, ValueOf&& value_of) const {
+    if (!skips) {
+      for_group_lanes(count, [&](int l) BEVKD_INLINE_LAMBDA { write_grad(g_[l], value_of(l), Accumulate); });
+      return;
+    }
+    for (int l = 0; l < count; ++l) {
+      if (!skip[l])
+        write_grad(g_[l], value_of(l), Accumulate);
+      else if (!Accumulate)
+        g_[l] = store_from_accum<T>(accum_t<T>(0));
+    }
+  }
+
+ private:
+  const T* s_;
+  const T* t_;
+  T* g_;
+};
+
+/// @brief Adds the terms of columns [first, last) of a group to its rows' Count sums (sums[k][l]: row l's k-th), each
+/// piece of lane_group_piece columns summed on its own first (first is a multiple of it): f(c, piece) adds column c's
+/// terms to the piece's sums. The portable form of avx512::add_in_pieces.
+template <int Count, class T, class Acc, class F>
+BEVKD_HOST_FORCEINLINE void add_group_pieces(const lane_group<T>& group, index_t first, index_t last,
+                                             Acc (&sums)[Count][block_rows], F&& f) {
+  for (; first < last; first += lane_group_piece) {
+    const index_t end = last - first < lane_group_piece ? last : first + lane_group_piece;
+    Acc piece[Count][block_rows] = {};
+    for (index_t c = first; c < end; ++c) {
+      group.read_ahead(c);
+      f(c, piece);
+    }
+    for (int k = 0; k < Count; ++k)
+      for (int l = 0; l < block_rows; ++l) sums[k][l] += piece[k][l];
+  }
+}
+
 #if defined(BEVKD_HOST_AVX512)
 namespace avx512 {
 
