@@ -117,7 +117,8 @@ struct feature_mse_problem : row_problem<T, Unit> {
 /// Rows are pillars (b, p) of a logical [B, P, C] feature map. With per_pillar_l2 both
 /// feature vectors are divided by max(||.||_2, eps) first and the gradient flows through
 /// the student's normalisation. Unweighted reduction mean equals `F.mse_loss(S, T)`.
-/// Kernels: detail/mse_rows.hpp (mse_row, normalized_mse_row).
+/// Kernels: detail/mse_rows.hpp (mse_row, normalized_mse_row; on the host also mse_row_layout, normalized_mse_row_layout,
+/// normalized_mse_block and mse_lane_groups).
 class feature_mse {
  public:
   /// @brief The options every call uses.
