@@ -316,15 +316,9 @@ struct mse_lane_group_passes {
   template <bool Accumulate, bool Stream>
   static void plain(const lane_group<T>& group, index_t first, index_t last, const Acc* scale, const bool* skip,
                     Acc (&sums)[1][block_rows]) {
-    const bool skips = group_skips_rows(group.count, skip);
-    add_group_pieces(group, first, last, sums, [&](index_t c, Acc (&piece)[1][block_rows]) BEVKD_INLINE_LAMBDA {
-      const group_column<T> x(group, c);
-      Acc d[block_rows];
-      for_group_lanes(group.count, [&](int l) BEVKD_INLINE_LAMBDA {
-        d[l] = x.student(l) - x.teacher(l);
-        piece[0][l] += d[l] * d[l];
-      });
-      x.template write<Accumulate>(group.count, skip, skips, [&](int l) BEVKD_INLINE_LAMBDA { return scale[l] * d[l]; });
+    graded_pass<Accumulate>(group, first, last, skip, sums, [&](int l, Acc s, Acc t) BEVKD_INLINE_LAMBDA {
+      const Acc d = s - t;
+      return graded<Acc, Acc>{scale[l] * d, d * d};
     });
   }
 
@@ -347,13 +341,25 @@ struct mse_lane_group_passes {
   static void normalized(const lane_group<T>& group, index_t first, index_t last,
                          const normalized_mse_rows<Acc>& terms, Acc inv_n, const bool* skip,
                          Acc (&sums)[1][block_rows]) {
+    graded_pass<Accumulate>(group, first, last, skip, sums, [&](int l, Acc s, Acc t) BEVKD_INLINE_LAMBDA {
+      return normalized_mse_terms<Acc>::element(s, t, terms.div_s[l], terms.div_t[l], terms.scale[l],
+                                                terms.projection[l], inv_n);
+    });
+  }
+
+ private:
+  // The gradient passes' loop: element(l, s, t) gives row l's graded{gradient, term} of its student and teacher
+  // elements s, t; the gradient is written (Accumulate: added; skipped rows as group_column::write) and the term
+  // added to the row's sum.
+  template <bool Accumulate, class Element>
+  static BEVKD_HOST_FORCEINLINE void graded_pass(const lane_group<T>& group, index_t first, index_t last,
+                                                 const bool* skip, Acc (&sums)[1][block_rows], Element&& element) {
     const bool skips = group_skips_rows(group.count, skip);
     add_group_pieces(group, first, last, sums, [&](index_t c, Acc (&piece)[1][block_rows]) BEVKD_INLINE_LAMBDA {
       const group_column<T> x(group, c);
       Acc g[block_rows];
       for_group_lanes(group.count, [&](int l) BEVKD_INLINE_LAMBDA {
-        const graded<Acc, Acc> out = normalized_mse_terms<Acc>::element(
-            x.student(l), x.teacher(l), terms.div_s[l], terms.div_t[l], terms.scale[l], terms.projection[l], inv_n);
+        const graded<Acc, Acc> out = element(l, x.student(l), x.teacher(l));
         g[l] = out.grad;
         piece[0][l] += out.value;
       });
