@@ -44,16 +44,16 @@ TEST_CASE_TEMPLATE("feature_mse matches the double reference in every layout, re
     INFO("normalize ", static_cast<int>(normalize));
     check_all_options(mse_case<T>(normalize), rng, exec);
   }
-  // NCHW pillars lie side by side: fp32 on AVX-512 builds reads them in place in the host's lane groups (others stage
-  // them). 37 pillars: groups of 16, 16 and 5 per batch, one per set; 150: ten groups, two sets of five; 300 channels
+  // NCHW pillars lie side by side: the host reads them in place in lane groups (AVX-512 passes for fp32, and half and
+  // bfloat16 with AVX-512BW; portable passes otherwise). 37 pillars: groups of 16, 16 and 5 per batch, one per set; 150: ten groups, two sets of five; 300 channels
   // span two of a set's segments.
   for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2})
     for (auto [P, C] : {std::pair<index_t, index_t>{37, 70}, std::pair<index_t, index_t>{150, 300}}) {
       INFO("long NCHW rows: P ", P, " C ", C, " normalize ", static_cast<int>(normalize));
       check_all_options(mse_case<T>(normalize, 2, P, C), rng, exec);
     }
-  // Normalised unit-stride rows of 48 to 128 channels: fp32 on AVX-512 builds runs them in row-layout blocks (129:
-  // the per-row kernel again). 37 pillars: blocks of 16 that cross the batch boundary, a short last block.
+  // Normalised unit-stride rows up to 128 channels: AVX-512 builds run them in blocks read in place (129: the per-row
+  // kernel again). 37 pillars: blocks of 16 that cross the batch boundary, a short last block.
   for (index_t C : {index_t{48}, index_t{64}, index_t{67}, index_t{128}, index_t{129}}) {
     INFO("normalised rows of ", C, " channels");
     check_all_options(mse_case<T>(mse_normalize::per_pillar_l2, 2, 37, C), rng, exec);
@@ -219,8 +219,9 @@ TEST_CASE_TEMPLATE("feature_mse on host row blocks gives the per-row kernel's re
 
 TEST_CASE("feature_mse is deterministic across runs and thread counts") {
   std::mt19937 rng(fresh_seed());
-  // NHWC rows, and NCHW rows (host lane groups on AVX-512 builds: 94 sets of eight groups).
-  // Rows of 17 and of 64 channels (normalised: host row blocks in lane and in row layout on AVX-512 builds).
+  // NHWC rows, and NCHW rows (host lane groups: 94 sets of eight groups).
+  // Rows of 17 and of 64 channels (host row blocks: in lane layout for the normalised rows of 17 outside AVX-512
+  // builds, read in place on them).
   for (auto [normalize, lay, C] :
        {std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 17}, std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 64},
         std::tuple{mse_normalize::none, layout::nchw, 17}, std::tuple{mse_normalize::per_pillar_l2, layout::nchw, 17}}) {
@@ -244,8 +245,7 @@ TEST_CASE_TEMPLATE("feature_mse accumulates onto the gradient buffer; pillars of
   std::mt19937 rng(seed);
   bevkd::host_exec exec;
   const double tol = stored_tolerance<T>();
-  // NCHW pillars (host lane groups for float, half and bfloat16 on AVX-512 builds: 40 pillars make groups of 16, 16
-  // and 8) and NHWC ones, both modes.
+  // NCHW pillars (host lane groups, every dtype: 40 pillars make groups of 16, 16 and 8) and NHWC ones, both modes.
   for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2})
     for (layout lay : {layout::nchw, layout::nhwc}) {
       INFO("normalize ", static_cast<int>(normalize), " layout ", layout_name(lay));
@@ -253,7 +253,7 @@ TEST_CASE_TEMPLATE("feature_mse accumulates onto the gradient buffer; pillars of
       cs.lay = lay;
       check_accumulate_keeps_excluded_rows(cs, rng, exec, tol);
     }
-  // Normalised NHWC rows of 64 channels (row-layout blocks for float on AVX-512 builds).
+  // Normalised NHWC rows of 64 channels (blocks read in place on AVX-512 builds).
   check_accumulate_keeps_excluded_rows(mse_case<T>(mse_normalize::per_pillar_l2, 2, 40, 64), rng, exec, tol);
 }
 

@@ -42,9 +42,10 @@ struct feature_mse_problem : row_problem<T, Unit> {
   /// AVX-512 hosts, of the types they hold as float lanes (host_float_lanes).
   static constexpr bool row_blocks =
       Normalized ? std::is_same<acc_type, float>::value : host_float_lanes<T>();
-  /// @brief True when this call's rows run in host row blocks. Normalised: rows a block holds in lane layout (too
-  /// short for the per-row loops to vectorise; normalized_mse_block) and, on AVX-512 hosts, rows it holds in row
-  /// layout (normalized_mse_row_layout). Plain: unit-stride rows up to max_mse_row_layout_columns (mse_row_layout).
+  /// @brief True when this call's rows run in host row blocks. Normalised: on AVX-512 hosts unit-stride rows up to
+  /// max_normalized_mse_row_layout_columns, read in place (normalized_mse_row_layout), and elsewhere rows a block
+  /// holds in lane layout (too short for the per-row loops to vectorise; normalized_mse_block). Plain: on AVX-512
+  /// hosts unit-stride rows up to max_mse_row_layout_columns (mse_row_layout).
   bool blocks_apply() const {
     const index_t n = this->columns();
     if constexpr (Normalized)

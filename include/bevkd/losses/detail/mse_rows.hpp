@@ -16,15 +16,21 @@
 namespace bevkd {
 namespace detail {
 
+/// @brief The plain MSE's gradient scale (s - t) of an element s (teacher t) and its (s - t)^2, with scale = coeff 2 / n:
+/// one formula for the row kernel and the host lane groups.
+template <class Acc>
+BEVKD_FORCEINLINE graded<Acc, Acc> mse_element(Acc scale, Acc s, Acc t) {
+  const Acc d = s - t;
+  return graded<Acc, Acc>{scale * d, d * d};
+}
+
 /// @brief (1/n) sum_c (s_c - t_c)^2 over one row; writes coeff * (2/n) (s_c - t_c). One pass.
 template <class Team, class T, bool Unit, class Acc = accum_t<T>>
 BEVKD_HOST_DEVICE BEVKD_HOST_NOINLINE Acc mse_row(const Team& team, const loss_row<T, Unit>& row, Acc coeff, bool accumulate) {
   const Acc inv_n = Acc(1) / static_cast<Acc>(row.n);
   const Acc scale = coeff * Acc(2) * inv_n;
-  const Acc total = team.reduce_grads(sum_op{}, Acc(0), row, accumulate, [scale](index_t, Acc s, Acc t) {
-    const Acc d = s - t;
-    return graded<Acc, Acc>{scale * d, d * d};
-  });
+  const Acc total = team.reduce_grads(sum_op{}, Acc(0), row, accumulate,
+                                      [scale](index_t, Acc s, Acc t) { return mse_element(scale, s, t); });
   return total * inv_n;
 }
 
@@ -264,8 +270,9 @@ void mse_row_layout(const Block& block_rows_in, const float* coeff, const bool* 
   }, loss);
 }
 
-/// @brief normalized_mse_row for the rows of a host row block (normalized_mse_row_layout_fits), read in place: loss[l] of row l; writes coeff[l] dl/ds, exactly 0 (or nothing, when accumulating) for rows with skip set.
-/// The per-row kernel's two passes: each row's sums in one vector of partials (column c in lane c mod 16), the sixteen
+/// @brief normalized_mse_row for the rows of a host row block (normalized_mse_row_layout_fits), read in place: loss[l]
+/// of row l; writes coeff[l] dl/ds, exactly 0 (or nothing, when accumulating) for rows with skip set. The per-row
+/// kernel's two passes: each row's sums in one vector of partials (column c in lane c mod 16), the sixteen
 /// rows' partials folded at once (fold16); then mse_grad_pass.
 ///
 /// Why: the per-row kernel spends on each row of a BEV feature width (64) about as much in its reductions' set-up and
@@ -317,8 +324,7 @@ struct mse_lane_group_passes {
   static void plain(const lane_group<T>& group, index_t first, index_t last, const Acc* scale, const bool* skip,
                     Acc (&sums)[1][block_rows]) {
     graded_pass<Accumulate>(group, first, last, skip, sums, [&](int l, Acc s, Acc t) BEVKD_INLINE_LAMBDA {
-      const Acc d = s - t;
-      return graded<Acc, Acc>{scale[l] * d, d * d};
+      return mse_element(scale[l], s, t);
     });
   }
 
