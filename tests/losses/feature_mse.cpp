@@ -188,13 +188,15 @@ TEST_CASE_TEMPLATE("feature_mse on host row blocks gives the per-row kernel's re
   std::mt19937 rng(fresh_seed());
   // 74 rows: four full blocks and a tail of 10. On AVX-512 builds (half and bfloat16: with AVX-512BW) unit-stride
   // rows run in blocks read in place: plain up to max_mse_row_layout_columns, normalised up to
-  // max_normalized_mse_row_layout_columns; per row beyond. Strided rows and other builds: normalised rows in lane
-  // layout up to max_block_columns (float accumulators), the rest per row.
+  // max_normalized_mse_row_layout_columns; per row beyond. Other builds: unit-stride plain rows up to
+  // max_short_mse_row_columns in blocks read in place (float accumulators). Strided rows and other builds: normalised
+  // rows in lane layout up to max_block_columns (float accumulators), the rest per row.
   using bevkd::detail::max_block_columns;
   using bevkd::detail::max_mse_row_layout_columns;
   using bevkd::detail::max_normalized_mse_row_layout_columns;
-  const std::vector<index_t> plain_channels = {1, 10, 16, 17, 64, 333, max_mse_row_layout_columns,
-                                               max_mse_row_layout_columns + 1};
+  using bevkd::detail::max_short_mse_row_columns;
+  const std::vector<index_t> plain_channels = {1,  10, 16, 17, max_short_mse_row_columns, max_short_mse_row_columns + 1,
+                                               64, 333, max_mse_row_layout_columns, max_mse_row_layout_columns + 1};
   const std::vector<index_t> normalized_channels = {1,  10, 16, 17, max_block_columns, max_block_columns + 1,
                                                     64, max_normalized_mse_row_layout_columns,
                                                     max_normalized_mse_row_layout_columns + 1};
@@ -220,10 +222,11 @@ TEST_CASE_TEMPLATE("feature_mse on host row blocks gives the per-row kernel's re
 TEST_CASE("feature_mse is deterministic across runs and thread counts") {
   std::mt19937 rng(fresh_seed());
   // NHWC rows, and NCHW rows (host lane groups: 94 sets of eight groups).
-  // Rows of 17 and of 64 channels (host row blocks: in lane layout for the normalised rows of 17 outside AVX-512
-  // builds, read in place on them).
+  // Rows of 10, 17 and 64 channels (host row blocks: in lane layout for the normalised rows of 17 outside AVX-512
+  // builds, read in place on them; the plain rows of 10 read in place in every build).
   for (auto [normalize, lay, C] :
-       {std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 17}, std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 64},
+       {std::tuple{mse_normalize::none, layout::nhwc, 10}, std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 17},
+        std::tuple{mse_normalize::per_pillar_l2, layout::nhwc, 64},
         std::tuple{mse_normalize::none, layout::nchw, 17}, std::tuple{mse_normalize::per_pillar_l2, layout::nchw, 17}}) {
     auto cs = mse_case<float>(normalize, 2, 1500, C);
     cs.lay = lay;

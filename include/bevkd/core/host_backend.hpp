@@ -85,7 +85,7 @@ class host_exec {
 
   /// @brief Whether rows run in row blocks of sixteen rows (default on): softmax rows of up to 1024 columns, the sigmoid
   /// KL's short rows and the feature MSE's (plain rows up to 1024 columns, normalised ones up to 128, read in place on
-  /// AVX-512 builds).
+  /// AVX-512 builds; plain rows under 32 columns, read in place, in other builds).
   ///
   /// A block runs each pass over all sixteen rows before the next pass, so the rows' dependent
   /// chains overlap: rows shorter than 48 columns (or strided, up to 128) side by side in lane

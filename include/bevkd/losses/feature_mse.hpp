@@ -38,28 +38,27 @@ struct feature_mse_problem : row_problem<T, Unit> {
   /// @brief Host scratch a row may use (none: every pass is one exponential-free sweep).
   index_t scratch_bytes() const { return 0; }
 
-  /// @brief Normalised rows with float accumulators can run in host row blocks (see blocks_apply()); plain rows on
-  /// AVX-512 hosts, of the types they hold as float lanes (host_float_lanes).
-  static constexpr bool row_blocks =
-      Normalized ? std::is_same<acc_type, float>::value : host_float_lanes<T>();
+  /// @brief Rows with float accumulators can run in host row blocks (see blocks_apply()).
+  static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
   /// @brief True when this call's rows run in host row blocks. Normalised: on AVX-512 hosts unit-stride rows up to
   /// max_normalized_mse_row_layout_columns, read in place (normalized_mse_row_layout), and elsewhere rows a block
   /// holds in lane layout (too short for the per-row loops to vectorise; normalized_mse_block). Plain: on AVX-512
-  /// hosts unit-stride rows up to max_mse_row_layout_columns (mse_row_layout).
+  /// hosts unit-stride rows up to max_mse_row_layout_columns (mse_row_layout), elsewhere unit-stride rows up to
+  /// max_short_mse_row_columns (mse_short_rows).
   bool blocks_apply() const {
     const index_t n = this->columns();
     if constexpr (Normalized)
       return row_blocks && (lane_layout_fits<T>(n, Unit) || normalized_mse_row_layout_fits<T>(n, Unit));
     else
-      return row_blocks && mse_row_layout_fits<T>(n, Unit);
+      return row_blocks && (mse_row_layout_fits<T>(n, Unit) || short_mse_rows_fit<T>(n, Unit));
   }
   /// @brief Host scratch of one row block: student and teacher in lane layout (none in row layout).
   index_t block_scratch_bytes() const {
     if (!Normalized || !lane_layout_fits<T>(this->columns(), Unit)) return 0;
     return 2 * block_rows * this->columns() * static_cast<index_t>(sizeof(acc_type));
   }
-  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see mse_row_layout, normalized_mse_block
-  /// and normalized_mse_row_layout).
+  /// @brief Loss of each row of a host row block; writes coeff[l] * dl/dS (see mse_row_layout, mse_short_rows,
+  /// normalized_mse_block and normalized_mse_row_layout).
   template <class Block>
   void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
                            acc_type* scratch, acc_type* loss) const {
@@ -76,11 +75,16 @@ struct feature_mse_problem : row_problem<T, Unit> {
 #endif
       normalized_mse_block(block, coeff, skip, accumulate, scratch, eps, loss);
     } else {
+      (void)scratch;  // row layout: none
+      if constexpr (Unit) {
 #if defined(BEVKD_HOST_AVX512)
-      if constexpr (host_float_lanes<T>() && Unit)
-        with_block_rows(block, [&](const auto& rows) { mse_row_layout(rows, coeff, skip, accumulate, loss); });
+        if constexpr (host_float_lanes<T>()) {
+          with_block_rows(block, [&](const auto& rows) { mse_row_layout(rows, coeff, skip, accumulate, loss); });
+          return;
+        }
 #endif
-      (void)scratch;  // blocks_apply() holds only on AVX-512 hosts, for unit-stride rows of these types
+        with_block_rows(block, [&](const auto& rows) { mse_short_rows(rows, coeff, skip, accumulate, loss); });
+      }
     }
   }
 
@@ -118,8 +122,8 @@ struct feature_mse_problem : row_problem<T, Unit> {
 /// Rows are pillars (b, p) of a logical [B, P, C] feature map. With per_pillar_l2 both
 /// feature vectors are divided by max(||.||_2, eps) first and the gradient flows through
 /// the student's normalisation. Unweighted reduction mean equals `F.mse_loss(S, T)`.
-/// Kernels: detail/mse_rows.hpp (mse_row, normalized_mse_row; on the host also mse_row_layout, normalized_mse_row_layout,
-/// normalized_mse_block and mse_lane_groups).
+/// Kernels: detail/mse_rows.hpp (mse_row, normalized_mse_row; on the host also mse_row_layout, mse_short_rows,
+/// normalized_mse_row_layout, normalized_mse_block and mse_lane_groups).
 class feature_mse {
  public:
   /// @brief The options every call uses.

@@ -193,6 +193,51 @@ constexpr bool normalized_mse_row_layout_fits(index_t n, bool unit_stride) {
   return host_float_lanes<T>() && unit_stride && n <= max_normalized_mse_row_layout_columns;
 }
 
+/// @brief Longest rows mse_short_rows takes: from 32 columns on, the per-row kernel's loop runs in whole vectors of
+/// partials, where mse_short_rows's one sum per row waits on each add (measured, portable -O3 build, fp32, one
+/// thread, Zen 4, 800000 elements: C = 16 0.80 -> 0.52 ms, C = 24 0.62 -> 0.48, C = 32 0.50 -> 0.49, C = 48
+/// 0.41 -> 0.49, C = 64 0.40 -> 0.48).
+constexpr index_t max_short_mse_row_columns = 2 * row_partials - 1;
+
+/// @brief True when a host row block runs plain-MSE rows of n columns of T through mse_short_rows: unit-stride rows
+/// with float accumulators, up to max_short_mse_row_columns, where mse_row_layout does not apply (builds without
+/// AVX-512, and 16-bit rows without AVX-512BW).
+template <class T>
+constexpr bool short_mse_rows_fit(index_t n, bool unit_stride) {
+  return !host_float_lanes<T>() && std::is_same<accum_t<T>, float>::value && unit_stride &&
+         n <= max_short_mse_row_columns;
+}
+
+/// @brief mse_row for the short rows of a host row block (short_mse_rows_fit), in portable code: loss[l] of row l;
+/// writes coeff[l] (2/n)(s - t), exactly 0 (or nothing, when accumulating) for rows with skip set. Each row one
+/// loop over its columns, its squares summed in column order.
+///
+/// Why: on rows of 10 channels the per-row kernel is mostly its set-up (a call, a division) and the fold of its
+/// sixteen partials, which its ten columns do not fill, and ran slower than the naive multi-pass reference (measured,
+/// portable -O3 build, fp32, B = 2, 200 x 200, one thread, Zen 4: 1.36 -> 0.65 ms here, the naive 1.00; C = 1 and 3
+/// 2.9x and 2.2x).
+template <class Block>
+void mse_short_rows(const Block& block_rows_in, const float* coeff, const bool* skip, bool accumulate, float* loss) {
+  const auto& block = held_rows(block_rows_in);
+  const index_t n = block.n;
+  const float inv_n = 1.0f / static_cast<float>(n);
+  for (int l = 0; l < block.count; ++l) {
+    const auto row = block.row(l);
+    float sum = 0;
+    if (skip[l]) {  // written as 0 outright (nothing when accumulating): its terms may be NaN
+      if (!accumulate) write_zeros(row.grad.ptr, n, false);
+    } else {
+      const float scale = coeff[l] * 2.0f * inv_n;
+      for (index_t c = 0; c < n; ++c) {
+        const graded<float, float> out = mse_element(scale, load_as_accum(row.student[c]), load_as_accum(row.teacher[c]));
+        write_grad(row.grad[c], out.grad, accumulate);
+        sum += out.value;
+      }
+    }
+    loss[l] = sum * inv_n;
+  }
+}
+
 /// @brief Longest rows the plain MSE runs in host row blocks (mse_row_layout); longer ones keep the per-row kernel.
 constexpr index_t max_mse_row_layout_columns = max_row_layout_columns;
 
