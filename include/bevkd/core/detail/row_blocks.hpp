@@ -828,6 +828,19 @@ BEVKD_HOST_FORCEINLINE void with_block_rows(const multi_run_block<T>& block, F&&
   f(block);
 }
 
+/// @brief A problem's lane_group_ahead (columns a lane-group pass prefetches ahead), or 64 for problems without one.
+template <class Problem, class = void>
+struct lane_group_ahead_trait : std::integral_constant<index_t, 64> {};
+/// @brief Problems that declare `lane_group_ahead`.
+template <class Problem>
+struct lane_group_ahead_trait<Problem, std::void_t<decltype(Problem::lane_group_ahead)>>
+    : std::integral_constant<index_t, Problem::lane_group_ahead> {};
+/// @brief lane_group_ahead_trait's value.
+template <class Problem>
+constexpr index_t lane_group_ahead_of() {
+  return lane_group_ahead_trait<Problem>::value;
+}
+
 /// @brief Up to sixteen rows of any length that lie side by side in all three tensors (column c of row l at row 0's
 /// column c + l, as the channels of an NHWC tensor in the spatial KL): a host lane-group kernel reads them in place,
 /// one vector of the rows per column, without scratch; groups run in a lane_group_set (see softmax_kl_lane_groups).
@@ -842,8 +855,9 @@ struct lane_group {
   int count = 0;                 ///< Rows in the group (1..block_rows).
   index_t n = 0;                 ///< Columns per row.
 
-  /// @brief Columns ahead of the one being read whose student and teacher a pass prefetches (see read_ahead).
-  static constexpr index_t ahead = 64;
+  /// @brief Columns ahead of the one being read whose student and teacher a pass prefetches (see read_ahead): the
+  /// problem's lane_group_ahead where it has one (lane_group_ahead_of), else 64.
+  index_t ahead = 64;
 
   /// @brief Prefetches column c + ahead of student and teacher: columns lie a whole row of the tensor apart (C
   /// elements in the spatial KL), which the hardware's prefetchers do not follow, so each pass waited on memory for
@@ -871,6 +885,7 @@ struct lane_group {
     first = i0 * rows + i1;
     count = static_cast<int>(rows - i1 < block_rows ? rows - i1 : block_rows);
     n = problem.columns();
+    ahead = lane_group_ahead_of<Problem>();
   }
 
   /// @brief True when every column of the group's gradient is one whole 64-byte line (sixteen floats, each column on
