@@ -247,8 +247,9 @@ void mse_short_rows_widened(const Block& block, const float* coeff, const bool* 
   float s[capacity], t[capacity], g[capacity];
   const index_t n = block.n, size = block.count * n;
   const auto first = block.row(0);
-  for (index_t e = 0; e < size; ++e) s[e] = load_as_accum(first.student.ptr[e]);
-  for (index_t e = 0; e < size; ++e) t[e] = load_as_accum(first.teacher.ptr[e]);
+  // In runs of row_partials (for_row_partials), so that a -O2 build vectorises these loops too.
+  for_row_partials(size, [&](index_t e, int) BEVKD_INLINE_LAMBDA { s[e] = load_as_accum(first.student.ptr[e]); });
+  for_row_partials(size, [&](index_t e, int) BEVKD_INLINE_LAMBDA { t[e] = load_as_accum(first.teacher.ptr[e]); });
   for (int l = 0; l < block.count; ++l) {
     float* const g_l = g + l * n;
     if (skip[l]) {  // exactly 0: its terms may be NaN (and accumulating calls with excluded rows never come here)
@@ -258,7 +259,7 @@ void mse_short_rows_widened(const Block& block, const float* coeff, const bool* 
       loss[l] = short_mse_row(s + l * n, t + l * n, g_l, n, coeff[l] * 2.0f * inv_n, false) * inv_n;
     }
   }
-  for (index_t e = 0; e < size; ++e) write_grad(first.grad.ptr[e], g[e], accumulate);
+  for_row_partials(size, [&](index_t e, int) BEVKD_INLINE_LAMBDA { write_grad(first.grad.ptr[e], g[e], accumulate); });
 }
 
 /// @brief mse_row for the short rows of a host row block (short_mse_rows_fit), in portable code: loss[l] of row l;
