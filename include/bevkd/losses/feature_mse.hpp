@@ -78,12 +78,11 @@ struct feature_mse_problem : row_problem<T, Unit> {
       (void)scratch;  // row layout: none
       if constexpr (Unit) {
 #if defined(BEVKD_HOST_AVX512)
-        if constexpr (host_float_lanes<T>()) {
+        if constexpr (host_float_lanes<T>())
           with_block_rows(block, [&](const auto& rows) { mse_row_layout(rows, coeff, skip, accumulate, loss); });
-          return;
-        }
+        else
 #endif
-        with_block_rows(block, [&](const auto& rows) { mse_short_rows(rows, coeff, skip, accumulate, loss); });
+          with_block_rows(block, [&](const auto& rows) { mse_short_rows(rows, coeff, skip, accumulate, loss); });
       }
     }
   }
