@@ -209,8 +209,8 @@ constexpr bool short_mse_rows_fit(index_t n, bool unit_stride) {
          n <= max_short_mse_row_columns;
 }
 
-/// @brief One row of mse_short_rows: writes (Accumulate: adds) scale (s - t) into g; returns the row's sum of
-/// (s - t)^2, added in column order.
+/// @brief One row of mse_short_rows: writes scale (s - t) into g (adds it when accumulating); returns the row's sum
+/// of (s - t)^2, added in column order.
 template <class In, class Out>
 BEVKD_FORCEINLINE float short_mse_row(const In* s, const In* t, Out* g, index_t n, float scale, bool accumulate) {
   float sum = 0;
