@@ -11,6 +11,8 @@
 #include <random>
 #include <type_traits>
 
+#include "support/seed.hpp"
+
 namespace {
 
 // Reference rounding: pick the nearer of the two neighbouring representable values (ties to even bits).
@@ -52,7 +54,7 @@ TEST_CASE("every half and bfloat16 bit pattern widens to float and rounds back t
 }
 
 TEST_CASE("float to half and bfloat16 rounds to nearest even, overflows to inf, keeps NaN") {
-  std::mt19937 rng(std::random_device{}());
+  BEVKD_TEST_RNG(rng);
   std::uniform_real_distribution<float> exponent(-26.0f, 15.99f);  // finite halves (the reference skips inf)
   for (int i = 0; i < 300; ++i) {
     const float x = (i % 2 ? -1.0f : 1.0f) * std::exp2(exponent(rng));

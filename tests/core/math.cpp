@@ -13,6 +13,8 @@
 #include <limits>
 #include <random>
 
+#include "support/seed.hpp"
+
 namespace {
 
 // Distance in units in the last place between a float and the correctly rounded double reference.
@@ -30,7 +32,7 @@ std::int64_t ulp_distance(float got, double want) {
 // `zero_args` (below the range, -inf), NaN kept.
 template <class Exp, class Exact>
 void check_nonpositive_exponential(Exp exp_np, Exact exact, float lowest, std::initializer_list<float> zero_args) {
-  std::mt19937 rng(std::random_device{}());
+  BEVKD_TEST_RNG(rng);
   std::uniform_real_distribution<float> arg(lowest, 0.0f);
   std::int64_t worst = 0;
   for (int i = 0; i < 200000; ++i) {
@@ -56,7 +58,7 @@ void check_exp_nonpositive(Exp exp_np) {
 }  // namespace
 
 TEST_CASE("exp and log are within 2 ulp of the correctly rounded result") {
-  std::mt19937 rng(std::random_device{}());
+  BEVKD_TEST_RNG(rng);
   std::uniform_real_distribution<float> exp_arg(-104.0f, 89.0f);
   std::uniform_real_distribution<float> log_exponent(-149.0f, 127.0f);
   std::int64_t worst_exp = 0, worst_log = 0;
@@ -106,7 +108,7 @@ TEST_CASE("the AVX-512 log1p_unit of the fp32 sigmoid lanes is within 2 ulp on [
     for (int l = 1; l < 16; ++l) CHECK(std::memcmp(&lanes[l], &lanes[0], sizeof(float)) == 0);
     return lanes[0];
   };
-  std::mt19937 rng(std::random_device{}());
+  BEVKD_TEST_RNG(rng);
   std::uniform_real_distribution<float> unit(0.0f, 1.0f), exponent(-150.0f, 0.0f);
   std::int64_t worst = 0;
   for (int i = 0; i < 200000; ++i) {

@@ -50,7 +50,7 @@ bevkd::loss_result run_attention_on_device(const attention_case<T>& cs, bevkd::c
 TEST_SUITE("gpu") {
   TEST_CASE_TEMPLATE("CUDA attention_distill matches the host for every divergence, normalisation and pooling", T, float,
                      bevkd::bfloat16) {
-    std::mt19937 rng(fresh_seed());
+    BEVKD_TEST_RNG(rng);
     bevkd::cuda_exec exec;
     for (int width : {0, 4, 8, 16, 32}) {  // 0: by row length; then every warp team width
       exec.team_width(width);
@@ -95,7 +95,7 @@ TEST_SUITE("gpu") {
   }
 
   TEST_CASE("CUDA sampling_location_distill and the SCA gather match the host") {
-    std::mt19937 rng(fresh_seed());
+    BEVKD_TEST_RNG(rng);
     bevkd::cuda_exec exec;
     bevkd::host_exec host;
     const index_t N = 400, H = 4, S = 2, K = 8;

@@ -59,9 +59,7 @@ attention_case<T> make_case(attention_normalize normalize, divergence div, atten
 
 TEST_CASE_TEMPLATE("attention_distill matches the double reference: divergences, normalisations, inputs, masks, pooling",
                    T, float, double, bevkd::half, bevkd::bfloat16) {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   const std::pair<attention_input, attention_input> inputs[] = {
       {attention_input::logits, attention_input::logits},
@@ -93,9 +91,7 @@ TEST_CASE_TEMPLATE("attention_distill matches the double reference: divergences,
 }
 
 TEST_CASE("attention_distill gradient equals central finite differences for every divergence and normalisation") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   for (auto normalize : both_normalizations)
     for (divergence div : all_divergences)
       for (auto student : {attention_input::logits, attention_input::probabilities}) {
@@ -140,7 +136,7 @@ TEST_CASE("attention_distill gradient equals central finite differences for ever
 }
 
 TEST_CASE("attention_distill masks: a fully masked query contributes exactly 0; masked keys get exactly 0 gradient") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (auto normalize : both_normalizations) {
     auto cs = make_case<float>(normalize, divergence::kl, attention_input::logits, attention_input::logits);
@@ -178,7 +174,7 @@ TEST_CASE("attention_distill masks: a fully masked query contributes exactly 0; 
 }
 
 TEST_CASE("attention_distill pooling equals an explicitly pooled teacher given as probabilities") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (auto normalize : both_normalizations) {
     auto pooled = make_case<double>(normalize, divergence::kl, attention_input::logits, attention_input::logits);
@@ -219,7 +215,7 @@ TEST_CASE("attention_distill pooling equals an explicitly pooled teacher given a
 }
 
 TEST_CASE("attention_distill per_source on [N, H, 1, K] equals response_kl on [B=1, P=N*H, C=K]") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   auto cs = make_case<float>(attention_normalize::per_source, divergence::kl, attention_input::logits, attention_input::logits);
   cs.S = 1;
@@ -239,7 +235,7 @@ TEST_CASE("attention_distill per_source on [N, H, 1, K] equals response_kl on [B
 }
 
 TEST_CASE("attention_distill on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes, with and without row scratch") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   for (int lanes : {1, 4, 7, 8, 16, 32, 256})
     for (int chunk : {1, 4}) {
       // Without scratch the softmax kernel recomputes its exponentials, as on the device.
@@ -267,7 +263,7 @@ TEST_CASE("attention_distill on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes, 
 TEST_CASE("attention_distill in host row blocks gives the per-row kernel's results") {
   // KL of unpooled logits with one key run per row (per_source, or joint over adjacent sources with no mask) runs
   // in row blocks; everything else per row, whatever the switch says.
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec blocks, per_row;
   per_row.run_row_blocks(false);
   for (auto normalize : both_normalizations)
@@ -311,7 +307,7 @@ TEST_CASE("attention_distill streams a masked joint gradient of several MiB wher
   // Spatial cross-attention's shape: S = 6 cameras of K = 32 keys, a mask of hit cameras, the gradient over
   // min_streamed_grad_bytes. From a line, key runs and masked runs' zeros go out with non-temporal stores on AVX-512
   // hosts; one float off a line they are stored as usual: the same bits either way, and the per-row kernel's values.
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec blocks, per_row;
   per_row.run_row_blocks(false);
   for (bool heads_outer : {true, false}) {
@@ -385,7 +381,7 @@ TEST_CASE("teacher attention on a finer BEV grid, resampled onto the student's g
   // Teacher: 2 samples on a 4x4 BEV grid; student: the same scene on 2x2. Teacher probabilities
   // [B*16, H, S, K] are a [B, 4, 4, H*S*K] channels-last grid; any convex resample keeps every
   // (h, s) distribution normalised.
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   const index_t B = 2, H = 2, S = 2, K = 3, C = H * S * K;
   attention_case<double> teacher_case;
   teacher_case.N = B * 16;

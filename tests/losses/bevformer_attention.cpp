@@ -39,7 +39,7 @@ TEST_CASE("TSA views address BEVFormer's logits [bs, nq, H, 2, L*P] and permuted
 }
 
 TEST_CASE("TSA distillation: student logits in BEVFormer's layout against teacher weights after its permute") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   const index_t bs = 2, nq = 6, H = 2, L = 1, P = 4, K = L * P;
   auto student = random_values<float>(bs * nq * H * 2 * K, rng);
   auto teacher_logits = random_values<float>(bs * nq * H * 2 * K, rng);
@@ -81,7 +81,7 @@ TEST_CASE("TSA distillation: student logits in BEVFormer's layout against teache
 }
 
 TEST_CASE("SCA gather and scatter move between BEVFormer's rebatched layout and [bs*nq, H, cams, K]") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::bevformer_sca_shape shape;
   shape.bs = 2;
   shape.cams = 3;

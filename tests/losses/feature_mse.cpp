@@ -36,9 +36,7 @@ loss_case<T> mse_case(mse_normalize normalize, index_t B = 2, index_t P = 7, ind
 
 TEST_CASE_TEMPLATE("feature_mse matches the double reference in every layout, reduction and weighting", T, float,
                    double, bevkd::half, bevkd::bfloat16) {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2}) {
     INFO("normalize ", static_cast<int>(normalize));
@@ -63,9 +61,7 @@ TEST_CASE_TEMPLATE("feature_mse matches the double reference in every layout, re
 TEST_CASE("half gradients below half's normal range are exact to its subnormal spacing") {
   // Mean over 14 rows of 1100 L2-normalised channels: gradients near 1e-7, stored as half subnormals (found on
   // the GPU, where the CUDA tests run these sizes). They round to the spacing 2^-24, not to 2e-3 relative.
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   auto cs = mse_case<bevkd::half>(mse_normalize::per_pillar_l2, 2, 7, 1100);
   cs.randomize(rng);
@@ -87,7 +83,7 @@ TEST_CASE("half gradients below half's normal range are exact to its subnormal s
 }
 
 TEST_CASE("feature_mse on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   for (int lanes : {1, 4, 7, 8, 16, 32, 256})
     for (int chunk : {1, 4}) {
       bevkd::host_exec exec;
@@ -104,9 +100,7 @@ TEST_CASE("feature_mse on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes") {
 }
 
 TEST_CASE("feature_mse gradient equals central finite differences, including through the L2 normalisation") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2})
     for (auto red : {reduction::sum, reduction::mean, reduction::batchmean}) {
       auto cs = mse_case<double>(normalize, 2, 3, 6);
@@ -120,7 +114,7 @@ TEST_CASE("feature_mse gradient equals central finite differences, including thr
 }
 
 TEST_CASE("feature_mse unweighted mean equals F.mse_loss(S, T)") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   auto cs = mse_case<float>(mse_normalize::none, 3, 11, 9);
   cs.randomize(rng);
   double want = 0;
@@ -185,7 +179,7 @@ TEST_CASE("feature_mse edge cases") {
 
 TEST_CASE_TEMPLATE("feature_mse on host row blocks gives the per-row kernel's results, excluded rows exactly 0 or kept",
                    T, float, bevkd::half, bevkd::bfloat16) {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   // 74 rows: four full blocks and a tail of 10. On AVX-512 builds (half and bfloat16: with AVX-512BW) unit-stride
   // rows run in blocks read in place: plain up to max_mse_row_layout_columns, normalised up to
   // max_normalized_mse_row_layout_columns; per row beyond. Other builds: unit-stride plain rows up to
@@ -220,7 +214,7 @@ TEST_CASE_TEMPLATE("feature_mse on host row blocks gives the per-row kernel's re
 }
 
 TEST_CASE("feature_mse is deterministic across runs and thread counts") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   // NHWC rows, and NCHW rows (host lane groups: 94 sets of eight groups).
   // Rows of 10, 17 and 64 channels (host row blocks: in lane layout for the normalised rows of 17 outside AVX-512
   // builds, read in place on them; the plain rows of 10 read in place in every build).
@@ -243,9 +237,7 @@ TEST_CASE("feature_mse is deterministic across runs and thread counts") {
 
 TEST_CASE_TEMPLATE("feature_mse accumulates onto the gradient buffer; pillars of weight 0 keep their bits (NaN too)", T,
                    float, double, bevkd::half, bevkd::bfloat16) {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   const double tol = stored_tolerance<T>();
   // NCHW pillars (host lane groups, every dtype: 40 pillars make groups of 16, 16 and 8) and NHWC ones, both modes.
@@ -261,9 +253,7 @@ TEST_CASE_TEMPLATE("feature_mse accumulates onto the gradient buffer; pillars of
 }
 
 TEST_CASE("feature_mse on NCHW pillars read in place: accumulate, weight-0 pillars, a zero and a huge pillar, NaN") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   const index_t P = 40, C = 9;  // three groups: 16, 16 and 8 pillars
   const auto at = [&](index_t c, index_t p) { return static_cast<std::size_t>(c * P + p); };  // NCHW: c P + p
@@ -318,9 +308,7 @@ TEST_CASE("feature_mse on NCHW pillars read in place: accumulate, weight-0 pilla
 }
 
 TEST_CASE("normalised feature_mse on rows of 64 channels: weight-0 pillars, a zero and a huge pillar, NaN, streamed") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   const index_t C = 64;
   // 40 pillars: row blocks of 16, 16 and 8 (in row layout for fp32 on AVX-512 builds); 16400: 4.2 MB of gradient,

@@ -124,9 +124,7 @@ void check_all_on_device(loss_case<T> cs, std::mt19937& rng, bevkd::cuda_exec& e
 TEST_SUITE("gpu") {
   TEST_CASE_TEMPLATE("CUDA response_kl and feature_mse match the host backend", T, float, double, bevkd::half,
                      bevkd::bfloat16) {
-    const auto seed = fresh_seed();
-    INFO("seed ", seed);
-    std::mt19937 rng(seed);
+    BEVKD_TEST_RNG(rng);
     bevkd::cuda_exec exec;
     // Sizes that pick every CUDA team: warp rows (C = 5, 33), thread rows (strided layouts),
     // block rows (C = 1100), more rows than one block, and fewer.
@@ -153,9 +151,7 @@ TEST_SUITE("gpu") {
   }
 
   TEST_CASE_TEMPLATE("CUDA warp teams of 4, 8, 16 and 32 lanes match the host backend", T, float, bevkd::bfloat16) {
-    const auto seed = fresh_seed();
-    INFO("seed ", seed);
-    std::mt19937 rng(seed);
+    BEVKD_TEST_RNG(rng);
     bevkd::cuda_exec exec;
     for (int width : {4, 8, 16, 32}) {
       INFO("team width ", width);
@@ -186,9 +182,7 @@ TEST_SUITE("gpu") {
   }
 
   TEST_CASE("CUDA rows per team: every count runs every row once and matches the host backend") {
-    const auto seed = fresh_seed();
-    INFO("seed ", seed);
-    std::mt19937 rng(seed);
+    BEVKD_TEST_RNG(rng);
     bevkd::cuda_exec exec;
     for (int rows : {1, 3, 64}) {  // 3: blocks that end inside a team's rows; 64: fewer blocks than one wave
       INFO("rows per team ", rows);
@@ -205,7 +199,7 @@ TEST_SUITE("gpu") {
   }
 
   TEST_CASE("CUDA losses: deterministic, no allocation after warm-up, accumulate, all-zero weights, empty input") {
-    std::mt19937 rng(fresh_seed());
+    BEVKD_TEST_RNG(rng);
     bevkd::cuda_exec exec;
     loss_case<float> cs;
     cs.B = 2;

@@ -38,9 +38,7 @@ loss_case<T> kl_case(kl_mode mode, double tau, index_t B = 2, index_t P = 7, ind
 
 TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layout, reduction and weighting", T,
                    float, double, bevkd::half, bevkd::bfloat16) {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (kl_mode mode : all_modes)
     for (double tau : {1.0, 2.5})
@@ -68,9 +66,7 @@ TEST_CASE_TEMPLATE("response_kl matches the double reference in every mode, layo
 
 TEST_CASE_TEMPLATE("response_kl accumulates onto the gradient buffer; rows of weight 0 keep their bits (NaN too)", T,
                    float, double, bevkd::half, bevkd::bfloat16) {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   const double tol = stored_tolerance<T>();
   // Spatial rows of 300 pillars on NHWC (host lane groups for float, half and bfloat16 on AVX-512 builds: 21 channels
@@ -84,9 +80,7 @@ TEST_CASE_TEMPLATE("response_kl accumulates onto the gradient buffer; rows of we
 }
 
 TEST_CASE("response_kl spatial lane groups: accumulate, weight-0 channels, edge values per channel") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   SUBCASE("accumulate: the buffer ends as what it held plus the gradient; weight-0 channels as they were") {
     auto cs = kl_case<float>(kl_mode::spatial, 0.8, 2, 300, 21);
@@ -185,9 +179,7 @@ TEST_CASE("response_kl spatial lane groups: accumulate, weight-0 channels, edge 
 }
 
 TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 4, 7, 8, 16, 32, 256 (the CUDA warp groups, a block), chunks, scratch on and off") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   for (int lanes : {1, 4, 7, 8, 16, 32, 256})
     for (int chunk : {1, 4})
       for (bool scratch : {true, false}) {
@@ -207,9 +199,7 @@ TEST_CASE("response_kl runs the CUDA teams' partitioning: team sizes 1, 4, 7, 8,
 }
 
 TEST_CASE("response_kl gradient equals central finite differences") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   for (kl_mode mode : all_modes)
     for (auto red : {reduction::sum, reduction::mean, reduction::batchmean})
       for (layout lay : {layout::nhwc, layout::nchw}) {
@@ -338,9 +328,7 @@ TEST_CASE("response_kl edge cases") {
 }
 
 TEST_CASE("response_kl scales: loss_weight, grad_scale, accumulate") {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   auto cs = kl_case<float>(kl_mode::softmax, 2.0, 3, 5, 6);
   cs.randomize(rng);
@@ -360,7 +348,7 @@ TEST_CASE("response_kl scales: loss_weight, grad_scale, accumulate") {
 }
 
 TEST_CASE("response_kl is deterministic: repeated runs and 1 vs 2 threads are bitwise equal") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   // The second shape gives the spatial mode 140 rows of 9000 pillars: host lane-group sets of 2, 2 and 1 groups
   // per batch, six chunks, enough for both threads to work.
   const std::pair<index_t, index_t> shapes[] = {{1500, 19}, {9000, 70}};  // pillars, channels
@@ -383,7 +371,7 @@ TEST_CASE("response_kl is deterministic: repeated runs and 1 vs 2 threads are bi
 }
 
 TEST_CASE("host_exec stages strided rows: the same results as the in-place row kernels, padding untouched") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   std::vector<loss_kind> kinds;
   for (kl_mode mode : all_modes) kinds.push_back(kl_case<float>(mode, 1.4).kind);
   for (auto normalize : {bevkd::mse_normalize::none, bevkd::mse_normalize::per_pillar_l2}) {
@@ -419,7 +407,7 @@ TEST_CASE("host_exec stages strided rows: the same results as the in-place row k
 
 TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excluded rows exactly 0 or untouched", T,
                    float, bevkd::half, bevkd::bfloat16) {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec blocks, per_row;
   per_row.run_row_blocks(false);
   CHECK(blocks.runs_row_blocks());
@@ -459,7 +447,7 @@ TEST_CASE("a gradient of several MiB streams past the caches where its rows star
   // Over min_streamed_grad_bytes, fp32 rows of whole lines written from a line go out with non-temporal stores on
   // AVX-512 hosts; the same call one float off a line stores them as usual. Lane layout (C = 16, 32) and row layout
   // (C = 48, 64); rows of weight 0 are streamed zeros.
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec blocks, per_row;
   per_row.run_row_blocks(false);
   for (index_t C : {index_t{16}, index_t{32}, index_t{48}, index_t{64}}) {
@@ -493,7 +481,7 @@ TEST_CASE("a gradient of several MiB streams past the caches where its rows star
 
 #if defined(BEVKD_HOST_AVX512)
 TEST_CASE("the AVX-512 row passes fold sixteen runs at a time bit for bit as fold_partials folds each (NaN as NaN)") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   std::normal_distribution<float> normal(0.0f, 100.0f);
   std::uniform_int_distribution<int> pick(0, 19);
   const float specials[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
@@ -547,7 +535,7 @@ blocks_and_rows run_blocks_and_rows(const loss_case<float>& cs) {
 }  // namespace
 
 TEST_CASE("host row blocks keep a NaN, -inf or huge logit in its own row") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   auto cs = kl_case<float>(kl_mode::softmax, 1.0, 1, 40, 64);
   cs.randomize(rng);
   const index_t nan_row = 3, inf_row = 17, huge_row = 33;
@@ -573,7 +561,7 @@ TEST_CASE("host row blocks keep a NaN, -inf or huge logit in its own row") {
 
 TEST_CASE("host sigmoid rows keep a NaN in its own element; blocks, per-row lanes and the generic math agree on +-inf and "
           "huge logits") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   // C = 10: lane-layout blocks (two full, one of 8 rows); 53 and 64: per row (fp32 on AVX-512 builds: the AVX-512
   // lanes, 53 with a tail of 5). A simulated team of 7 runs the generic element math (sigmoid_kl_terms) on every row.
   for (index_t C : {index_t{10}, index_t{53}, index_t{64}}) {
@@ -621,7 +609,7 @@ TEST_CASE("host sigmoid rows keep a NaN in its own element; blocks, per-row lane
 }
 
 TEST_CASE("host row blocks write exactly 0 over an excluded row holding NaN, in lane and in row layout") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   for (index_t channels : {index_t{10}, index_t{64}, index_t{200}})  // lane layout, then row layout
     for (layout lay : all_layouts) {
       auto cs = kl_case<float>(kl_mode::softmax, 1.0, 1, 37, channels);
@@ -651,7 +639,7 @@ TEST_CASE("host row blocks write exactly 0 over an excluded row holding NaN, in 
 }
 
 TEST_CASE("a staged call that fails in the run (a negative weight) leaves the gradient untouched") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   auto cs = kl_case<float>(kl_mode::softmax, 1.0, 2, 9, 4);
   cs.lay = layout::nchw;  // strided rows: staged
   cs.randomize(rng);

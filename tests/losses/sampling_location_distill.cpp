@@ -90,9 +90,7 @@ struct location_case {
 
 TEST_CASE_TEMPLATE("sampling_location_distill matches the double reference", T, float, double, bevkd::half,
                    bevkd::bfloat16) {
-  const auto seed = fresh_seed();
-  INFO("seed ", seed);
-  std::mt19937 rng(seed);
+  BEVKD_TEST_RNG(rng);
   for (int lanes : {1, 7, 32})
     for (auto distance : {location_distance::squared, location_distance::smooth_l1})
       for (auto input : {attention_input::logits, attention_input::probabilities})
@@ -123,7 +121,7 @@ TEST_CASE_TEMPLATE("sampling_location_distill matches the double reference", T, 
 }
 
 TEST_CASE("sampling_location_distill gradient equals central finite differences") {
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   for (auto distance : {location_distance::squared, location_distance::smooth_l1}) {
     location_case<double> cs;
     cs.opts.distance = distance;
@@ -147,7 +145,7 @@ TEST_CASE("sampling_location_distill gradient equals central finite differences"
 
 TEST_CASE("sampling_location_distill rejects bad input") {
   location_case<float> cs;
-  std::mt19937 rng(fresh_seed());
+  BEVKD_TEST_RNG(rng);
   cs.randomize(rng);
   bevkd::host_exec exec;
   std::vector<float> grad(cs.student.size(), 2.0f);

@@ -150,7 +150,7 @@ TEST_CASE("resample reproduces hand-computed PyTorch F.interpolate values") {
 
 TEST_CASE_TEMPLATE("resample forward and backward match the double reference in every layout", T, double, float,
                    bevkd::half, bevkd::bfloat16) {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (const auto& rc : all_cases())
     for (layout lay : all_layouts) {
@@ -173,7 +173,7 @@ TEST_CASE_TEMPLATE("resample forward and backward match the double reference in 
 }
 
 TEST_CASE("resample matches the reference at BEV sizes: 50x50 <-> 200x200") {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (const auto& opt : all_modes())
     for (const bool up : {true, false}) {
@@ -193,7 +193,7 @@ TEST_CASE("resample matches the reference at BEV sizes: 50x50 <-> 200x200") {
 
 TEST_CASE_TEMPLATE("an equal-size resample is an exact copy in every mode", T, double, float, bevkd::half,
                    bevkd::bfloat16) {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (const auto& opt : all_modes()) {
     INFO(resample_case{opt, {}, 0, 0}.name());
@@ -210,7 +210,7 @@ TEST_CASE_TEMPLATE("an equal-size resample is an exact copy in every mode", T, d
 
 TEST_CASE_TEMPLATE("2x area downsampling is the exact 2x2 block mean", T, double, float, bevkd::half, bevkd::bfloat16) {
   // Integer inputs make every partial sum exact, so the mean is exact before the one final rounding to T.
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   std::uniform_int_distribution<int> dist(-256, 256);
   const index_t B = 2, H = 10, W = 8, C = 3;
   std::vector<T> in(static_cast<std::size_t>(B * H * W * C)), out(static_cast<std::size_t>(B * H * W * C / 4));
@@ -234,7 +234,7 @@ TEST_CASE_TEMPLATE("2x area downsampling is the exact 2x2 block mean", T, double
 }
 
 TEST_CASE("backward is the adjoint of forward: <A x, y> = <x, A^T y>") {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (const auto& rc : all_cases())
     for (layout lay : {layout::nchw, layout::sequence_first}) {
@@ -252,7 +252,7 @@ TEST_CASE("backward is the adjoint of forward: <A x, y> = <x, A^T y>") {
 }
 
 TEST_CASE("backward equals the finite-difference gradient of <forward(x), y>") {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (const auto& rc : all_cases()) {
     INFO(rc.name());
@@ -281,7 +281,7 @@ TEST_CASE("backward equals the finite-difference gradient of <forward(x), y>") {
 }
 
 TEST_CASE_TEMPLATE("accumulate adds into the written buffer", T, double, float, bevkd::half, bevkd::bfloat16) {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   for (const auto& rc : all_cases()) {
     INFO(rc.name());
@@ -311,7 +311,7 @@ TEST_CASE_TEMPLATE("accumulate adds into the written buffer", T, double, float, 
 }
 
 TEST_CASE("results are bit-identical for every host thread count") {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   const resample_case rc{{resample_mode::bilinear, false, false}, {2, 37, 29, 5}, 80, 61};
   const auto in = random_grid<float>(layout::sequence_first, rc.in, rng);
   const auto g = random_grid<float>(layout::sequence_first, rc.out(), rng);
@@ -347,7 +347,7 @@ struct element_exec {
 
 TEST_CASE_TEMPLATE("the host's per-pixel loops equal the device's per-element kernels bit for bit (but for FMA)", T,
                    double, float, bevkd::half, bevkd::bfloat16) {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   element_exec elements;
   for (auto rc : all_cases())
@@ -373,7 +373,7 @@ TEST_CASE_TEMPLATE("the host's per-pixel loops equal the device's per-element ke
 }
 
 TEST_CASE("bad calls are rejected naming the argument, and nothing is written") {
-  RESAMPLE_TEST_RNG(rng);
+  BEVKD_TEST_RNG(rng);
   bevkd::host_exec exec;
   auto in = random_grid<float>(layout::nhwc, {2, 6, 5, 3}, rng);
   auto out = random_grid<float>(layout::nhwc, {2, 4, 4, 3}, rng);

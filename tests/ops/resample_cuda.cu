@@ -64,7 +64,7 @@ bool bits_equal(const std::vector<T>& a, const std::vector<T>& b) {
 TEST_SUITE("gpu") {
   TEST_CASE_TEMPLATE("device resample matches the host and the reference in every layout", T, double, float,
                      bevkd::half, bevkd::bfloat16) {
-    RESAMPLE_TEST_RNG(rng);
+    BEVKD_TEST_RNG(rng);
     bevkd::host_exec host;
     bevkd::cuda_exec exec;
     for (const auto& rc : all_cases())
@@ -101,7 +101,7 @@ TEST_SUITE("gpu") {
   }
 
   TEST_CASE("device resample at BEV sizes (50x50 <-> 200x200) matches the host, bit for bit across runs") {
-    RESAMPLE_TEST_RNG(rng);
+    BEVKD_TEST_RNG(rng);
     bevkd::host_exec host;
     bevkd::cuda_exec exec;
     for (const auto& opt : all_modes())
@@ -128,7 +128,7 @@ TEST_SUITE("gpu") {
   }
 
   TEST_CASE("device calls validate on the host: a bad call throws and leaves device memory untouched") {
-    RESAMPLE_TEST_RNG(rng);
+    BEVKD_TEST_RNG(rng);
     bevkd::cuda_exec exec;
     const auto in = random_grid<float>(layout::nhwc, {2, 6, 5, 3}, rng);
     const auto out0 = random_grid<float>(layout::nhwc, {2, 4, 4, 3}, rng);

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "support/seed.hpp"
+
 namespace resample_test {
 
 using bevkd::index_t;
@@ -104,15 +106,6 @@ grid<T> random_grid(layout l, shape s, std::mt19937& rng) {
   for (auto& v : g.storage) v = T(static_cast<float>(dist(rng)));
   return g;
 }
-
-/// @brief A fresh seed per test run.
-inline std::uint32_t fresh_seed() { return std::random_device{}(); }
-
-/// @brief Declares `std::mt19937 name` from a fresh seed that every failure message in the scope reports.
-#define RESAMPLE_TEST_RNG(name)                                    \
-  const std::uint32_t name##_seed = ::resample_test::fresh_seed(); \
-  CAPTURE(name##_seed);                                            \
-  std::mt19937 name(name##_seed)
 
 /// @brief One axis matrix A (m x n, row-major) written from PyTorch's formulas.
 ///

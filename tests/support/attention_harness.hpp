@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bev_data.hpp"
+#include "seed.hpp"
 
 namespace bevkd_test {
 

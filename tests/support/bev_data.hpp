@@ -96,7 +96,4 @@ class line_buffer {
   T* first_ = nullptr;
 };
 
-/// @brief A fresh seed per run (printed by the tests that use it, so a failure can be replayed).
-inline std::uint32_t fresh_seed() { return std::random_device{}(); }
-
 }  // namespace bevkd_test
