@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "support/attention_harness.hpp"
@@ -262,45 +263,51 @@ TEST_CASE("attention_distill on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes, 
 
 TEST_CASE("attention_distill in host row blocks gives the per-row kernel's results") {
   // KL of unpooled logits with one key run per row (per_source, or joint over adjacent sources with no mask) runs
-  // in row blocks; everything else per row, whatever the switch says.
+  // in row blocks; everything else per row, whatever the switch says. Storage [N, H, S, K] has evenly spaced rows
+  // (one distance, no row list); [N, S, H, K] does not, unless H = 1 (an extent-1 dimension with a stride of its own).
   BEVKD_TEST_RNG(rng);
   bevkd::host_exec blocks, per_row;
   per_row.run_row_blocks(false);
-  for (auto normalize : both_normalizations)
-    for (bool masked : {false, true})
-      for (index_t K : {1, 7, 32, 43, 64})  // per_source rows of 64 and joint rows of 96 run in row layout
-        for (reduction red : {reduction::mean, reduction::none})
-          for (bool accumulate : {false, true}) {
-            auto cs = make_case<float>(normalize, divergence::kl, attention_input::logits, attention_input::logits);
-            cs.N = 11;  // 11 x 2 x 3 = 66 per_source rows: four blocks and a tail
-            cs.K = K;
-            cs.opts.reduce = red;
-            cs.opts.accumulate = accumulate;
-            cs.opts.temperature = 1.3;
-            cs.randomize(rng);
-            cs.random_weights(rng);
-            cs.weights[3] = 0.0f;
-            if (masked) cs.random_mask(rng);
-            if (red == reduction::none) cs.random_upstream(rng);
-            const auto prior = random_values<float>(cs.N * cs.H * cs.S * cs.K, rng);
-            std::vector<float> in_blocks = prior, by_row = prior, block_losses, row_losses;
-            const double block_loss = cs.run(blocks, in_blocks, block_losses).loss;
-            const double row_loss = cs.run(per_row, by_row, row_losses).loss;
-            INFO("joint ", cs.joint(), " masked ", masked, " K ", K, " accumulate ", accumulate);
-            CHECK(block_loss == doctest::Approx(row_loss).epsilon(2e-6));
-            CHECK(relative_error(std::vector<double>(block_losses.begin(), block_losses.end()),
-                                 std::vector<double>(row_losses.begin(), row_losses.end())) < 2e-6);
-            CHECK(relative_error(std::vector<double>(in_blocks.begin(), in_blocks.end()),
-                                 std::vector<double>(by_row.begin(), by_row.end())) < 2e-6);
-            // Query 3 has weight 0 and query 0 no valid source: their keys are +0, or untouched when accumulating.
-            for (index_t n : {index_t{0}, index_t{3}}) {
-              if (n == 0 && !masked) continue;
-              for (index_t i = n * cs.H * cs.S * cs.K; i < (n + 1) * cs.H * cs.S * cs.K; ++i) {
-                const auto at = static_cast<std::size_t>(i);
-                CHECK(std::memcmp(&in_blocks[at], accumulate ? &prior[at] : &by_row[at], sizeof(float)) == 0);
+  for (auto [heads_outer, heads] :
+       {std::pair{true, index_t{2}}, std::pair{false, index_t{2}}, std::pair{false, index_t{1}}})
+    for (auto normalize : both_normalizations)
+      for (bool masked : {false, true})
+        for (index_t K : {1, 7, 32, 43, 64})  // per_source rows of 64 and joint rows of 96 run in row layout
+          for (reduction red : {reduction::mean, reduction::none})
+            for (bool accumulate : {false, true}) {
+              auto cs = make_case<float>(normalize, divergence::kl, attention_input::logits, attention_input::logits);
+              cs.N = 11;  // 11 x 2 x 3 = 66 per_source rows: four blocks and a tail (H = 1: two and a tail)
+              cs.H = heads;
+              cs.heads_outer = heads_outer;
+              cs.K = K;
+              cs.opts.reduce = red;
+              cs.opts.accumulate = accumulate;
+              cs.opts.temperature = 1.3;
+              cs.randomize(rng);
+              cs.random_weights(rng);
+              cs.weights[3] = 0.0f;
+              if (masked) cs.random_mask(rng);
+              if (red == reduction::none) cs.random_upstream(rng);
+              const auto prior = random_values<float>(cs.N * cs.H * cs.S * cs.K, rng);
+              std::vector<float> in_blocks = prior, by_row = prior, block_losses, row_losses;
+              const double block_loss = cs.run(blocks, in_blocks, block_losses).loss;
+              const double row_loss = cs.run(per_row, by_row, row_losses).loss;
+              INFO("heads_outer ", heads_outer, " H ", heads, " joint ", cs.joint(), " masked ", masked, " K ", K,
+                   " accumulate ", accumulate);
+              CHECK(block_loss == doctest::Approx(row_loss).epsilon(2e-6));
+              CHECK(relative_error(std::vector<double>(block_losses.begin(), block_losses.end()),
+                                   std::vector<double>(row_losses.begin(), row_losses.end())) < 2e-6);
+              CHECK(relative_error(std::vector<double>(in_blocks.begin(), in_blocks.end()),
+                                   std::vector<double>(by_row.begin(), by_row.end())) < 2e-6);
+              // Query 3 has weight 0 and query 0 no valid source: their keys are +0, or untouched when accumulating.
+              for (index_t n : {index_t{0}, index_t{3}}) {
+                if (n == 0 && !masked) continue;
+                for (index_t i = n * cs.H * cs.S * cs.K; i < (n + 1) * cs.H * cs.S * cs.K; ++i) {
+                  const auto at = static_cast<std::size_t>(i);
+                  CHECK(std::memcmp(&in_blocks[at], accumulate ? &prior[at] : &by_row[at], sizeof(float)) == 0);
+                }
               }
             }
-          }
 }
 
 TEST_CASE("attention_distill streams a masked joint gradient of several MiB where its runs start on a line") {

@@ -55,12 +55,14 @@ struct attention_weighting {
   index_t sources = 1;                        ///< S.
   bool joint = false;                         ///< Joint normalisation.
 
-  /// @brief (n, h, s) of row r (s = 0 in joint mode).
+  /// @brief (n, h, s) of row r (s = 0 in joint mode): two divisions, one in joint mode (64-bit divisions are slow on
+  /// some hosts and emulated on the device).
   BEVKD_HOST_DEVICE void decode(index_t r, index_t& n, index_t& h, index_t& s) const {
     const index_t per_query = joint ? heads : heads * sources;
     n = r / per_query;
-    h = (r % per_query) / (joint ? 1 : sources);
-    s = joint ? 0 : r % sources;
+    const index_t within = r - n * per_query;  // h S + s
+    h = joint ? within : within / sources;
+    s = joint ? 0 : within - h * sources;
   }
   /// @brief True when the mask or the query weights make row weights differ from 1.
   BEVKD_HOST_DEVICE bool has_weights() const { return mask.data != nullptr || query_weights.data != nullptr; }
@@ -240,6 +242,25 @@ struct attention_problem {
       }
     }
   }
+  /// @brief When every row lies one distance from the row before in each tensor (the row dimensions, [N, H, S] or a
+  /// joint row's [N, H], collapse into one, as in a contiguous [N, H, S, K] tensor): row `first` into row0, the
+  /// distances into step (student, teacher, gradient) and true; else false (row_range then lists the rows).
+  ///
+  /// Why: row_range's decode of the block's first row takes three 64-bit divisions, which on an
+  /// Intel Cascade Lake host cost about a fifth of the TSA call's driver work (measured, perf).
+  bool even_spacing(index_t first, int count, loss_row<T, true>& row0, index_t (&step)[3]) const {
+    (void)count;
+    if (!Runs || (rows.joint && !one_run)) return false;
+    const index_t distances[3] = {row_distance(student), row_distance(teacher), row_distance(grad)};
+    for (int i = 0; i < 3; ++i) {
+      if (distances[i] < 0) return false;
+      step[i] = distances[i];
+    }
+    row0 = loss_row<T, true>{
+        {student.data + first * step[0], 1}, {teacher.data + first * step[1], 1}, {grad.data + first * step[2], 1},
+        columns()};
+    return true;
+  }
   /// @brief Loss of each row of a host row block; writes coeff[l] * dl/d(student) (see softmax_kl_block). Masked
   /// joint rows run as multi_run_blocks of their valid sources; their masked sources' keys get gradient 0.
   template <class Block>
@@ -342,6 +363,23 @@ struct attention_problem {
     row.student.ptr += heads * student.stride[1] + sources * student.stride[2];
     row.teacher.ptr += heads * teacher.stride[1] + sources * teacher.stride[2];
     row.grad.ptr += heads * grad.stride[1] + sources * grad.stride[2];
+  }
+
+  // The distance from each row of v to the next when v's row dimensions ([N, H, S] per source, [N, H] joint) collapse
+  // into one (each dimension of extent > 1 steps over all the ones inside it); -1 when they do not.
+  template <class View>
+  index_t row_distance(const View& v) const {
+    const int row_dims = rows.joint ? 2 : 3;
+    index_t distance = 0, span = 0;  // span: rows inside the dimensions seen (0: none of extent > 1 yet, one row)
+    for (int d = row_dims - 1; d >= 0; --d) {
+      if (v.extent[d] == 1) continue;
+      if (span == 0)
+        distance = v.stride[d];
+      else if (v.stride[d] != span * distance)
+        return -1;
+      span = (span == 0 ? 1 : span) * v.extent[d];
+    }
+    return distance;
   }
 
   // The contiguous keys [0, count) of (n, h) starting at source s, as one loss row.
