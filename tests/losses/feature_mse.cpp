@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#define BEVKD_TEST_LOSSES ::bevkd_test::loss_set::mse  // this file runs feature_mse only
 #include "support/loss_harness.hpp"
 
 using namespace bevkd_test;
@@ -97,6 +98,14 @@ TEST_CASE("feature_mse on host teams of 1, 4, 7, 8, 16, 32 and 256 lanes") {
           check_host_case(cs, exec);
         }
     }
+}
+
+TEST_CASE("host_exec stages strided MSE rows: the same results as the in-place row kernels, padding untouched") {
+  BEVKD_TEST_RNG(rng);
+  std::vector<loss_kind> kinds;
+  for (auto normalize : {mse_normalize::none, mse_normalize::per_pillar_l2})
+    kinds.push_back(mse_case<float>(normalize).kind);
+  check_staging_matches_in_place(kinds, rng);
 }
 
 TEST_CASE("feature_mse gradient equals central finite differences, including through the L2 normalisation") {

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#define BEVKD_TEST_LOSSES ::bevkd_test::loss_set::kl  // this file runs response_kl only
 #include "support/loss_harness.hpp"
 
 using namespace bevkd_test;
@@ -370,39 +371,11 @@ TEST_CASE("response_kl is deterministic: repeated runs and 1 vs 2 threads are bi
     }
 }
 
-TEST_CASE("host_exec stages strided rows: the same results as the in-place row kernels, padding untouched") {
+TEST_CASE("host_exec stages strided KL rows: the same results as the in-place row kernels, padding untouched") {
   BEVKD_TEST_RNG(rng);
   std::vector<loss_kind> kinds;
   for (kl_mode mode : all_modes) kinds.push_back(kl_case<float>(mode, 1.4).kind);
-  for (auto normalize : {bevkd::mse_normalize::none, bevkd::mse_normalize::per_pillar_l2}) {
-    loss_kind mse;
-    mse.is_kl = false;
-    mse.normalize = normalize;
-    kinds.push_back(mse);
-  }
-  bevkd::host_exec staging, in_place;
-  in_place.stage_strided_rows(false);
-  CHECK(staging.stages_strided_rows());
-  CHECK(!in_place.stages_strided_rows());
-  for (const loss_kind& kind : kinds)
-    for (layout lay : all_layouts)
-      for (bool accumulate : {false, true}) {
-        loss_case<float> cs = kl_case<float>(kind.mode, kind.tau, 2, 37, 11);
-        cs.kind = kind;
-        cs.lay = lay;
-        cs.opts.accumulate = accumulate;
-        cs.randomize(rng);
-        cs.random_weights(rng);
-        const auto prior = random_values<float>(storage_size(lay, cs.B, cs.P, cs.C), rng);
-        std::vector<float> staged = prior, direct = prior, rows;
-        const double staged_loss = cs.run(staging, staged, rows).loss;
-        const double direct_loss = cs.run(in_place, direct, rows).loss;
-        INFO("kl ", kind.is_kl, " mode ", static_cast<int>(kind.mode), " layout ", layout_name(lay), " accumulate ",
-             accumulate);
-        CHECK(relative_error(staged_loss, direct_loss) < 1e-6);
-        CHECK(relative_error(std::vector<double>(staged.begin(), staged.end()),
-                             std::vector<double>(direct.begin(), direct.end())) < 1e-6);
-      }
+  check_staging_matches_in_place(kinds, rng);
 }
 
 TEST_CASE_TEMPLATE("host row blocks give the per-row kernel's results, with excluded rows exactly 0 or untouched", T,

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -17,6 +18,17 @@
 #include "seed.hpp"
 
 namespace bevkd_test {
+
+/// @brief The loss functors a test file's cases can run. A file that runs one loss defines BEVKD_TEST_LOSSES as
+/// bevkd_test::loss_set::kl or ::mse before including this header, and the other functor is not compiled: each
+/// loss's host paths in four dtypes are the longest compiles of the build, which CI repeats in three configurations.
+enum class loss_set { kl, mse, both };
+
+#ifndef BEVKD_TEST_LOSSES
+#define BEVKD_TEST_LOSSES ::bevkd_test::loss_set::both
+#endif
+/// @brief The loss functors this file's harness compiles.
+inline constexpr loss_set compiled_losses = BEVKD_TEST_LOSSES;
 
 /// @brief Which loss a case exercises (the reference and the functor both follow from it).
 struct loss_kind {
@@ -96,17 +108,23 @@ struct loss_case {
     return io;
   }
 
-  /// @brief Runs the loss functor of this case on an executor.
+  /// @brief Runs the loss functor of this case on an executor (only the losses of this file's loss_set compile).
   template <class Exec>
   typename Exec::result_type run(Exec& exec, std::vector<T>& grad, std::vector<acc>& row_loss) const {
     const auto rows = io(row_loss);
     if (kind.is_kl) {
-      const bevkd::response_kl kl({kind.mode, kind.tau, opts.reduce, opts.loss_weight, opts.grad_scale, opts.accumulate});
-      return kl(exec, student_view(), teacher_view(), grad_view(grad), rows);
+      if constexpr (compiled_losses != loss_set::mse) {
+        const bevkd::response_kl kl(
+            {kind.mode, kind.tau, opts.reduce, opts.loss_weight, opts.grad_scale, opts.accumulate});
+        return kl(exec, student_view(), teacher_view(), grad_view(grad), rows);
+      }
+    } else if constexpr (compiled_losses != loss_set::kl) {
+      const bevkd::feature_mse mse(
+          {kind.normalize, kind.eps, opts.reduce, opts.loss_weight, opts.grad_scale, opts.accumulate});
+      return mse(exec, student_view(), teacher_view(), grad_view(grad), rows);
     }
-    const bevkd::feature_mse mse(
-        {kind.normalize, kind.eps, opts.reduce, opts.loss_weight, opts.grad_scale, opts.accumulate});
-    return mse(exec, student_view(), teacher_view(), grad_view(grad), rows);
+    throw std::logic_error(kind.is_kl ? "this test file's harness compiles feature_mse only (BEVKD_TEST_LOSSES)"
+                                      : "this test file's harness compiles response_kl only (BEVKD_TEST_LOSSES)");
   }
 };
 
@@ -118,28 +136,38 @@ struct expected {
   std::vector<double> grad;      // logical [B, P, C]; for accumulate, the added part only
 };
 
-/// @brief Computes a case's expected result in double precision from the stored (rounded) inputs.
+/// @brief The double-precision reference loss and gradient of each row of a case, from its stored (rounded) inputs:
+/// they depend on the inputs, layout and loss only, so a test that varies weights and reduction computes them once.
 template <class T>
-expected expected_result(const loss_case<T>& cs) {
+std::vector<row_ref_result> reference_rows(const loss_case<T>& cs) {
   const auto s = cs.student_view(), t = cs.teacher_view();
+  const index_t inner = cs.row_inner(), n = cs.kind.spatial() ? cs.P : cs.C;
+  std::vector<row_ref_result> rows;
+  std::vector<double> sr(static_cast<std::size_t>(n)), tr(static_cast<std::size_t>(n));
+  for (index_t r = 0; r < cs.row_count(); ++r) {
+    const index_t b = r / inner, i = r % inner;
+    for (index_t c = 0; c < n; ++c) {
+      const index_t p = cs.kind.spatial() ? c : i, ch = cs.kind.spatial() ? i : c;
+      sr[static_cast<std::size_t>(c)] = to_double(s(b, p, ch));
+      tr[static_cast<std::size_t>(c)] = to_double(t(b, p, ch));
+    }
+    rows.push_back(cs.kind.reference(sr, tr));
+  }
+  return rows;
+}
+
+/// @brief A case's expected result in double precision, from its rows' references (reference_rows(cs)).
+template <class T>
+expected expected_result(const loss_case<T>& cs, const std::vector<row_ref_result>& rows) {
   const index_t inner = cs.row_inner(), n = cs.kind.spatial() ? cs.P : cs.C;
   expected e;
   e.grad.assign(static_cast<std::size_t>(cs.B * cs.P * cs.C), 0.0);
-  std::vector<row_ref_result> rows;
   std::vector<double> w(static_cast<std::size_t>(cs.row_count()), 1.0);
   for (index_t r = 0; r < cs.row_count(); ++r) {
     if (!cs.weights.empty()) w[r] = static_cast<double>(cs.weights[r]);
-    std::vector<double> sr, tr;
-    for (index_t c = 0; c < n; ++c) {
-      const index_t b = r / inner, i = r % inner;
-      const index_t p = cs.kind.spatial() ? c : i, ch = cs.kind.spatial() ? i : c;
-      sr.push_back(to_double(s(b, p, ch)));
-      tr.push_back(to_double(t(b, p, ch)));
-    }
-    rows.push_back(cs.kind.reference(sr, tr));
     e.weight_sum += w[r];
-    if (w[r] != 0) e.sum += w[r] * rows.back().loss;
-    if (w[r] != 0) e.loss_scale += w[r] * (std::fabs(rows.back().loss) + rows.back().scale);
+    if (w[r] != 0) e.sum += w[r] * rows[r].loss;
+    if (w[r] != 0) e.loss_scale += w[r] * (std::fabs(rows[r].loss) + rows[r].scale);
   }
   const auto red = cs.opts.reduce;
   const double normaliser = red == bevkd::reduction::mean        ? e.weight_sum
@@ -161,6 +189,12 @@ expected expected_result(const loss_case<T>& cs) {
     }
   }
   return e;
+}
+
+/// @brief Computes a case's expected result in double precision from the stored (rounded) inputs.
+template <class T>
+expected expected_result(const loss_case<T>& cs) {
+  return expected_result(cs, reference_rows(cs));
 }
 
 /// @brief Relative tolerance of a dtype's stored results.
@@ -219,14 +253,15 @@ T sentinel() {
   return T(static_cast<float>(-123.25));
 }
 
-/// @brief Runs a case on the host executor and checks loss, weight sum, per-row losses, gradient and untouched padding.
+/// @brief Runs a case on the host executor and checks loss, weight sum, per-row losses, gradient and untouched padding
+/// against the expected result from its rows' references.
 template <class T>
-void check_host_case(const loss_case<T>& cs, bevkd::host_exec& exec) {
+void check_host_case(const loss_case<T>& cs, bevkd::host_exec& exec, const std::vector<row_ref_result>& references) {
   using acc = bevkd::accum_t<T>;
   std::vector<T> grad(static_cast<std::size_t>(storage_size(cs.lay, cs.B, cs.P, cs.C)), sentinel<T>());
   std::vector<acc> row_loss;
   const bevkd::loss_result got = cs.run(exec, grad, row_loss);
-  const expected want = expected_result(cs);
+  const expected want = expected_result(cs, references);
   const double tol = tolerance<T>();
   INFO("layout ", layout_name(cs.lay), " B ", cs.B, " P ", cs.P, " C ", cs.C, " reduction ",
        static_cast<int>(cs.opts.reduce), " weighted ", !cs.weights.empty());
@@ -249,12 +284,19 @@ void check_host_case(const loss_case<T>& cs, bevkd::host_exec& exec) {
   }
 }
 
+/// @brief Runs a case on the host executor and checks it against the double reference.
+template <class T>
+void check_host_case(const loss_case<T>& cs, bevkd::host_exec& exec) {
+  check_host_case(cs, exec, reference_rows(cs));
+}
+
 /// @brief Checks a case over every layout, reduction and weighting on the host.
 template <class T>
 void check_all_options(loss_case<T> cs, std::mt19937& rng, bevkd::host_exec& exec) {
   for (layout lay : all_layouts) {
     cs.lay = lay;
     cs.randomize(rng);
+    const auto references = reference_rows(cs);
     for (auto red : {bevkd::reduction::none, bevkd::reduction::sum, bevkd::reduction::mean,
                      bevkd::reduction::batchmean}) {
       cs.opts.reduce = red;
@@ -263,7 +305,7 @@ void check_all_options(loss_case<T> cs, std::mt19937& rng, bevkd::host_exec& exe
         cs.upstream.clear();
         if (weighted) cs.random_weights(rng);
         if (weighted && red == bevkd::reduction::none) cs.random_upstream(rng);
-        check_host_case(cs, exec);
+        check_host_case(cs, exec, references);
       }
     }
   }
@@ -366,6 +408,44 @@ void check_blocks_match_rows(loss_case<T> cs, std::mt19937& rng, double grad_tol
       CHECK(std::memcmp(&in_blocks[at], cs.opts.accumulate ? &prior[at] : &by_row[at], sizeof(T)) == 0);
     }
   }
+}
+
+/// @brief Runs float cases of each kind (every layout, writing and accumulating, random weights) on a host_exec that
+/// stages strided rows and on one that runs its row kernels on them in place: the two agree within 1e-6 relative, and
+/// both leave the padded layout's padding as it was.
+inline void check_staging_matches_in_place(const std::vector<loss_kind>& kinds, std::mt19937& rng) {
+  bevkd::host_exec staging, in_place;
+  in_place.stage_strided_rows(false);
+  CHECK(staging.stages_strided_rows());
+  CHECK(!in_place.stages_strided_rows());
+  for (const loss_kind& kind : kinds)
+    for (layout lay : all_layouts)
+      for (bool accumulate : {false, true}) {
+        loss_case<float> cs;
+        cs.B = 2;
+        cs.P = 37;
+        cs.C = 11;
+        cs.kind = kind;
+        cs.lay = lay;
+        cs.opts.accumulate = accumulate;
+        cs.randomize(rng);
+        cs.random_weights(rng);
+        const auto prior = random_values<float>(storage_size(lay, cs.B, cs.P, cs.C), rng);
+        std::vector<float> staged = prior, direct = prior, rows;
+        const double staged_loss = cs.run(staging, staged, rows).loss;
+        const double direct_loss = cs.run(in_place, direct, rows).loss;
+        INFO("kl ", kind.is_kl, " mode ", static_cast<int>(kind.mode), " normalize ", static_cast<int>(kind.normalize),
+             " layout ", layout_name(lay), " accumulate ", accumulate);
+        CHECK(relative_error(staged_loss, direct_loss) < 1e-6);
+        CHECK(relative_error(std::vector<double>(staged.begin(), staged.end()),
+                             std::vector<double>(direct.begin(), direct.end())) < 1e-6);
+        bool padding_kept = true;
+        for (std::size_t i = 0; lay == layout::padded && i < prior.size(); ++i)
+          if (static_cast<index_t>(i) % (cs.C + 3) >= cs.C)
+            padding_kept = padding_kept && std::memcmp(&staged[i], &prior[i], sizeof(float)) == 0 &&
+                           std::memcmp(&direct[i], &prior[i], sizeof(float)) == 0;
+        CHECK(padding_kept);
+      }
 }
 
 /// @brief Central finite differences of the reduced loss w.r.t. each student element (double inputs).
