@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds bevkd and runs every test: the full build (CUDA compiled where nvcc exists), then the CPU tests under ASan+UBSan.
+# Builds bevkd and runs every test: the full build (CUDA compiled where nvcc exists; FMA contraction and AVX-512 where
+# the CPU has them), then the portable CPU tests under ASan+UBSan, then the safetensors fuzzer.
 # SPDX-License-Identifier: Apache-2.0
 #
 # Usage: scripts/test.sh    (from anywhere; build trees go to build/ and build-sanitize/ in the repo)
@@ -42,57 +43,52 @@ configure() {  # configure <build dir> <cmake args...>
 }
 
 # 1. Everything, as users build it; GPU tests are compiled where nvcc exists and skip (exit 77) without a device.
+# On x86-64 CPUs with AVX2 and FMA the host code is built with -mavx2 -mfma, as consumers' -march=native builds do:
+# GCC then fuses a * b + c across statements (FMA contraction), and a softmax's shift must still give its maximum an
+# exponent of exactly 0. On CPUs with AVX-512 the build adds -mavx512f, which switches the fp32 row blocks to their
+# AVX-512 passes (losses/detail/*_avx512.hpp), and with AVX-512BW and VL too, half and bfloat16 rows run in the host
+# lane groups (16-bit masked loads and stores). The portable paths (no FMA, no AVX-512) are built and run in step 2.
+# test_resample compares its host and per-element loops within a few roundings in contracting builds instead of bit
+# for bit (the compiler may contract them differently).
+host_flags=""
+if [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
+  host_flags="-mavx2 -mfma"
+  if grep -qw avx512f /proc/cpuinfo; then host_flags="${host_flags} -mavx512f"; fi
+  if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
+    host_flags="${host_flags} -mavx512bw -mavx512vl"
+  fi
+  echo "test.sh: host code of the Release build compiled with ${host_flags}"
+else
+  echo "test.sh: no AVX2 + FMA: the Release build is portable (no contraction)"
+fi
 cuda_args=(-DBEVKD_ENABLE_CUDA=ON)
 if command -v nvcc >/dev/null 2>&1; then
   cuda_args+=(-DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DCMAKE_CUDA_ARCHITECTURES="${cuda_arch}")
 else
   echo "test.sh: no nvcc found: CUDA sources are not compiled"
 fi
-phase "configure (Release)" configure build -DCMAKE_BUILD_TYPE=Release "${cuda_args[@]}"
+phase "configure (Release)" configure build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="${host_flags}" \
+  "${cuda_args[@]}"
 phase "build (Release)" cmake --build build -j "${jobs}"
 phase "ctest (Release)" ctest --test-dir build --output-on-failure -j "${jobs}"
 
-# 2. The CPU tests again under AddressSanitizer and UndefinedBehaviorSanitizer, in Debug (assertions
-# on; -O0 compiles the template-heavy tests about 3x faster than -O1 under the sanitizers, and
-# they still run in seconds); _GLIBCXX_ASSERTIONS bounds-checks the standard containers. OpenMP is off here so the serial host backend (what a consumer without -fopenmp
-# gets) is built and tested too; the Release build covers the OpenMP one. CMAKE_CXX_FLAGS reach
-# the link line too, which the sanitizer runtimes need. The packaging tests
-# are left out: they exercise CMake, which no compiler flag changes.
+# 2. The CPU tests again, portable (no -m flags), under AddressSanitizer and UndefinedBehaviorSanitizer, in Debug
+# (assertions on; -O0 compiles the template-heavy tests about 3x faster than -O1 under the sanitizers, and they
+# still run in minutes); _GLIBCXX_ASSERTIONS bounds-checks the standard containers. OpenMP is off here so the serial
+# host backend (what a consumer without -fopenmp gets) is built and tested too; the Release build covers the OpenMP
+# one. CMAKE_CXX_FLAGS reach the link line too, which the sanitizer runtimes need. The packaging tests are left out
+# (they exercise CMake, which no compiler flag changes), and so is the header check (step 1 compiles every header
+# alone; the sanitizers find nothing in code that only compiles).
 sanitize_flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -D_GLIBCXX_ASSERTIONS"
 phase "configure (sanitize)" configure build-sanitize -DCMAKE_BUILD_TYPE=Debug -DBEVKD_ENABLE_CUDA=OFF \
-  -DBEVKD_BUILD_BENCHMARKS=OFF -DBEVKD_BUILD_EXAMPLES=OFF -DBEVKD_USE_OPENMP=OFF \
+  -DBEVKD_BUILD_BENCHMARKS=OFF -DBEVKD_BUILD_EXAMPLES=OFF -DBEVKD_USE_OPENMP=OFF -DBEVKD_HEADER_CHECK=OFF \
   -DCMAKE_CXX_FLAGS="${sanitize_flags}"
 phase "build (sanitize)" cmake --build build-sanitize -j "${jobs}"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 phase "ctest (sanitize, cpu)" ctest --test-dir build-sanitize --output-on-failure -j "${jobs}" -L cpu -LE packaging
 
-# 3. The loss tests again with FMA contraction (-mavx2 -mfma: GCC then fuses a * b + c across statements, as
-# consumers' -march=native builds do): a softmax's shift must still give its maximum an exponent of exactly 0
-# (x86-64 CPUs with AVX2 and FMA only). On CPUs with AVX-512 the build adds -mavx512f, which switches the fp32
-# softmax KL row blocks to their AVX-512 passes (losses/detail/kl_rows_avx512.hpp). test_resample compares its
-# host and per-element loops within a few roundings there instead of bit for bit (the compiler may contract them
-# differently).
-fma_tests=(test_core test_response_kl test_feature_mse test_attention_distill test_sampling_location test_resample)
-if [ "$(uname -m)" = x86_64 ] && grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo; then
-  fma_flags="-mavx2 -mfma"
-  if grep -qw avx512f /proc/cpuinfo; then fma_flags="${fma_flags} -mavx512f"; fi
-  # With AVX-512BW and VL too, half and bfloat16 rows run in the host lane groups (16-bit masked loads and stores).
-  if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
-    fma_flags="${fma_flags} -mavx512bw -mavx512vl"
-  fi
-  echo "test.sh: contraction build flags: ${fma_flags}"
-  phase "configure (fma)" configure build-fma -DCMAKE_BUILD_TYPE=Release -DBEVKD_ENABLE_CUDA=OFF \
-    -DBEVKD_BUILD_BENCHMARKS=OFF -DBEVKD_BUILD_EXAMPLES=OFF -DCMAKE_CXX_FLAGS="${fma_flags}"
-  # bevkd_header_check: every header compiled on its own with these flags (the AVX-512 code included).
-  phase "build (fma)" cmake --build build-fma -j "${jobs}" --target "${fma_tests[@]}" bevkd_header_check
-  phase "ctest (fma, losses)" ctest --test-dir build-fma --output-on-failure -j "${jobs}" \
-    -R "^($(IFS='|'; echo "${fma_tests[*]}"))\$"
-else
-  echo "test.sh: no AVX2 + FMA: the contraction build is skipped"
-fi
-
-# 4. The safetensors reader fed by libFuzzer under ASan+UBSan for a bounded time: an untrusted
+# 3. The safetensors reader fed by libFuzzer under ASan+UBSan for a bounded time: an untrusted
 # checkpoint must give an error, never a crash (scripts/setup.sh installs clang and its runtime).
 if command -v clang++ >/dev/null 2>&1; then
   phase "fuzz safetensors" bash scripts/fuzz.sh "${BEVKD_FUZZ_SECONDS:-60}"
