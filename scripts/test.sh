@@ -42,7 +42,8 @@ configure() {  # configure <build dir> <cmake args...>
   cmake -S . -B "${dir}" -G "${generator}" "$@" "${extra_args[@]}"
 }
 
-# 1. Everything, as users build it; GPU tests are compiled where nvcc exists and skip (exit 77) without a device.
+# 1. The library, its tests, examples and tools, as users build them; GPU tests are compiled where nvcc exists and
+# skip (exit 77) without a device.
 # On x86-64 CPUs with AVX2 and FMA the host code is built with -mavx2 -mfma, as consumers' -march=native builds do:
 # GCC then fuses a * b + c across statements (FMA contraction), and a softmax's shift must still give its maximum an
 # exponent of exactly 0. On CPUs with AVX-512 the build adds -mavx512f, which switches the fp32 row blocks to their
@@ -67,10 +68,12 @@ if command -v nvcc >/dev/null 2>&1; then
 else
   echo "test.sh: no nvcc found: CUDA sources are not compiled"
 fi
-# Optimised at -O2 (RelWithDebInfo's level, without -g) rather than Release's -O3: the tests take half the compile
-# time, which keeps this script and CI under half an hour on two cores. The benchmark figures come from -O3 builds.
+# Optimised at -O2 (RelWithDebInfo's level, without -g) rather than Release's -O3, and without the benchmarks (they
+# are no tests; scripts/gpu-check.sh and bench/RESULTS.md's commands build them at -O3): half the compile time, which
+# keeps this script and CI under half an hour on two cores.
 phase "configure (Release)" configure build -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="${host_flags}" \
-  -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" -DCMAKE_CUDA_FLAGS_RELEASE="-O2 -DNDEBUG" "${cuda_args[@]}"
+  -DCMAKE_CXX_FLAGS_RELEASE="-O2 -DNDEBUG" -DCMAKE_CUDA_FLAGS_RELEASE="-O2 -DNDEBUG" -DBEVKD_BUILD_BENCHMARKS=OFF \
+  "${cuda_args[@]}"
 phase "build (Release)" cmake --build build -j "${jobs}"
 phase "ctest (Release)" ctest --test-dir build --output-on-failure -j "${jobs}"
 
