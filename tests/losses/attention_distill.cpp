@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -382,6 +383,39 @@ TEST_CASE("attention_distill rejects bad input before writing anything") {
   bevkd::attention_io<float> wio;
   wio.query_weights = bevkd::contiguous_view<const float, 1>(w.data(), {2});
   rejected([&] { ad(exec, S, T, G, wio); }, "weights");
+}
+
+TEST_CASE("a negative query weight deep in a call of many row blocks and chunks is rejected, nothing written") {
+  // 300 queries x 3 sources: 900 per_source rows (four host chunks of 256, row blocks of 16), 300 joint rows; the
+  // weight sum reads weights a block at a time, and the one bad weight sits in the last chunk, mid-block.
+  BEVKD_TEST_RNG(rng);
+  const index_t N = 300, S = 3, K = 5;
+  std::uniform_real_distribution<float> logit(-3.0f, 3.0f);
+  std::vector<float> s(static_cast<std::size_t>(N * S * K)), t(s.size()), g(s.size(), 3.0f), w(N, 0.5f);
+  for (auto* v : {&s, &t})
+    for (auto& x : *v) x = logit(rng);
+  w[290] = -0.25f;
+  std::vector<std::uint8_t> mask(static_cast<std::size_t>(N * S), 1);
+  mask[7] = 0;
+  bevkd::attention_io<float> io;
+  io.query_weights = bevkd::contiguous_view<const float, 1>(w.data(), {N});
+  bevkd::host_exec exec(2);
+  const auto view = [&](auto* p) { return bevkd::contiguous_view<std::remove_pointer_t<decltype(p)>, 4>(p, {N, 1, S, K}); };
+  for (auto normalize : {attention_normalize::per_source, attention_normalize::joint}) {
+    for (bool masked : {false, true}) {
+      CAPTURE(static_cast<int>(normalize));
+      CAPTURE(masked);
+      io.source_mask = masked ? bevkd::contiguous_view<const std::uint8_t, 2>(mask.data(), {N, S})
+                              : bevkd::strided_view<const std::uint8_t, 2>{};
+      bevkd::attention_distill_options opts;
+      opts.normalize = normalize;
+      CHECK_THROWS_WITH_AS(bevkd::attention_distill{opts}(exec, view(static_cast<const float*>(s.data())),
+                                                           view(static_cast<const float*>(t.data())), view(g.data()),
+                                                           io),
+                           doctest::Contains("weights"), bevkd::invalid_argument);
+      CHECK(g == std::vector<float>(g.size(), 3.0f));
+    }
+  }
 }
 
 TEST_CASE("teacher attention on a finer BEV grid, resampled onto the student's grid, stays normalised and distils") {

@@ -277,17 +277,28 @@ class host_exec {
     return total;
   }
 
+  // Sum of the row weights, each chunk's in row order (the same for any thread count); throws if one is negative.
+  //
+  // Why through rows.load, sixteen rows at a time: weight(r) decodes its row index anew (the
+  // attention's (n, h, s): two 64-bit divisions), which on a masked spatial cross-attention call
+  // (640000 joint rows) took about 5 % of the call (measured, perf, Intel Cascade Lake, one thread).
   template <class Problem>
   double sum_weights(const Problem& problem) {
+    using acc = typename Problem::acc_type;
     const index_t rows = problem.row_count();
     std::atomic<bool> negative{false};
     const double total = sum_over_chunks(rows, detail::host_rows_per_chunk, 0,
                                          [&](index_t first, index_t last, const host_team&) {
                                            double partial = 0;
-                                           for (index_t r = first; r < last; ++r) {
-                                             const double w = static_cast<double>(problem.rows.weight(r));
-                                             if (w < 0) negative.store(true, std::memory_order_relaxed);
-                                             partial += w;
+                                           acc w[detail::block_rows], upstream[detail::block_rows];
+                                           for (index_t r = first; r < last; r += detail::block_rows) {
+                                             const int count = static_cast<int>(
+                                                 last - r < detail::block_rows ? last - r : detail::block_rows);
+                                             problem.rows.load(r, count, w, upstream);
+                                             for (int l = 0; l < count; ++l) {
+                                               if (w[l] < acc(0)) negative.store(true, std::memory_order_relaxed);
+                                               partial += static_cast<double>(w[l]);
+                                             }
                                            }
                                            return partial;
                                          });
