@@ -105,14 +105,14 @@ struct attention_weighting {
     if (!has_weights() && !upstream.data) return unit_row_weights(count, w, u);
     index_t n, h, s;
     decode(first, n, h, s);
-    index_t weighed = -1;  // the query whose joint weight is in query_weight
-    Acc query_weight = Acc(1);
+    Acc row_weight = Acc(1);
+    index_t weighed = -1;  // the query whose weight row_weight holds (joint rows)
     for (int l = 0; l < count; ++l, advance(n, h, s)) {
-      if (joint && has_weights() && n != weighed) {
-        query_weight = weight_at(n, 0);
+      if (has_weights() && (!joint || n != weighed)) {
+        row_weight = weight_at(n, s);
         weighed = n;
       }
-      w[l] = !has_weights() ? Acc(1) : joint ? query_weight : weight_at(n, s);
+      w[l] = row_weight;
       u[l] = upstream.data ? upstream(n, h, s) : Acc(1);
     }
   }
