@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <cstring>
 #include <limits>
 #include <random>
@@ -486,6 +489,47 @@ TEST_CASE("the AVX-512 row passes fold sixteen runs at a time bit for bit as fol
     check(bevkd::sum_op{}, count);
     check(bevkd::shift_max_op{}, count);
   }
+}
+
+namespace {
+
+// The least grad_streamable reads of a problem: its element type, size and whether its rows are softmaxes.
+template <bool Exponential>
+struct sized_rows {
+  using value_type = float;
+  static constexpr bool exponential_rows = Exponential;
+  bevkd::index_t rows, columns_;
+  bevkd::index_t row_count() const { return rows; }
+  bevkd::index_t columns() const { return columns_; }
+};
+
+// True when CPUID names the vendor GenuineIntel (read here independently of intel_host's __builtin_cpu_is).
+bool cpuid_says_intel() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  __cpuid(0, eax, ebx, ecx, edx);
+  char vendor[12];
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  return std::memcmp(vendor, "GenuineIntel", 12) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("large fp32 gradients are streamed, except softmax rows' on Intel hosts; accumulated or small ones never") {
+  using namespace bevkd::detail;
+  static_assert(has_exponential_rows<response_kl_problem<float, true, false>>::value, "softmax KL");
+  static_assert(!has_exponential_rows<response_kl_problem<float, true, true>>::value, "sigmoid KL");
+  static_assert(has_exponential_rows<attention_problem<float>>::value, "attention");
+  static_assert(!has_exponential_rows<feature_mse_problem<float, true, false>>::value, "feature MSE");
+  const bool intel = cpuid_says_intel();
+  CHECK(intel_host() == intel);
+  const bevkd::index_t rows = 80000, columns = 64;  // B = 2, 200 x 200, C = 64: 20 MB
+  CHECK(grad_streamable(sized_rows<true>{rows, columns}, false) == !intel);
+  CHECK(grad_streamable(sized_rows<false>{rows, columns}, false));
+  CHECK_FALSE(grad_streamable(sized_rows<false>{rows, columns}, true));
+  CHECK(grad_streamable(sized_rows<false>{1024, 1024}, false));  // min_streamed_grad_bytes: 4 MiB
+  CHECK_FALSE(grad_streamable(sized_rows<false>{1024, 1023}, false));
 }
 #endif
 

@@ -47,6 +47,8 @@ struct response_kl_problem : row_problem<T, Unit> {
   /// @brief Rows with float accumulators can run in host row blocks (see blocks_apply()): softmax rows in row or lane
   /// layout, sigmoid rows in lane layout.
   static constexpr bool row_blocks = std::is_same<acc_type, float>::value;
+  /// @brief Softmax rows are bound by their exponentials (see grad_streamable).
+  static constexpr bool exponential_rows = !Sigmoid;
   /// @brief True when this call's rows run in host row blocks.
   bool blocks_apply() const { return row_blocks && blocks_fit(this->columns(), Unit); }
   /// @brief True when rows of `columns` columns run in host row blocks (see blocks_apply()).

@@ -262,19 +262,47 @@ BEVKD_HOST_FORCEINLINE void store_floats(T* p, __m512 v, __mmask16 m) {
 /// @brief Gradients of at least this many bytes per call are streamed (see streams_grad).
 constexpr index_t min_streamed_grad_bytes = index_t{4} << 20;
 
+/// @brief Whether Problem's rows are bound by their exponentials (a softmax per row): its member exponential_rows, else
+/// false.
+template <class Problem, class = void>
+struct has_exponential_rows : std::false_type {};
+/// @brief Problem declares exponential_rows.
+template <class Problem>
+struct has_exponential_rows<Problem, std::void_t<decltype(Problem::exponential_rows)>>
+    : std::bool_constant<Problem::exponential_rows> {};
+
+#if defined(BEVKD_HOST_AVX512)
+/// @brief True on an Intel host: there the exponential rows' gradients are written with plain stores (see
+/// grad_streamable).
+inline bool intel_host() {
+#if defined(__GNUC__)
+  static const bool intel = __builtin_cpu_is("intel");
+  return intel;
+#else
+  return false;
+#endif
+}
+#endif
+
 /// @brief True when a call's gradient is large enough, and of the kind, to be written with non-temporal stores: an
-/// AVX-512 host, float, written (not accumulated), at least min_streamed_grad_bytes.
+/// AVX-512 host, float, written (not accumulated), at least min_streamed_grad_bytes; on an Intel host, not for
+/// exponential rows (has_exponential_rows).
 ///
 /// Why: a stored line is first read for ownership, a third more memory traffic on top of the two
 /// inputs, and its prefetch takes a miss buffer that the next block's inputs need; a gradient this
 /// large leaves the core's caches before anyone reads it again anyway. Measured at B = 2, 200 x 200,
-/// C = 64 fp32 (2-core Zen 4): KL forward+backward 2.2-2.6 -> 1.8-1.9 ms on two threads.
+/// C = 64 fp32 (2-core Zen 4): KL forward+backward 2.2-2.6 -> 1.8-1.9 ms on two threads. On a 2-core
+/// Intel Cascade Lake the softmax rows, whose exponentials leave memory idle part of the time, were
+/// faster with plain stores (two threads, plain vs streamed interleaved in one process: KL C = 64 and
+/// C = 256 8-11 %, TSA attention 4-11 %, masked SCA attention and sigmoid KL equal), while the feature
+/// MSE was 1.5-1.9x faster streamed.
 template <class Problem>
 bool grad_streamable(const Problem& problem, bool accumulate) {
 #if defined(BEVKD_HOST_AVX512)
   using T = typename Problem::value_type;
   const index_t bytes = problem.row_count() * problem.columns() * static_cast<index_t>(sizeof(T));
-  return std::is_same<T, float>::value && !accumulate && bytes >= min_streamed_grad_bytes;
+  const bool plain_here = has_exponential_rows<Problem>::value && intel_host();
+  return std::is_same<T, float>::value && !accumulate && bytes >= min_streamed_grad_bytes && !plain_here;
 #else
   (void)problem;
   (void)accumulate;

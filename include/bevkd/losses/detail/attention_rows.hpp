@@ -197,6 +197,8 @@ struct attention_problem {
   acc_type tau = 1;                          ///< Temperature.
   acc_type inv_tau = 1;                      ///< 1 / tau.
   bool one_run = false;  ///< A joint row's S x K keys are one contiguous, unmasked run in all three tensors.
+  /// @brief Rows are softmaxes, bound by their exponentials (see grad_streamable).
+  static constexpr bool exponential_rows = true;
 
   /// @brief Number of rows.
   BEVKD_HOST_DEVICE index_t row_count() const { return student.extent[0] * rows.heads * (rows.joint ? 1 : rows.sources); }
