@@ -437,8 +437,7 @@ struct attention_problem {
       }
       valid_count[l] = 0;
       if (masked) masked_count[l] = 0;
-      // Source t's run is source 0's stepped t sources (key_run's three offsets per source took vector 64-bit
-      // multiplies, a third of this function's samples on Intel Cascade Lake).
+      // Source t's run is source 0's stepped t sources: one key_run (three offsets per tensor) per query.
       loss_row<T, true> run = key_run(n, h, 0, keys());
       for (index_t t = 0; t < rows.sources; ++t, step_runs(run, 0, 1)) {
         if (rows.valid(n, t))
@@ -451,11 +450,8 @@ struct attention_problem {
   // A row's valid-source runs, one head on (see source_runs_of).
   void next_head_runs(const loss_row<T, true>* from, int count, loss_row<T, true>* to, int& to_count) const {
     for (int i = 0; i < count; ++i) {
-      // Stepped in registers, then stored: stepping the stored copy (GCC: vector copy, then an add into memory)
-      // made each add wait for the copy's store (perf, Intel Cascade Lake).
-      loss_row<T, true> run = from[i];
-      step_runs(run, 1, 0);
-      to[i] = run;
+      to[i] = from[i];
+      step_runs(to[i], 1, 0);
     }
     to_count = count;
   }
