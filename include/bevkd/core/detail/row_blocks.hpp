@@ -799,23 +799,29 @@ BEVKD_HOST_FORCEINLINE void with_block_rows(const row_block<T, Unit>& block, F&&
 /// @brief Most runs a row of a multi_run_block may have (a masked joint attention row: one per valid source).
 constexpr int max_block_runs = 8;
 
-/// @brief A row-layout block whose rows are each up to max_block_runs contiguous runs (one softmax over all of a
-/// row's runs), with the next block's runs to prefetch.
+/// @brief The runs of a block's rows, each row up to max_block_runs contiguous runs (one softmax over all of a row's
+/// runs), and the gradient runs of each row's masked part (written as 0): what a multi_run_block reads.
 ///
-/// Only the counts start zeroed: the run arrays (14 KB) are read only up to them, and zeroing them
+/// Only the counts start zeroed: the run arrays (7 KB) are read only up to them, and zeroing them
 /// for every block of a masked SCA call took about 7 % of it (memset, perf, Intel Cascade Lake).
 template <class T>
-struct multi_run_block {
-  using value_type = T;                                 ///< Element type of the tensors.
-  static constexpr int max_runs = max_block_runs;       ///< Most runs a row has.
+struct block_runs {
   loss_row<T, true> runs[block_rows][max_block_runs];  ///< Row l's runs, the first run_count[l] valid.
-  loss_row<T, true> next[block_rows][max_block_runs];  ///< The next block's runs (prefetched).
   int run_count[block_rows] = {};                       ///< Runs of each row (0: nothing to read).
-  int next_run_count[block_rows] = {};                  ///< Runs of each of the next block's rows.
-  T* masked[block_rows][max_block_runs];  ///< Gradient runs of row l's masked sources, to be written as 0.
+  T* masked[block_rows][max_block_runs];  ///< Gradient runs of row l's masked part, to be written as 0.
   int masked_count[block_rows] = {};      ///< Masked runs of each row.
-  index_t masked_n = 0;                        ///< Elements of each run, valid or masked (K).
-  int count = 0;                               ///< Rows in the block (1..block_rows).
+};
+
+/// @brief A row-layout block whose rows are each up to max_block_runs contiguous runs (block_runs), with the next
+/// block's runs to prefetch.
+template <class T>
+struct multi_run_block {
+  using value_type = T;                            ///< Element type of the tensors.
+  static constexpr int max_runs = max_block_runs;  ///< Most runs a row has.
+  const block_runs<T>* rows = nullptr;             ///< The block's runs.
+  const block_runs<T>* next = nullptr;  ///< The next block's runs (prefetched; its rows from its count on have none).
+  index_t masked_n = 0;                 ///< Elements of each run, valid or masked (K).
+  int count = 0;                        ///< Rows in the block (1..block_rows).
   index_t n = 0;  ///< Most columns a row can have: each row's exponentials take 2 n of the scratch.
   bool stream_grad = false;  ///< Gradient runs (and masked runs) are streamed, not prefetched (see streams_grad).
 
@@ -826,8 +832,8 @@ struct multi_run_block {
   bool grad_runs_on_lines() const {
     std::uintptr_t bits = 0;
     for (int l = 0; l < count; ++l) {
-      for (int i = 0; i < run_count[l]; ++i) bits |= reinterpret_cast<std::uintptr_t>(runs[l][i].grad.ptr);
-      for (int i = 0; i < masked_count[l]; ++i) bits |= reinterpret_cast<std::uintptr_t>(masked[l][i]);
+      for (int i = 0; i < rows->run_count[l]; ++i) bits |= reinterpret_cast<std::uintptr_t>(rows->runs[l][i].grad.ptr);
+      for (int i = 0; i < rows->masked_count[l]; ++i) bits |= reinterpret_cast<std::uintptr_t>(rows->masked[l][i]);
     }
     return (bits & 63) == 0;
   }
@@ -835,21 +841,51 @@ struct multi_run_block {
   /// @brief Calls f(run) for each run of row l, in order.
   template <class F>
   BEVKD_HOST_FORCEINLINE void for_each_run(int l, F&& f) const {
-    for (int i = 0; i < run_count[l]; ++i) f(runs[l][i]);
+    for (int i = 0; i < rows->run_count[l]; ++i) f(rows->runs[l][i]);
   }
   /// @brief Prefetches row l's gradient runs (masked ones too) and the next block's row l runs of student and
   /// teacher.
   BEVKD_HOST_FORCEINLINE void prefetch_row(int l) const {
     if (!stream_grad) {
-      for (int i = 0; i < run_count[l]; ++i) prefetch_span<true>(runs[l][i].grad.ptr, runs[l][i].n);
-      for (int i = 0; i < masked_count[l]; ++i) prefetch_span<true>(masked[l][i], masked_n);
+      for (int i = 0; i < rows->run_count[l]; ++i) prefetch_span<true>(rows->runs[l][i].grad.ptr, rows->runs[l][i].n);
+      for (int i = 0; i < rows->masked_count[l]; ++i) prefetch_span<true>(rows->masked[l][i], masked_n);
     }
     // Into L2 only: a block of masked rows touches more than L1 holds (inputs, exponentials, whole
     // gradient rows), and L1 prefetches evicted lines still in use (measured: SCA 12 % slower).
-    for (int i = 0; i < next_run_count[l]; ++i) {
-      prefetch_span<false, prefetch_level::l2>(next[l][i].student.ptr, next[l][i].n);
-      prefetch_span<false, prefetch_level::l2>(next[l][i].teacher.ptr, next[l][i].n);
+    for (int i = 0; i < next->run_count[l]; ++i) {
+      prefetch_span<false, prefetch_level::l2>(next->runs[l][i].student.ptr, next->runs[l][i].n);
+      prefetch_span<false, prefetch_level::l2>(next->runs[l][i].teacher.ptr, next->runs[l][i].n);
     }
+  }
+};
+
+/// @brief A host row block (row_block) that also keeps block_runs for its own rows and the next block's, which trade
+/// places when a block follows the one before: a problem whose rows are multi_run_blocks (host_block) then finds
+/// each block's runs once, as the next block's, instead of twice.
+template <class T>
+struct multi_run_host_block : row_block<T, true> {
+  block_runs<T> run_sets[2];    ///< This block's runs and the next block's.
+  int ahead = 0;                ///< run_sets[ahead]: the runs found for the rows from ahead_first on.
+  index_t ahead_first = -1;     ///< First row of run_sets[ahead] (-1: none found yet).
+
+  /// @brief The block's multi_run_block with `columns` and K keys per run: its runs are the ones found as the block
+  /// before's next when this block follows it, else found now by find(first, count, runs); the next block's runs are
+  /// found now (all block_rows rows given: those from its count on get none).
+  template <class Find>
+  multi_run_block<T> runs(index_t columns, index_t keys, Find&& find) {
+    const int own = ahead;
+    if (ahead_first != this->first) find(this->first, this->count, run_sets[own]);
+    ahead = 1 - own;
+    ahead_first = this->first + this->count;
+    find(ahead_first, this->next_count, run_sets[ahead]);
+    multi_run_block<T> block;
+    block.rows = &run_sets[own];
+    block.next = &run_sets[ahead];
+    block.count = this->count;
+    block.n = columns;
+    block.masked_n = keys;
+    block.stream_grad = this->stream_call && block.grad_runs_on_lines();
+    return block;
   }
 };
 
@@ -1212,9 +1248,19 @@ BEVKD_HOST_FORCEINLINE double block_sum(const Acc (&v)[block_rows]) {
   return (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]);
 }
 
-/// @brief The host row block type of a problem.
+/// @brief The host row block type of a problem: its host_block where it declares one, else a row_block.
+template <class Problem, class = void>
+struct row_block_trait {
+  using type = row_block<typename Problem::value_type, Problem::unit_stride>;  ///< The block type.
+};
+/// @brief Problems that declare host_block.
 template <class Problem>
-using row_block_of = row_block<typename Problem::value_type, Problem::unit_stride>;
+struct row_block_trait<Problem, std::void_t<typename Problem::host_block>> {
+  using type = typename Problem::host_block;  ///< The block type.
+};
+/// @brief row_block_trait's type.
+template <class Problem>
+using row_block_of = typename row_block_trait<Problem>::type;
 
 /// @brief True when a problem has a host block kernel (`block_loss_and_grad`; blocks_apply() says whether a call
 /// uses it).
@@ -1290,7 +1336,7 @@ bool unit_rows(const Rows& rows) {
 /// pairwise, block_sum). `unit`: the terms of a full block of unit rows (load_unit; null unless unit_rows), used
 /// as they are for full blocks: each row's w_r l_r is then l_r itself, 1 * l_r bit for bit.
 template <class Problem, class Block, class Acc>
-double run_block(const Problem& problem, const Block& block, const row_scaling<Acc>& scaling, Acc* scratch,
+double run_block(const Problem& problem, Block& block, const row_scaling<Acc>& scaling, Acc* scratch,
                  const block_terms<Acc>* unit) {
   Acc loss[block_rows] = {};
   if (unit && block.count == block_rows) {

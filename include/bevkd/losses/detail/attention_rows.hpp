@@ -199,6 +199,8 @@ struct attention_problem {
   bool one_run = false;  ///< A joint row's S x K keys are one contiguous, unmasked run in all three tensors.
   /// @brief Rows are softmaxes, bound by their exponentials (see grad_streamable).
   static constexpr bool exponential_rows = true;
+  /// @brief The host row block: masked joint rows are multi_run_blocks, each block's runs found once.
+  using host_block = multi_run_host_block<T>;
 
   /// @brief Number of rows.
   BEVKD_HOST_DEVICE index_t row_count() const { return student.extent[0] * rows.heads * (rows.joint ? 1 : rows.sources); }
@@ -275,27 +277,23 @@ struct attention_problem {
   /// @brief Loss of each row of a host row block; writes coeff[l] * dl/d(student) (see softmax_kl_block). Masked
   /// joint rows run as multi_run_blocks of their valid sources; their masked sources' keys get gradient 0.
   template <class Block>
-  void block_loss_and_grad(const Block& block, const acc_type* coeff, const bool* skip, bool accumulate,
-                           acc_type* scratch, acc_type* loss) const {
+  void block_loss_and_grad(Block& block, const acc_type* coeff, const bool* skip, bool accumulate, acc_type* scratch,
+                           acc_type* loss) const {
     if (!rows.joint || one_run) {
       softmax_kl_block(block, coeff, skip, accumulate, scratch, inv_tau, tau, loss);
       return;
     }
-    multi_run_block<T> runs;
-    runs.count = block.count;
-    runs.n = columns();
-    runs.masked_n = keys();
-    source_runs_of(block.first, block.count, runs.runs, runs.run_count, runs.masked, runs.masked_count);
-    source_runs_of(block.first + block.count, block.next_count, runs.next, runs.next_run_count, nullptr, nullptr);
-    runs.stream_grad = block.stream_call && runs.grad_runs_on_lines();
+    const multi_run_block<T> runs = block.runs(columns(), keys(), [this](index_t first, int count, block_runs<T>& out) {
+      source_runs_of(first, count, out);
+    });
     softmax_kl_row_layout(runs, scratch, coeff, skip, accumulate, inv_tau, tau, loss);
     for (int l = 0; l < block.count; ++l) {
       if (skip[l] && accumulate) continue;  // an excluded row's gradient is left as it was
-      for (int i = 0; i < runs.masked_count[l]; ++i) {
+      for (int i = 0; i < runs.rows->masked_count[l]; ++i) {
         if (runs.stream_grad)  // set only when writing, not accumulating
-          write_zeros(runs.masked[l][i], keys(), true);
+          write_zeros(runs.rows->masked[l][i], keys(), true);
         else
-          zero_keys(host_team(), runs.masked[l][i], accumulate);
+          zero_keys(host_team(), runs.rows->masked[l][i], accumulate);
       }
     }
   }
@@ -421,29 +419,29 @@ struct attention_problem {
     zero_masked_sources(team, n, h, accumulate);
     return loss;
   }
-  // The valid sources' key runs of the joint rows [first, first + count), and (where `masked` is given) the
-  // gradient runs of their masked sources: a host multi_run_block's rows. A query's next head has the same valid
-  // sources, so its runs are the row before's stepped one head (key_run's offsets per source took about a quarter of
-  // the masked S = 6 call's samples in a -O2 build, measured).
-  void source_runs_of(index_t first, int count, loss_row<T, true> (*valid)[max_block_runs], int* valid_count,
-                      T* (*masked)[max_block_runs], int* masked_count) const {
+  // The valid sources' key runs of the joint rows [first, first + count) and the gradient runs of their masked
+  // sources, into `out` (rows from count to block_rows get none): a host multi_run_block's rows. A query's next head
+  // has the same valid sources, so its runs are the row before's stepped one head (key_run's offsets per source took
+  // about a quarter of the masked S = 6 call's samples in a -O2 build, measured).
+  void source_runs_of(index_t first, int count, block_runs<T>& out) const {
+    for (int l = count; l < block_rows; ++l) out.run_count[l] = out.masked_count[l] = 0;
+    if (count == 0) return;
     index_t n, h, s;
     rows.decode(first, n, h, s);
     for (int l = 0; l < count; ++l, rows.advance(n, h, s)) {
       if (l > 0 && h > 0) {
-        next_head_runs(valid[l - 1], valid_count[l - 1], valid[l], valid_count[l]);
-        if (masked) next_head_masked(masked[l - 1], masked_count[l - 1], masked[l], masked_count[l]);
+        next_head_runs(out.runs[l - 1], out.run_count[l - 1], out.runs[l], out.run_count[l]);
+        next_head_masked(out.masked[l - 1], out.masked_count[l - 1], out.masked[l], out.masked_count[l]);
         continue;
       }
-      valid_count[l] = 0;
-      if (masked) masked_count[l] = 0;
+      out.run_count[l] = out.masked_count[l] = 0;
       // Source t's run is source 0's stepped t sources: one key_run (three offsets per tensor) per query.
       loss_row<T, true> run = key_run(n, h, 0, keys());
       for (index_t t = 0; t < rows.sources; ++t, step_runs(run, 0, 1)) {
         if (rows.valid(n, t))
-          valid[l][valid_count[l]++] = run;
-        else if (masked)
-          masked[l][masked_count[l]++] = run.grad.ptr;
+          out.runs[l][out.run_count[l]++] = run;
+        else
+          out.masked[l][out.masked_count[l]++] = run.grad.ptr;
       }
     }
   }
