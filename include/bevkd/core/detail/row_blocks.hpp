@@ -802,7 +802,7 @@ constexpr int max_block_runs = 8;
 /// @brief The runs of a block's rows, each row up to max_block_runs contiguous runs (one softmax over all of a row's
 /// runs), and the gradient runs of each row's masked part (written as 0): what a multi_run_block reads.
 ///
-/// Only the counts start zeroed: the run arrays (7 KB) are read only up to them, and zeroing them
+/// Only the counts start zeroed: the run arrays (8 KB) are read only up to them, and zeroing them
 /// for every block of a masked SCA call took about 7 % of it (memset, perf, Intel Cascade Lake).
 template <class T>
 struct block_runs {
