@@ -802,8 +802,9 @@ constexpr int max_block_runs = 8;
 /// @brief The runs of a block's rows, each row up to max_block_runs contiguous runs (one softmax over all of a row's
 /// runs), and the gradient runs of each row's masked part (written as 0): what a multi_run_block reads.
 ///
-/// Only the counts start zeroed: the run arrays (8 KB) are read only up to them, and zeroing them
-/// for every block of a masked SCA call took about 7 % of it (memset, perf, Intel Cascade Lake).
+/// Only the counts start zeroed: the run arrays (8 KB) are read only up to them. (Zeroed, when a
+/// multi_run_block held them and was made anew for every block, they took about 7 % of a masked SCA
+/// call: memset, perf, Intel Cascade Lake; multi_run_host_block now keeps them for a whole chunk.)
 template <class T>
 struct block_runs {
   loss_row<T, true> runs[block_rows][max_block_runs];  ///< Row l's runs, the first run_count[l] valid.
