@@ -10,7 +10,10 @@ fastest of each case across them (runs on a shared VM vary between minutes). For
 case it prints time, the byte-floor bandwidth, that bandwidth as a share of the copy
 baseline's at the same dtype / C / threads, the naive reference's time over the fused time, and
 the exp_floor entry (two exponentials per element, nothing else) as a share of the copy: the most
-of the copy bandwidth any exact softmax loss of that size can reach on the machine.
+of the copy bandwidth any exact softmax loss of that size can reach on the machine. The
+"<case>_paired" families (a fused call and its copy in turn) get a table of their own: their
+pct_of_copy counter, from the min aggregate the lowest of the repetitions (with several files, the
+lowest of all), next to the fused and copy times of the same iterations.
 --cpu uses the main thread's CPU time instead of wall time: on a machine shared with other
 work it is the steadier figure for single-thread rows (it undercounts multi-thread rows).
 """
@@ -25,6 +28,8 @@ LOSSES = ["kl_softmax", "kl_sigmoid", "kl_spatial", "mse", "mse_l2", "mse_nchw",
           "attention_sca", "kl_softmax_cold", "attention_kl_cold", "attention_sca_cold"]
 # A cold case ("<loss>_cold": caches swept before each iteration) is compared with the copy swept the same way.
 COLD = "_cold"
+# A paired case ("<loss>_paired": the fused call and the copy in turn) carries its own comparison in counters.
+PAIRED = "_paired"
 
 
 # The resample cases of bench/losses.cpp (resample_benches), by index.
@@ -57,8 +62,13 @@ def load(paths, field="real_time"):
             key = (family, dtype, int(args["C"]), int(args.get("threads", 0)))
             # Bandwidth from the time (a "min" aggregate of the rate counter would be the slowest run).
             floor_bytes = 3 * BATCH * PILLARS * key[2] * DTYPE_BYTES[dtype]
-            if key not in runs or ms < runs[key]["ms"]:
-                runs[key] = {"ms": ms, "bw": floor_bytes / (ms * 1e-3)}
+            entry = {"ms": ms, "bw": floor_bytes / (ms * 1e-3), "pct": b.get("pct_of_copy"),
+                     "copy_ms": b.get("copy_ms")}
+            if family.endswith(PAIRED):  # keep the lowest share: the run that came closest to missing
+                if key not in runs or entry["pct"] < runs[key]["pct"]:
+                    runs[key] = entry
+            elif key not in runs or ms < runs[key]["ms"]:
+                runs[key] = entry
     return runs, resample, context
 
 
@@ -98,7 +108,23 @@ def main():
         print("|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
 
+    print_paired(runs)
     print_resample(resample)
+
+
+def print_paired(runs):
+    """The paired table: each fused call against the copy timed in turn with it."""
+    rows = []
+    for (family, dtype, channels, threads), r in sorted(runs.items()):
+        if family.endswith(PAIRED):
+            rows.append(f"| {family[:-len(PAIRED)]} | {dtype} | {channels} | {threads} | {r['ms']:.2f} "
+                        f"| {r['copy_ms']:.2f} | {r['pct']:.1f} % |")
+    if not rows:
+        return
+    print("\n### paired: fused call and copy in turn\n")
+    print("| case | dtype | C | threads | fused ms | copy ms | % of copy (lowest repetition) |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
 
 
 def print_resample(resample):
