@@ -100,13 +100,8 @@ def main():
             thr = str(threads) if threads else "-"
             rows.append(f"| {dtype} | {channels} | {thr} | {fused['ms']:.2f} | {fused['bw'] / 1e9:.2f} | {copy_bw} "
                         f"| {share} | {naive_ms} | {speedup} | {floor_share} |")
-        if not rows:
-            continue
-        print(f"\n### {loss}\n")
-        print("| dtype | C | threads | fused ms | fused GB/s | copy GB/s | % of copy | naive ms | speed-up over naive "
-              "| exp floor, % of copy |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        print("\n".join(rows))
+        print_table(loss, ["dtype", "C", "threads", "fused ms", "fused GB/s", "copy GB/s", "% of copy", "naive ms",
+                           "speed-up over naive", "exp floor, % of copy"], rows)
 
     print_paired(runs)
     print_resample(resample)
@@ -119,12 +114,8 @@ def print_paired(runs):
         if family.endswith(PAIRED):
             rows.append(f"| {family[:-len(PAIRED)]} | {dtype} | {channels} | {threads} | {r['ms']:.2f} "
                         f"| {r['copy_ms']:.2f} | {r['pct']:.1f} % |")
-    if not rows:
-        return
-    print("\n### paired: fused call and copy in turn\n")
-    print("| case | dtype | C | threads | fused ms | copy ms | % of copy (lowest repetition) |")
-    print("|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    print_table("paired: fused call and copy in turn",
+                ["case", "dtype", "C", "threads", "fused ms", "copy ms", "% of copy (lowest repetition)"], rows)
 
 
 def print_resample(resample):
@@ -138,11 +129,17 @@ def print_resample(resample):
         rows.append(f"| {RESAMPLE_CASES[case]} | {'backward' if backward else 'forward'} | {threads} | {ms:.2f} "
                     f"| {f'{naive:.2f}' if naive else '-'} | {f'{naive / ms:.1f}x' if naive else '-'} "
                     f"| {f'{copy:.2f}' if copy else '-'} | {f'{100 * copy / ms:.1f} %' if copy else '-'} |")
+    print_table("resample (fp32, B = 2, NHWC)",
+                ["case", "direction", "threads", "ms", "per-element ms", "speed-up", "copy ms", "% of copy"], rows)
+
+
+def print_table(title, header, rows):
+    """A Markdown table under a "###" title, or nothing when there are no rows."""
     if not rows:
         return
-    print("\n### resample (fp32, B = 2, NHWC)\n")
-    print("| case | direction | threads | ms | per-element ms | speed-up | copy ms | % of copy |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     print("\n".join(rows))
 
 
