@@ -25,6 +25,9 @@
 // targets' cases again with every cache swept before each iteration (cache_evictor, untimed): the tensors then
 // come from memory, as in a trainer, where the other cases reuse what the previous iteration left in the caches
 // (on a quiet host, a good part of the copy's 61 MB at C = 64 comes out of the 32 MiB L3).
+// The paired cases (kl_softmax_paired at C = 64, attention_kl_paired, attention_sca_paired; fp32) run each target
+// case in turn with its copy, one of each per iteration: time is the fused call's, the counter pct_of_copy the
+// copies' time over the fused calls' (see bm_paired).
 // The counter floor_bw is the byte floor (3 tensors once) divided by the time, for every
 // entry, so floor_bw ratios are time ratios (the masked S = 6 case counts whole tensors,
 // although its fused call reads only the hit cameras' keys). The naive benchmarks check
@@ -367,8 +370,9 @@ void bm_naive(benchmark::State& state, loss_case c) {
   set_floor_counter(state, in.floor_bytes());
 }
 
-// STREAM "add" over 64-bit words of a case's byte floor: reads student and teacher, writes the gradient buffer, as a
-// fused call does; from copies of the inputs, so that it never finds a fused call's lines in a cache.
+// STREAM "add" over 64-bit words of a case's byte floor: reads two arrays and writes a third, as a fused call reads
+// student and teacher and writes the gradient; its own copies of the inputs, so that it never finds a fused call's
+// lines in a cache.
 template <class T>
 class floor_copy {
  public:
